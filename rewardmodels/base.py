@@ -1,0 +1,121 @@
+"""The scorer interface: every reward-model family and judge answers the same questions.
+
+A family implements `score`; `compare` and `rank` derive from it unless the family
+knows better (a GPM compares through embeddings, a pairwise judge compares directly).
+The service, the CLI and the Python API only ever call these methods.
+"""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Message(BaseModel):
+    """One chat turn, as in TRL's conversational format."""
+
+    model_config = ConfigDict(extra="forbid")
+    role: str = Field(min_length=1)
+    content: str
+
+
+Prompt = str | list[Message]
+
+
+class Item(BaseModel):
+    """A (prompt, response) to score; the prompt is a string or chat messages."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: Prompt
+    response: str
+
+
+class Pair(BaseModel):
+    """Two responses to one prompt; the question is whether `a` beats `b`."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: Prompt
+    a: str
+    b: str
+
+
+class InputError(ValueError):
+    """Bad user input; `field` names where it is, so the API can answer 4xx with it."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class UnsupportedOperation(InputError):
+    """The chosen model's kind cannot answer this question (e.g. /steps on a BT model)."""
+
+
+class ModelLoadError(RuntimeError):
+    """A model directory cannot be served as declared; raised at start-up, never per request."""
+
+
+@dataclass
+class Scores:
+    rewards: list[float]
+    truncated: list[bool]
+
+
+@dataclass
+class Comparison:
+    probabilities: list[float]
+    margins: list[float]
+    truncated: list[bool]
+
+
+@dataclass
+class Ranking:
+    rewards: list[float]
+    order: list[int]
+    truncated: list[bool]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+class Scorer(ABC):
+    """Anything that turns responses into rewards, registered by `kind`."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, name: str, metadata: dict[str, Any]):
+        self.name = name
+        self.metadata = metadata
+
+    @abstractmethod
+    def score(self, items: Sequence[Item]) -> Scores:
+        """One reward per (prompt, response), independent of what else is in the call."""
+
+    def score_texts(self, texts: Sequence[str]) -> Scores:
+        """Rewards for texts that already carry the chat template (OpenRLHF's /get_reward)."""
+        raise UnsupportedOperation("query", f"model {self.name!r} ({self.kind}) cannot score pre-templated text")
+
+    def compare(self, pairs: Sequence[Pair]) -> Comparison:
+        """P(a beats b) = sigmoid(r_a - r_b), from one scoring call over all responses."""
+        items = [Item(prompt=p.prompt, response=p.a) for p in pairs]
+        items += [Item(prompt=p.prompt, response=p.b) for p in pairs]
+        scored = self.score(items)
+        n = len(pairs)
+        margins = [scored.rewards[i] - scored.rewards[n + i] for i in range(n)]
+        truncated = [scored.truncated[i] or scored.truncated[n + i] for i in range(n)]
+        return Comparison([sigmoid(m) for m in margins], margins, truncated)
+
+    def rank(self, prompt: Prompt, responses: Sequence[str]) -> Ranking:
+        """Best-of-N: rewards for every candidate and their order, best first."""
+        scored = self.score([Item(prompt=prompt, response=r) for r in responses])
+        order = sorted(range(len(responses)), key=lambda i: -scored.rewards[i])
+        return Ranking(scored.rewards, order, scored.truncated)
+
+    def describe(self) -> dict[str, Any]:
+        """What `GET /models` shows about this scorer."""
+        return {"name": self.name, "kind": self.kind, "metadata": self.metadata}

@@ -1,0 +1,57 @@
+"""Cross-request batching of one model's forward passes.
+
+Many threads (the service's request handlers, or any multi-threaded Python caller)
+submit token sequences; one worker thread runs everything pending as one length-sorted
+set of micro-batches and hands each caller its rows. While the model is busy the queue
+fills, so batches grow with load and a lone request runs at once: adaptive batching
+without a tuned window. It batches the forward pass, which every family shares and
+which is item-independent, so the scores of one request never depend on another's.
+"""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+from typing import Callable, Sequence
+
+import torch
+
+Seqs = Sequence[Sequence[int]]
+
+
+class ForwardBatcher:
+    def __init__(self, run: Callable[[Seqs], list[torch.Tensor]], name: str = "model"):
+        self._run = run
+        self._pending: list[tuple[Seqs, Future]] = []
+        self._ready = threading.Condition()
+        self.batches = 0  # forward calls made, and the sequences they carried: how well requests merge
+        self.sequences = 0
+        threading.Thread(target=self._loop, name=f"forward-{name}", daemon=True).start()
+
+    def __call__(self, seqs: Seqs) -> list[torch.Tensor]:
+        if not seqs:
+            return []
+        done: Future = Future()
+        with self._ready:
+            self._pending.append((seqs, done))
+            self._ready.notify()
+        return done.result()
+
+    def _loop(self) -> None:
+        while True:
+            with self._ready:
+                while not self._pending:
+                    self._ready.wait()
+                calls, self._pending = self._pending, []
+            merged = [s for seqs, _ in calls for s in seqs]
+            try:
+                rows = self._run(merged)
+            except BaseException as e:  # the callers see the error; the worker lives on
+                for _, done in calls:
+                    done.set_exception(e)
+                continue
+            self.batches += 1
+            self.sequences += len(merged)
+            start = 0
+            for seqs, done in calls:
+                done.set_result(rows[start:start + len(seqs)])
+                start += len(seqs)

@@ -1,0 +1,106 @@
+"""Bradley-Terry reward models: a sequence classifier with one output, read at the last real token."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from .base import Item, ModelLoadError, Scorer, Scores
+from .batcher import ForwardBatcher
+from .encoding import Batching, encode_item, encode_text, run_batched
+from .loading import choose_device, read_metadata, resolve_path
+from .lora import add_lora, merge_lora
+
+ADAPTER_FILE = "adapter.safetensors"
+HEAD_PREFIXES = ("score.", "classifier.")
+
+
+def last_token_rewards(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """One reward per row, independent of padding and batch neighbours.
+
+    Decoder classifiers (`.score` head) are read at the last position of the attention
+    mask rather than through transformers' pad-token search, which goes wrong when the
+    pad token is also the end-of-turn token (as in SmolLM2). Encoder classifiers pool
+    their own way ([CLS]), which padding cannot move.
+    """
+    head = getattr(model, "score", None)
+    if head is None:
+        return model(input_ids=ids, attention_mask=mask).logits[:, 0]
+    hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+    last = mask.sum(dim=1) - 1
+    return head(hidden[torch.arange(ids.shape[0], device=ids.device), last]).squeeze(-1)
+
+
+def load_classifier(directory: Path, metadata: dict[str, Any]) -> tuple[nn.Module, Any]:
+    """A one-output sequence classifier and its tokenizer, in fp32, adapters merged."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    if "adapter" in metadata:  # plaudit's own: base backbone + LoRA + head in a small file
+        base = resolve_path(metadata["base"])
+        model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=torch.float32)
+        add_lora(model, **metadata["adapter"])
+        state = load_file(str(directory / ADAPTER_FILE))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        expected = {k for k in model.state_dict() if ".lora_" in k or k.startswith(HEAD_PREFIXES)}
+        if unexpected or expected & set(missing):
+            raise ModelLoadError(f"{directory}: {ADAPTER_FILE} does not match its base {metadata['base']!r} "
+                                 f"(missing {sorted(expected & set(missing))[:3]}, unexpected {unexpected[:3]})")
+        merge_lora(model)
+        return model, AutoTokenizer.from_pretrained(base)
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            directory, dtype=torch.float32, output_loading_info=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelLoadError(f"{directory}: not a loadable sequence-classification checkpoint ({e})") from None
+    untrained = [k for k in info["missing_keys"] if k.startswith(HEAD_PREFIXES)]
+    if untrained:
+        raise ModelLoadError(
+            f"{directory}: has no trained reward head ({untrained[0]} is missing), so it would score "
+            f"with random weights. It is a base model: train a head with `plaudit train bt --base {directory}`.")
+    return model, AutoTokenizer.from_pretrained(directory)
+
+
+class BradleyTerry(Scorer):
+    kind = "bt"
+
+    def __init__(self, name: str, model: nn.Module, tokenizer: Any, metadata: dict[str, Any],
+                 device: torch.device, max_length: int, batching: Batching):
+        super().__init__(name, metadata)
+        self.model, self.tokenizer, self.device = model, tokenizer, device
+        self.max_length, self.batching = max_length, batching
+        norm = metadata.get("normalization") or {}
+        self.mean, self.std = float(norm.get("mean", 0.0)), float(norm.get("std", 1.0))
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        forward = lambda ids, mask: last_token_rewards(model, ids, mask)  # noqa: E731
+        self.forward = ForwardBatcher(lambda seqs: run_batched(seqs, forward, batching, pad_id, device), name)
+
+    @classmethod
+    def load(cls, path: str | Path, name: str | None = None, device: str = "auto", dtype: str = "auto",
+             max_length: int | None = None, batching: Batching | None = None) -> "BradleyTerry":
+        directory = resolve_path(path)
+        metadata = read_metadata(directory)
+        model, tokenizer = load_classifier(directory, metadata)
+        outputs = model.config.num_labels
+        if outputs != 1:
+            raise ModelLoadError(f"{directory}: declared kind 'bt' needs a reward head with 1 output, "
+                                 f"but this checkpoint's head has {outputs}")
+        dev, dt = choose_device(device, dtype)
+        model.to(device=dev, dtype=dt).eval()
+        max_length = max_length or metadata.get("max_length") or min(tokenizer.model_max_length, 4096)
+        metadata = {"kind": "bt", "base": metadata.get("base", str(directory)),
+                    "normalization": {"mean": 0.0, "std": 1.0, "stored": False}, **metadata,
+                    "max_length": max_length, "device": str(dev), "dtype": str(dt).removeprefix("torch.")}
+        return cls(name or directory.name, model, tokenizer, metadata, dev, max_length, batching or Batching())
+
+    def _scores(self, encoded: list[tuple[list[int], bool]]) -> Scores:
+        raw = [float(r) for r in self.forward([ids for ids, _ in encoded])]
+        return Scores([(r - self.mean) / self.std for r in raw], [cut for _, cut in encoded])
+
+    def score(self, items: Sequence[Item]) -> Scores:
+        return self._scores([encode_item(self.tokenizer, it, self.max_length) for it in items])
+
+    def score_texts(self, texts: Sequence[str]) -> Scores:
+        return self._scores([encode_text(self.tokenizer, t, self.max_length) for t in texts])

@@ -1,0 +1,110 @@
+"""Text to token ids, truncation, and length-sorted micro-batches.
+
+Truncation keeps the response and cuts the prompt from the left: the reward is read at
+the response's last token, so the response is what must survive. Every sequence is
+tokenised once; batching only pads, sorted by length so padding waste stays small.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from .base import Item, Message, Prompt
+
+
+@dataclass(frozen=True)
+class Batching:
+    """Micro-batch limits: a batch holds at most `max_batch_size` rows and
+    `max_batch_tokens` tokens including padding."""
+
+    max_batch_size: int = 32
+    max_batch_tokens: int = 16384
+
+
+def as_messages(prompt: Prompt) -> list[dict[str, str]]:
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return [m.model_dump() if isinstance(m, Message) else dict(m) for m in prompt]
+
+
+def _plain(prompt: Prompt) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(f"{m['role']}: {m['content']}" for m in as_messages(prompt))
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _fit(prefix: list[int], suffix: list[int], budget: int) -> tuple[list[int], list[int], bool]:
+    """Cut the prefix from the left (then, only if it must, the suffix) to fit `budget`."""
+    if len(prefix) + len(suffix) <= budget:
+        return prefix, suffix, False
+    keep = budget - len(suffix)
+    if keep > 0:
+        return prefix[len(prefix) - keep:], suffix, True
+    return [], suffix[len(suffix) - budget:], True
+
+
+def encode_item(tokenizer, item: Item, max_length: int) -> tuple[list[int], bool]:
+    """Token ids of prompt + response (chat template applied when there is one), and
+    whether they were truncated."""
+    if tokenizer.chat_template:
+        messages = as_messages(item.prompt)
+        full = tokenizer.apply_chat_template(
+            messages + [{"role": "assistant", "content": item.response}], tokenize=False)
+        head = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if not full.startswith(head):  # a template that rewrites earlier turns: cut the whole text
+            head = ""
+        prefix, suffix, cut = _fit(_ids(tokenizer, head), _ids(tokenizer, full[len(head):]), max_length)
+        return prefix + suffix, cut
+    budget = max_length - tokenizer.num_special_tokens_to_add(pair=True)
+    prefix, suffix, cut = _fit(_ids(tokenizer, _plain(item.prompt)), _ids(tokenizer, item.response), budget)
+    return tokenizer.build_inputs_with_special_tokens(prefix, suffix), cut
+
+
+def encode_text(tokenizer, text: str, max_length: int) -> tuple[list[int], bool]:
+    """Token ids of a text that already carries its template and special tokens."""
+    _, ids, cut = _fit([], _ids(tokenizer, text), max_length)
+    return ids, cut
+
+
+def micro_batches(lengths: Sequence[int], batching: Batching) -> list[list[int]]:
+    """Indices grouped into batches of similar length, within the batch limits."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        rows = len(current) + 1
+        if current and (rows > batching.max_batch_size or rows * lengths[i] > batching.max_batch_tokens):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def pad(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and attention mask; with right padding real tokens keep positions 0..n-1."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        ids[row, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[row, : len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def run_batched(seqs: Sequence[Sequence[int]], forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                batching: Batching, pad_id: int, device: torch.device) -> list[torch.Tensor]:
+    """Apply `forward(ids, mask) -> one row per sequence` over micro-batches; results in input order."""
+    out: list[torch.Tensor | None] = [None] * len(seqs)
+    with torch.inference_mode():
+        for batch in micro_batches([len(s) for s in seqs], batching):
+            rows = forward(*pad([seqs[i] for i in batch], pad_id, device))
+            for i, row in zip(batch, rows.float().cpu()):
+                out[i] = row
+    return out  # type: ignore[return-value]

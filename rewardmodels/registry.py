@@ -1,0 +1,34 @@
+"""Model kinds and how to load them: adding a family is one module plus one line here."""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+from .base import ModelLoadError, Scorer
+from .loading import read_metadata, resolve_path
+
+KINDS: dict[str, str] = {
+    "bt": "rewardmodels.bt:BradleyTerry",
+}
+
+
+def scorer_class(kind: str) -> type[Scorer]:
+    if kind not in KINDS:
+        raise ModelLoadError(f"unknown model kind {kind!r}; known kinds: {', '.join(sorted(KINDS))}")
+    module, _, attr = KINDS[kind].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def load_scorer(path: str | Path, name: str | None = None, kind: str | None = None, **options: Any) -> Scorer:
+    """Load a model folder (or `default`, or a cached hub id) as the scorer its metadata declares.
+
+    A plain transformers checkpoint without plaudit metadata is read as `bt`. A `kind`
+    given here must agree with the metadata: serving a head as the wrong kind is refused.
+    """
+    directory = resolve_path(path)
+    declared = read_metadata(directory).get("kind")
+    if kind and declared and kind != declared:
+        raise ModelLoadError(f"{path}: configured as kind {kind!r} but its metadata declares {declared!r}")
+    chosen = kind or declared or "bt"
+    return scorer_class(chosen).load(directory, name=name or Path(str(path)).name, **options)

@@ -1,0 +1,115 @@
+"""What each endpoint does, as plain functions over a pool of loaded models.
+
+The BentoML service and the CLI both call these, with the same schemas: an endpoint
+only translates HTTP to a call here and an `InputError` to a 4xx.
+"""
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Iterable
+
+from rewardmodels import InputError, Item, Scorer, load_scorer
+
+from .config import Limits, ServiceConfig
+from .schemas import (CompareRequest, CompareResponse, GetRewardRequest, GetRewardResponse, ModelInfo,
+                      ModelsResponse, RankRequest, RankResponse, ScoreRequest, ScoreResponse)
+
+
+class UnknownModel(InputError):
+    """The request names a model that is not configured (HTTP 404)."""
+
+
+class LimitExceeded(InputError):
+    """The request is over a configured size limit (HTTP 413)."""
+
+
+class ModelPool:
+    """The configured models by name, each loaded once (at start-up in the service)."""
+
+    def __init__(self, config: ServiceConfig):
+        self.config = config
+        self._scorers: dict[str, Scorer] = {}
+        self._lock = threading.Lock()
+
+    def load_all(self) -> None:
+        for name in self.config.models:
+            self.get(name)
+
+    def get(self, name: str | None) -> Scorer:
+        name = name or self.config.default_model
+        if name not in self.config.models:
+            raise UnknownModel("model", f"unknown model {name!r}; configured: {', '.join(sorted(self.config.models))}")
+        with self._lock:
+            if name not in self._scorers:
+                cfg = self.config.models[name]
+                self._scorers[name] = load_scorer(cfg.path, name=name, **cfg.load_options())
+            return self._scorers[name]
+
+    def describe(self) -> ModelsResponse:
+        return ModelsResponse(models=[
+            ModelInfo(name=s.name, kind=s.kind, default=s.name == self.config.default_model, metadata=s.metadata)
+            for s in (self.get(n) for n in self.config.models)])
+
+
+def _ids(n: int) -> list[str]:
+    return [uuid.uuid4().hex for _ in range(n)]
+
+
+def check_limits(limits: Limits, field: str, count: int, texts: Iterable[tuple[str, str]]) -> None:
+    """Refuse requests over the configured limits, naming the limit and the field."""
+    if count > limits.max_items:
+        raise LimitExceeded(field, f"{count} entries, over the limit of {limits.max_items} (limits.max_items)")
+    for where, text in texts:
+        if len(text) > limits.max_chars:
+            raise LimitExceeded(where, f"{len(text)} characters, over the limit of {limits.max_chars} "
+                                       f"(limits.max_chars)")
+
+
+def _prompt_texts(where: str, prompt) -> list[tuple[str, str]]:
+    if isinstance(prompt, str):
+        return [(where, prompt)]
+    return [(f"{where}[{j}].content", m.content) for j, m in enumerate(prompt)]
+
+
+def score(pool: ModelPool, request: ScoreRequest) -> ScoreResponse:
+    check_limits(pool.config.limits, "items", len(request.items), (
+        t for i, it in enumerate(request.items)
+        for t in _prompt_texts(f"items[{i}].prompt", it.prompt) + [(f"items[{i}].response", it.response)]))
+    scorer = pool.get(request.model)
+    result = scorer.score(request.items)
+    return ScoreResponse(model=scorer.name, rewards=result.rewards, truncated=result.truncated,
+                         ids=_ids(len(request.items)))
+
+
+def compare(pool: ModelPool, request: CompareRequest) -> CompareResponse:
+    check_limits(pool.config.limits, "pairs", len(request.pairs), (
+        t for i, p in enumerate(request.pairs)
+        for t in _prompt_texts(f"pairs[{i}].prompt", p.prompt) + [(f"pairs[{i}].a", p.a), (f"pairs[{i}].b", p.b)]))
+    scorer = pool.get(request.model)
+    result = scorer.compare(request.pairs)
+    return CompareResponse(model=scorer.name, probabilities=result.probabilities, margins=result.margins,
+                           truncated=result.truncated, ids=_ids(len(request.pairs)))
+
+
+def rank(pool: ModelPool, request: RankRequest) -> RankResponse:
+    check_limits(pool.config.limits, "responses", len(request.responses),
+                 _prompt_texts("prompt", request.prompt)
+                 + [(f"responses[{i}]", r) for i, r in enumerate(request.responses)])
+    scorer = pool.get(request.model)
+    result = scorer.rank(request.prompt, request.responses)
+    return RankResponse(model=scorer.name, rewards=result.rewards, order=result.order, truncated=result.truncated)
+
+
+def get_reward(pool: ModelPool, request: GetRewardRequest) -> GetRewardResponse:
+    check_limits(pool.config.limits, "query", len(request.query),
+                 [(f"query[{i}]", q) for i, q in enumerate(request.query)])
+    scorer = pool.get(request.model)
+    result = scorer.score_texts(request.query)
+    return GetRewardResponse(rewards=result.rewards, scores=result.rewards,
+                             extra_logs={"truncated": [float(t) for t in result.truncated]})
+
+
+def score_one(pool: ModelPool, model: str | None, prompt, response: str) -> ScoreResponse:
+    """The CLI's `plaudit score`: the same path as POST /score with one item."""
+    return score(pool, ScoreRequest(model=model, items=[Item(prompt=prompt, response=response)]))

@@ -1,0 +1,69 @@
+"""The BentoML service: each endpoint validates its body with the shared schemas, runs
+the matching function of `service.api` in a worker thread, and turns input errors into
+4xx answers that name the field. Start it with `plaudit serve` or
+`bentoml serve service.app:Plaudit`; $PLAUDIT_CONFIG names the YAML config."""
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+import bentoml
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from rewardmodels import InputError
+
+from . import api
+from .config import load_config
+from .schemas import (CompareRequest, CompareResponse, GetRewardRequest, GetRewardResponse, RankRequest,
+                      RankResponse, ScoreRequest, ScoreResponse)
+
+STATUS = {api.UnknownModel: 404, api.LimitExceeded: 413}
+
+
+async def _models(request: Request) -> JSONResponse:
+    return JSONResponse(request.app.state.pool.describe().model_dump())
+
+
+# GET endpoints live in a small Starlette app: BentoML's own APIs are POST.
+read_only = Starlette(routes=[Route("/models", _models, methods=["GET"])])
+
+
+@bentoml.service(name="plaudit", traffic={"timeout": 300})
+@bentoml.asgi_app(read_only, path="/")
+class Plaudit:
+    def __init__(self) -> None:
+        self.pool = api.ModelPool(load_config())
+        self.pool.load_all()  # a bad model directory fails here, at start-up, not on a request
+        read_only.state.pool = self.pool
+        # One thread per in-flight request, so concurrent requests meet in the model's batcher.
+        self.threads = ThreadPoolExecutor(max_workers=128, thread_name_prefix="request")
+
+    async def _answer(self, handler: Callable[[api.ModelPool, Any], Any], request: Any) -> Any:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.threads, handler, self.pool, request)
+        except InputError as e:
+            return JSONResponse({"error": str(e), "field": e.field}, status_code=STATUS.get(type(e), 422))
+
+    @bentoml.api(route="/score", input_spec=ScoreRequest)
+    async def score(self, **body: Any) -> ScoreResponse:
+        """One reward per (prompt, response) item."""
+        return await self._answer(api.score, ScoreRequest.model_construct(**body))
+
+    @bentoml.api(route="/compare", input_spec=CompareRequest)
+    async def compare(self, **body: Any) -> CompareResponse:
+        """P(a beats b) and the reward margin per pair."""
+        return await self._answer(api.compare, CompareRequest.model_construct(**body))
+
+    @bentoml.api(route="/rank", input_spec=RankRequest)
+    async def rank(self, **body: Any) -> RankResponse:
+        """Rewards for K responses to one prompt and their order, best first (best-of-N)."""
+        return await self._answer(api.rank, RankRequest.model_construct(**body))
+
+    @bentoml.api(route="/get_reward", input_spec=GetRewardRequest)
+    async def get_reward(self, **body: Any) -> GetRewardResponse:
+        """OpenRLHF's remote reward model contract; queries are tokenised without adding special tokens."""
+        return await self._answer(api.get_reward, GetRewardRequest.model_construct(**body))

@@ -1,0 +1,76 @@
+"""The service's configuration: which models to serve under which names, and request limits.
+
+Read from the YAML named by `--config` or $PLAUDIT_CONFIG; without one, the embedded
+default model is served as `default`. Relative model paths are resolved against the
+YAML file's folder.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from rewardmodels import Batching, ModelLoadError
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL_DIR = REPO / "models" / "default-bt"
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str
+    kind: str | None = None  # checked against the model's metadata when both are given
+    device: str = "auto"
+    dtype: str = "auto"
+    max_length: int | None = Field(default=None, gt=0)
+    max_batch_size: int = Field(default=32, gt=0)
+    max_batch_tokens: int = Field(default=16384, gt=0)
+
+    def load_options(self) -> dict:
+        return {"kind": self.kind, "device": self.device, "dtype": self.dtype, "max_length": self.max_length,
+                "batching": Batching(self.max_batch_size, self.max_batch_tokens)}
+
+
+class Limits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_items: int = Field(default=512, gt=0, description="items, pairs or responses per request")
+    max_chars: int = Field(default=32000, gt=0, description="characters per prompt or response text")
+
+
+class ServiceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    models: dict[str, ModelConfig]
+    default_model: str = "default"
+    limits: Limits = Limits()
+
+    @model_validator(mode="after")
+    def _default_is_configured(self):
+        if self.default_model not in self.models:
+            raise ValueError(f"default_model {self.default_model!r} is not among models: {sorted(self.models)}")
+        return self
+
+
+def default_config() -> ServiceConfig:
+    return ServiceConfig(models={"default": ModelConfig(path=str(DEFAULT_MODEL_DIR))})
+
+
+def load_config(path: str | os.PathLike | None = None) -> ServiceConfig:
+    path = path or os.environ.get("PLAUDIT_CONFIG")
+    if not path:
+        return default_config()
+    file = Path(path)
+    try:
+        raw = yaml.safe_load(file.read_text()) or {}
+        config = ServiceConfig.model_validate(raw)
+    except (OSError, yaml.YAMLError) as e:
+        raise ModelLoadError(f"config {file}: {e}") from None
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ModelLoadError(f"config {file}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    for model in config.models.values():
+        local = file.parent / model.path
+        if not Path(model.path).is_absolute() and local.exists():
+            model.path = str(local.resolve())
+    return config

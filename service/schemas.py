@@ -1,0 +1,79 @@
+"""Request and response bodies of the scoring API: the single source of the HTTP API,
+its OpenAPI document, and what the CLI prints."""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rewardmodels import Item, Pair
+from rewardmodels.base import Prompt
+
+MODEL_FIELD = Field(default=None, description="a configured model name; the default model when absent")
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = MODEL_FIELD
+
+
+class ScoreRequest(Request):
+    items: list[Item] = Field(min_length=1, description="(prompt, response) items to score")
+
+
+class ScoreResponse(BaseModel):
+    model: str
+    rewards: list[float] = Field(description="one reward per item, in request order")
+    truncated: list[bool] = Field(description="whether the item's prompt was cut to fit max_length")
+    ids: list[str] = Field(description="an id per item, for feedback on it later")
+
+
+class CompareRequest(Request):
+    pairs: list[Pair] = Field(min_length=1)
+
+
+class CompareResponse(BaseModel):
+    model: str
+    probabilities: list[float] = Field(description="P(a beats b) per pair")
+    margins: list[float] = Field(description="reward(a) - reward(b) per pair")
+    truncated: list[bool]
+    ids: list[str]
+
+
+class RankRequest(Request):
+    prompt: Prompt
+    responses: list[str] = Field(min_length=1)
+
+
+class RankResponse(BaseModel):
+    model: str
+    rewards: list[float]
+    order: list[int] = Field(description="indices into responses, best first")
+    truncated: list[bool]
+
+
+class GetRewardRequest(BaseModel):
+    """OpenRLHF's remote reward contract; queries arrive already chat-templated."""
+
+    model_config = ConfigDict(extra="allow")
+    query: list[str] = Field(min_length=1, description="prompt + response texts, templated by the caller")
+    prompts: list[str] | None = None
+    labels: list[Any] | None = None
+    model: str | None = MODEL_FIELD
+
+
+class GetRewardResponse(BaseModel):
+    rewards: list[float]
+    scores: list[float]
+    extra_logs: dict[str, list[float]]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    kind: str
+    default: bool
+    metadata: dict[str, Any]
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]

