@@ -116,6 +116,6 @@ class Scorer(ABC):
         order = sorted(range(len(responses)), key=lambda i: -scored.rewards[i])
         return Ranking(scored.rewards, order, scored.truncated)
 
-    def describe(self) -> dict[str, Any]:
-        """What `GET /models` shows about this scorer."""
-        return {"name": self.name, "kind": self.kind, "metadata": self.metadata}
+    def stats(self) -> dict[str, Any]:
+        """Serving counters worth showing in `GET /models` (none by default)."""
+        return {}

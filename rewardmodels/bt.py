@@ -104,3 +104,6 @@ class BradleyTerry(Scorer):
 
     def score_texts(self, texts: Sequence[str]) -> Scores:
         return self._scores([encode_text(self.tokenizer, t, self.max_length) for t in texts])
+
+    def stats(self) -> dict[str, Any]:
+        return {"forward_calls": self.forward.batches, "sequences": self.forward.sequences}

@@ -61,9 +61,22 @@ def encode_item(tokenizer, item: Item, max_length: int) -> tuple[list[int], bool
             head = ""
         prefix, suffix, cut = _fit(_ids(tokenizer, head), _ids(tokenizer, full[len(head):]), max_length)
         return prefix + suffix, cut
+    return _encode_pair(tokenizer, _plain(item.prompt), item.response, max_length)
+
+
+def _encode_pair(tokenizer, prompt: str, response: str, max_length: int) -> tuple[list[int], bool]:
+    """No chat template: the tokenizer's own pair encoding (e.g. [CLS] p [SEP] r [SEP]),
+    with the prompt cut from the left before the special tokens are added."""
+    backend = tokenizer.backend_tokenizer
     budget = max_length - tokenizer.num_special_tokens_to_add(pair=True)
-    prefix, suffix, cut = _fit(_ids(tokenizer, _plain(item.prompt)), _ids(tokenizer, item.response), budget)
-    return tokenizer.build_inputs_with_special_tokens(prefix, suffix), cut
+    first = backend.encode(prompt, add_special_tokens=False)
+    second = backend.encode(response, add_special_tokens=False)
+    prefix, suffix, cut = _fit(first.ids, second.ids, budget)
+    if cut:
+        first = backend.encode("", add_special_tokens=False) if not prefix else first
+        first.truncate(len(prefix), direction="left")
+        second.truncate(len(suffix), direction="left")
+    return backend.post_process(first, second, add_special_tokens=True).ids, cut
 
 
 def encode_text(tokenizer, text: str, max_length: int) -> tuple[list[int], bool]:

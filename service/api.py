@@ -48,7 +48,8 @@ class ModelPool:
 
     def describe(self) -> ModelsResponse:
         return ModelsResponse(models=[
-            ModelInfo(name=s.name, kind=s.kind, default=s.name == self.config.default_model, metadata=s.metadata)
+            ModelInfo(name=s.name, kind=s.kind, default=s.name == self.config.default_model, metadata=s.metadata,
+                      stats=s.stats())
             for s in (self.get(n) for n in self.config.models)])
 
 

@@ -5,6 +5,9 @@ the matching function of `service.api` in a worker thread, and turns input error
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import signal
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
@@ -14,13 +17,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from rewardmodels import InputError
+from rewardmodels import InputError, ModelLoadError
 
 from . import api
 from .config import load_config
 from .schemas import (CompareRequest, CompareResponse, GetRewardRequest, GetRewardResponse, RankRequest,
                       RankResponse, ScoreRequest, ScoreResponse)
 
+log = logging.getLogger("plaudit")
 STATUS = {api.UnknownModel: 404, api.LimitExceeded: 413}
 
 
@@ -36,8 +40,18 @@ read_only = Starlette(routes=[Route("/models", _models, methods=["GET"])])
 @bentoml.asgi_app(read_only, path="/")
 class Plaudit:
     def __init__(self) -> None:
-        self.pool = api.ModelPool(load_config())
-        self.pool.load_all()  # a bad model directory fails here, at start-up, not on a request
+        try:
+            self.pool = api.ModelPool(load_config())
+            self.pool.load_all()  # a bad model directory fails here, at start-up, not on a request
+        except ModelLoadError as e:
+            # A configuration error, not a transient fault: stop the whole server rather than
+            # let BentoML's arbiter (our parent) respawn this worker forever.
+            log.critical("plaudit cannot start: %s", e)
+            if os.environ.get("PLAUDIT_STARTUP_ERROR_FILE"):  # set by `plaudit serve`, which reports it
+                with open(os.environ["PLAUDIT_STARTUP_ERROR_FILE"], "w") as f:
+                    f.write(str(e))
+            os.kill(os.getppid(), signal.SIGTERM)
+            raise
         read_only.state.pool = self.pool
         # One thread per in-flight request, so concurrent requests meet in the model's batcher.
         self.threads = ThreadPoolExecutor(max_workers=128, thread_name_prefix="request")

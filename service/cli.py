@@ -5,7 +5,10 @@ import argparse
 import json
 import logging
 import os
+import signal
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from rewardmodels import InputError, ModelLoadError
@@ -30,8 +33,24 @@ def cmd_serve(args) -> None:
     load_config()  # fail on a bad config here, before BentoML starts
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
     bentoml = Path(sys.executable).with_name("bentoml")
-    os.execv(bentoml, [str(bentoml), "serve", "service.app:Plaudit", "--working-dir", str(REPO),
-                       "--host", args.host, "--port", str(args.port)])
+    with tempfile.TemporaryDirectory() as tmp:
+        error_file = Path(tmp) / "startup-error"
+        os.environ["PLAUDIT_STARTUP_ERROR_FILE"] = str(error_file)
+        server = subprocess.Popen([str(bentoml), "serve", "service.app:Plaudit", "--working-dir", str(REPO),
+                                   "--host", args.host, "--port", str(args.port)])
+        signal.signal(signal.SIGTERM, lambda *_: server.terminate())
+        while (code := _wait(server)) is None:
+            pass  # Ctrl-C reached the server too (same process group); it is shutting down
+        if error_file.exists():
+            raise ModelLoadError(error_file.read_text())
+    sys.exit(code)
+
+
+def _wait(process: subprocess.Popen) -> int | None:
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        return None
 
 
 def cmd_score(args) -> None:

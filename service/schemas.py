@@ -73,6 +73,7 @@ class ModelInfo(BaseModel):
     kind: str
     default: bool
     metadata: dict[str, Any]
+    stats: dict[str, Any] = Field(description="serving counters, e.g. forward calls vs sequences (how well requests merge)")
 
 
 class ModelsResponse(BaseModel):

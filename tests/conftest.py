@@ -1,0 +1,73 @@
+"""Tiny models built from a config, with a tokenizer trained in milliseconds, for fast tests.
+
+The real packaged model is exercised by the tests marked `slow`.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CORPUS = ["def add(a, b):\n    return a + b\n", "Write a function that adds two numbers.",
+          "The quick brown fox jumps over the lazy dog.", "user assistant system hello world 0123456789",
+          "for i in range(n): total += i * 2 - 1", "if x < y and not z: return None"] * 20
+
+
+def make_tokenizer(chat_template: bool):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    special = ["<pad>", "<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=special,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    if not chat_template:  # a plain tokenizer adds <s> ... </s> around a pair, like many encoders do
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A </s>", pair="<s> $A </s> $B </s>",
+            special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
+                                   bos_token="<s>", eos_token="<|im_end|>" if chat_template else "</s>")
+    if chat_template:
+        fast.chat_template = CHATML
+    return fast
+
+
+def make_tiny(directory: Path, *, head: bool, chat_template: bool = True, num_labels: int = 1, seed: int = 0) -> Path:
+    """A 2-layer Llama with random weights: a causal LM (a base to train on) or a classifier."""
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+    torch.manual_seed(seed)
+    tokenizer = make_tokenizer(chat_template)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         pad_token_id=tokenizer.pad_token_id, num_labels=num_labels, tie_word_embeddings=False)
+    model = LlamaForSequenceClassification(config) if head else LlamaForCausalLM(config)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_bt(tmp_path_factory) -> Path:
+    """A plain transformers checkpoint: a one-output sequence classifier with a chat template."""
+    return make_tiny(tmp_path_factory.mktemp("tiny-bt"), head=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_bt_plain(tmp_path_factory) -> Path:
+    """The same without a chat template, so prompt and response are joined as a token pair."""
+    return make_tiny(tmp_path_factory.mktemp("tiny-bt-plain"), head=True, chat_template=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    """A causal LM with no reward head: a backbone to train on, and not servable as is."""
+    return make_tiny(tmp_path_factory.mktemp("tiny-base"), head=False)

@@ -1,0 +1,81 @@
+"""The `plaudit` command, run as a user would, on tiny models and a few real HumanEval problems."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rewardmodels import Item, load_scorer
+from servers import REPO, free_port
+
+PLAUDIT = str(Path(sys.executable).with_name("plaudit"))
+
+
+def plaudit(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    result = subprocess.run([PLAUDIT, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"plaudit {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.mark.parametrize("command", [[], ["serve"], ["score"], ["train", "bt"], ["data", "humaneval-pairs"],
+                                     ["eval", "pairs"]])
+def test_help(command):
+    assert "usage: plaudit" in plaudit(*command, "--help").stdout
+
+
+def test_score_prints_the_api_response(tiny_bt):
+    out = json.loads(plaudit("score", "--model", str(tiny_bt), "--prompt", "hello", "--response", "world").stdout)
+    expected = load_scorer(tiny_bt).score([Item(prompt="hello", response="world")]).rewards
+    assert out["rewards"] == pytest.approx(expected, abs=1e-5)
+    assert set(out) == {"model", "rewards", "truncated", "ids"}
+
+
+def test_score_refuses_a_model_without_reward_head(tiny_base):
+    result = plaudit("score", "--model", str(tiny_base), "--prompt", "a", "--response", "b", check=False)
+    assert result.returncode != 0
+    assert "no trained reward head" in result.stderr and "plaudit train bt" in result.stderr
+
+
+def test_data_train_eval_chain(tiny_base, tmp_path):
+    """The documented chain on a small scale: build pairs, train on them, evaluate."""
+    pairs = tmp_path / "pairs.jsonl"
+    stats = json.loads(plaudit("data", "humaneval-pairs", "--limit", "4", "--max-mutants", "2",
+                               "--out", str(pairs)).stdout)
+    lines = [json.loads(line) for line in pairs.read_text().splitlines()]
+    assert stats["written"] == len(lines) > 0
+    assert all(r["chosen"] != r["rejected"] and r["prompt"] for r in lines)
+    model = tmp_path / "model"
+    log = plaudit("train", "bt", "--data", str(pairs), "--out", str(model), "--base", str(tiny_base),
+                  "--epochs", "1", "--lora-layers", "1").stdout.splitlines()
+    assert "loss" in json.loads(log[0]) and json.loads(log[-1])["pairs"] == len(lines)
+    report = json.loads(plaudit("eval", "pairs", "--model", str(model), "--data", str(pairs)).stdout)
+    assert report["pairs"] == len(lines) and 0.0 <= report["accuracy"] <= 1.0
+
+
+def test_bad_data_line_is_named(tiny_base, tmp_path):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": "p", "chosen": "a"}\n')
+    result = plaudit("train", "bt", "--data", str(data), "--out", str(tmp_path / "m"), "--base", str(tiny_base),
+                     check=False)
+    assert result.returncode != 0 and f"{data}:2" in result.stderr and "rejected" in result.stderr
+
+
+def test_serve_stops_with_a_clear_error_on_an_unservable_model(tiny_base, tmp_path):
+    """BentoML would respawn a failing worker forever; plaudit stops and says why."""
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump({"models": {"default": {"path": str(tiny_base)}}}))
+    result = plaudit("serve", "--config", str(config), "--port", str(free_port()), check=False, timeout=120)
+    assert result.returncode != 0
+    assert "no trained reward head" in result.stderr
+
+
+def test_serve_rejects_a_bad_config(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump({"models": {"a": {"path": "x"}}, "default_model": "b"}))
+    result = plaudit("serve", "--config", str(config), check=False, timeout=60)
+    assert result.returncode != 0 and "default_model" in result.stderr

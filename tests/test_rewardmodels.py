@@ -1,0 +1,618 @@
+"""Tests for the reward-model library (rewardmodels/): scoring invariances, encoding,
+loading errors, batching across threads and LoRA merging.
+
+Every model here is a tiny random 2-layer Llama from conftest.py: the numbers mean
+nothing, but anything that makes a reward depend on batch size, padding, order or
+neighbours shows up as a difference between two ways of computing the same reward.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import threading
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import make_tiny
+from rewardmodels import KINDS, Batching, InputError, Item, ModelLoadError, Pair, load_scorer
+from rewardmodels.batcher import ForwardBatcher
+from rewardmodels.bt import last_token_rewards
+from rewardmodels.encoding import encode_item, micro_batches
+from rewardmodels.loading import choose_device
+from rewardmodels.lora import LoRALinear, add_lora, merge_lora
+
+TOL = 1e-4
+
+# Words the tiny tokenizer knows well and words it must spell out byte by byte.
+WORDS = ("the quick brown fox jumps over lazy dog def add return for range if not None hello world "
+         "total zebra quartz 0123456789 assistant user").split()
+
+
+def words(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def mixed_items(n: int = 32, seed: int = 0) -> list[Item]:
+    """Items whose token lengths range from a handful to several hundred, a few with chat prompts."""
+    rng = random.Random(seed)
+    prompt_words = [1, 2, 3, 45, 8, 70, 1, 15, 5, 30, 2, 4]
+    response_words = [1, 1, 25, 1, 3, 10, 40, 2, 1, 5, 2, 15, 4]
+    items = []
+    for i in range(n):
+        prompt = words(rng, prompt_words[i % len(prompt_words)])
+        response = words(rng, response_words[i % len(response_words)])
+        if i % 5 == 3:  # a conversation instead of a string
+            prompt = [{"role": "system", "content": "be brief"}, {"role": "user", "content": prompt}]
+        items.append(Item(prompt=prompt, response=response))
+    return items
+
+
+@pytest.fixture(scope="module", params=["tiny_bt", "tiny_bt_plain"])
+def model_dir(request):
+    """Each test using this runs for the chat-template model and the pair-encoding one."""
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture(scope="module")
+def scorer(tiny_bt):
+    return load_scorer(tiny_bt)
+
+
+@pytest.fixture(scope="module")
+def plain_scorer(tiny_bt_plain):
+    return load_scorer(tiny_bt_plain)
+
+
+def close(a, b, tol=TOL):
+    return len(a) == len(b) and all(abs(x - y) <= tol for x, y in zip(a, b))
+
+
+def max_diff(a, b):
+    return max(abs(x - y) for x, y in zip(a, b))
+
+
+# --- 1. batch invariance ---------------------------------------------------------------------------
+
+
+def test_rewards_do_not_depend_on_batch_size(model_dir):
+    """The spec's first requirement (RewardBench #137): a reward is the same whatever batch it
+    is scored in. Scored at batch sizes 1, 7 and 32, and one item per call, all must agree."""
+    items = mixed_items()
+    alone_scorer = load_scorer(model_dir, batching=Batching(max_batch_size=1))
+    lengths = [len(encode_item(alone_scorer.tokenizer, it, alone_scorer.max_length)[0]) for it in items]
+    assert max(lengths) > 10 * min(lengths) and 200 < max(lengths) < 512, f"items are not mixed enough: {sorted(lengths)}"
+
+    alone = [alone_scorer.score([it]).rewards[0] for it in items]
+    assert len({round(r, 4) for r in alone}) > 16, "rewards are nearly constant: the check would be vacuous"
+    for size in (1, 7, 32):
+        s = load_scorer(model_dir, batching=Batching(max_batch_size=size))
+        seen: list[list[int]] = []  # real lengths of the rows of every forward pass
+        hook = s.model.base_model.register_forward_pre_hook(
+            lambda m, args, kwargs: seen.append(kwargs["attention_mask"].sum(1).tolist()), with_kwargs=True)
+        try:
+            rewards = s.score(items).rewards
+        finally:
+            hook.remove()
+        assert max(len(rows) for rows in seen) == size
+        if size > 1:  # padding really happened, so the test covers it
+            assert any(len(set(rows)) > 1 for rows in seen)
+        assert close(rewards, alone), f"batch size {size}: max diff {max_diff(rewards, alone)}"
+
+
+def test_rewards_do_not_depend_on_item_order(model_dir):
+    """Shuffling the items of a call permutes the rewards and changes nothing else."""
+    items = mixed_items(seed=1)
+    s = load_scorer(model_dir, batching=Batching(max_batch_size=7))
+    base = s.score(items).rewards
+    for seed in (0, 1):
+        perm = list(range(len(items)))
+        random.Random(seed).shuffle(perm)
+        shuffled = s.score([items[i] for i in perm]).rewards
+        assert close([shuffled[perm.index(i)] for i in range(len(items))], base)
+
+
+def test_token_limit_per_batch_keeps_rewards(model_dir):
+    """A tight max_batch_tokens splits the call differently again; rewards stay put."""
+    items = mixed_items(seed=2)
+    loose = load_scorer(model_dir).score(items).rewards
+    tight = load_scorer(model_dir, batching=Batching(max_batch_size=32, max_batch_tokens=600)).score(items).rewards
+    assert close(tight, loose)
+
+
+# --- 2. padding -------------------------------------------------------------------------------------
+
+
+def test_last_token_rewards_ignore_right_padding(tiny_bt):
+    """Reading the reward at the last real token: a padded row scores like the row alone, even
+    when the pad id is also the end-of-turn id that ends the row (SmolLM2's case)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_bt)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bt, dtype=torch.float32).eval()
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    model.config.pad_token_id = im_end  # pad == end of turn
+    rows = [
+        [4, 90, 88, 264, 204, 294, 78, im_end],  # ends with the token that is also the pad id
+        [4, 90, 88, 264, 204, 294, 78, 89, 74, 262, 226, 75, 90, 83, im_end, 204],
+        [4, 70, 88],
+        [4, 70, 88, 88, 78, im_end, im_end],  # two of them at the end
+    ]
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), im_end)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r)
+        mask[i, :len(r)] = 1
+
+    with torch.no_grad():
+        batched = last_token_rewards(model, ids, mask)
+        for i, r in enumerate(rows):
+            one = torch.tensor([r])
+            alone = last_token_rewards(model, one, torch.ones_like(one))[0]
+            # computed without the function under test: the head on the last hidden state
+            direct = model.score(model.model(input_ids=one).last_hidden_state[0, -1])[0]
+            assert abs(batched[i] - alone) < TOL and abs(alone - direct) < TOL, i
+        # the hazard is real: transformers' own pad-token search reads row 0 one token early
+        assert abs(model(input_ids=ids, attention_mask=mask).logits[0, 0] - batched[0]) > 1e-3
+
+
+# --- 3. truncation ----------------------------------------------------------------------------------
+
+
+def _ids(tok, text):
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def test_truncation_with_chat_template(tiny_bt):
+    """Too-long items lose the start of the prompt; the response and the reward position survive."""
+    max_length = 48
+    s = load_scorer(tiny_bt, max_length=max_length)
+    tok = s.tokenizer
+    long_prompt = "The quick brown fox jumps over the lazy dog. " * 12 + "END"
+    items = [Item(prompt="hi", response="def add(a, b): return a + b"),
+             Item(prompt=long_prompt, response="return None"),
+             Item(prompt=[{"role": "user", "content": long_prompt}], response="hello world"),
+             Item(prompt="for i in range", response="x")]
+    scores = s.score(items)
+    assert scores.truncated == [False, True, True, False]
+
+    for item, cut in zip(items, scores.truncated):
+        ids, was_cut = encode_item(tok, item, max_length)
+        assert was_cut == cut and len(ids) <= max_length
+        messages = ([{"role": "user", "content": item.prompt}] if isinstance(item.prompt, str)
+                    else [m.model_dump() for m in item.prompt])
+        head = _ids(tok, tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        tail = _ids(tok, item.response + "<|im_end|>\n")  # what the template puts after the prompt
+        assert ids[-len(tail):] == tail, "the response must be kept whole"
+        if cut:
+            assert len(ids) == max_length
+            kept = ids[:-len(tail)]
+            assert kept == head[-len(kept):], "the prompt is cut from the left: its end is kept"
+            assert tok.decode(kept).endswith("END<|im_end|>\n<|im_start|>assistant\n")
+        else:
+            assert ids == head + tail
+
+
+def test_truncation_without_chat_template(tiny_bt_plain):
+    """Pair encoding `<s> prompt </s> response </s>`: the prompt is cut from the left inside
+    its special tokens, the response and the closing tokens stay."""
+    max_length = 24
+    s = load_scorer(tiny_bt_plain, max_length=max_length)
+    tok = s.tokenizer
+    bos, eos = tok.convert_tokens_to_ids("<s>"), tok.convert_tokens_to_ids("</s>")
+    items = [Item(prompt="Write a function", response="def add"),
+             Item(prompt="The quick brown fox jumps over the lazy dog. " * 6 + "END", response="return a + b"),
+             Item(prompt="hello", response="world")]
+    scores = s.score(items)
+    assert scores.truncated == [False, True, False]
+    for item, cut in zip(items, scores.truncated):
+        ids, _ = encode_item(tok, item, max_length)
+        prompt, response = _ids(tok, item.prompt), _ids(tok, item.response)
+        assert len(ids) <= max_length
+        assert ids[-len(response) - 1:] == response + [eos]
+        kept = ids[1:-len(response) - 2]
+        assert ids[0] == bos and ids[len(kept) + 1] == eos
+        if cut:
+            assert len(ids) == max_length and kept == prompt[-len(kept):] and len(kept) < len(prompt)
+            assert tok.decode(kept).endswith("END")
+        else:
+            assert kept == prompt
+
+
+def test_response_longer_than_limit_keeps_its_end(tiny_bt, tiny_bt_plain):
+    """When even the response does not fit, its end (where the reward is read) is what stays."""
+    response = "The quick brown fox jumps over the lazy dog. " * 6 + "total"
+    for path in (tiny_bt, tiny_bt_plain):
+        s = load_scorer(path, max_length=16)
+        ids, cut = encode_item(s.tokenizer, Item(prompt="hi", response=response), 16)
+        assert cut and len(ids) == 16
+        assert s.score([Item(prompt="hi", response=response)]).truncated == [True]
+    plain_ids, _ = encode_item(load_scorer(tiny_bt_plain, max_length=16).tokenizer,
+                               Item(prompt="hi", response=response), 16)
+    tok = load_scorer(tiny_bt_plain).tokenizer
+    assert plain_ids[-3:-1] == _ids(tok, response)[-2:]
+
+
+# --- 4. chat prompts --------------------------------------------------------------------------------
+
+
+def test_single_user_message_equals_string_prompt(scorer):
+    """A prompt given as [{role: user, content: p}] is the same input as the string p."""
+    prompts = ["Write a function that adds two numbers.", "2+2?", "hello " * 40]
+    strings = scorer.score([Item(prompt=p, response="def add(a, b): return a + b") for p in prompts]).rewards
+    chats = scorer.score([Item(prompt=[{"role": "user", "content": p}], response="def add(a, b): return a + b")
+                          for p in prompts]).rewards
+    assert close(chats, strings, 1e-6)
+    # and the messages are really used: a system turn changes the reward
+    system = scorer.score([Item(prompt=[{"role": "system", "content": "be brief"},
+                                        {"role": "user", "content": prompts[0]}],
+                                response="def add(a, b): return a + b")]).rewards[0]
+    assert abs(system - strings[0]) > 1e-6
+
+
+# --- 5. compare and rank ----------------------------------------------------------------------------
+
+
+def test_compare_is_sigmoid_of_reward_margin(model_dir):
+    """P(a beats b) = sigmoid(r_a - r_b), with r taken from `score`."""
+    s = load_scorer(model_dir)
+    rng = random.Random(3)
+    pairs = [Pair(prompt=words(rng, 1 + 7 * i), a=words(rng, 1 + i), b=words(rng, 9 - i)) for i in range(8)]
+    pairs.append(Pair(prompt=[{"role": "user", "content": "hello"}], a="world", b="dog"))
+    result = s.compare(pairs)
+    ra = s.score([Item(prompt=p.prompt, response=p.a) for p in pairs]).rewards
+    rb = s.score([Item(prompt=p.prompt, response=p.b) for p in pairs]).rewards
+    assert close(result.margins, [a - b for a, b in zip(ra, rb)])
+    assert close(result.probabilities, [1 / (1 + math.exp(-m)) for m in result.margins], 1e-9)
+    assert all((p > 0.5) == (m > 0) for p, m in zip(result.probabilities, result.margins))
+    assert len({m > 0 for m in result.margins}) == 2, "margins of both signs make the check meaningful"
+    assert result.truncated == [False] * len(pairs)
+    # swapping a and b mirrors the answer
+    swapped = s.compare([Pair(prompt=p.prompt, a=p.b, b=p.a) for p in pairs])
+    assert close(swapped.probabilities, [1 - p for p in result.probabilities])
+
+
+def test_rank_orders_rewards_descending(scorer):
+    """rank gives every candidate's reward (as score would) and the indices best first."""
+    responses = ["def add(a, b): return a + b", "None", "hello world", "for i in range(n): total += i",
+                 "the lazy dog", "x"]
+    ranking = scorer.rank("Write a function that adds two numbers.", responses)
+    rewards = scorer.score([Item(prompt="Write a function that adds two numbers.", response=r)
+                            for r in responses]).rewards
+    assert close(ranking.rewards, rewards)
+    assert sorted(ranking.order) == list(range(len(responses)))
+    assert [ranking.rewards[i] for i in ranking.order] == sorted(ranking.rewards, reverse=True)
+    assert ranking.order != list(range(len(responses)))  # not the identity by accident
+
+
+# --- 6. pre-templated text --------------------------------------------------------------------------
+
+
+def test_score_texts_matches_score_with_chat_template(scorer):
+    """OpenRLHF sends texts already rendered with the template: scoring one equals scoring the Item."""
+    cases = [("Write a function", "def add(a, b): return a + b"), ("2+2?", "4"), ("hello " * 30, "world")]
+    texts = [f"<|im_start|>user\n{p}<|im_end|>\n<|im_start|>assistant\n{r}<|im_end|>\n" for p, r in cases]
+    by_text = scorer.score_texts(texts)
+    by_item = scorer.score([Item(prompt=p, response=r) for p, r in cases])
+    assert close(by_text.rewards, by_item.rewards, 1e-6)
+    assert by_text.truncated == [False] * 3
+
+
+def test_score_texts_adds_no_special_tokens(plain_scorer):
+    """With a tokenizer that would wrap text in <s> ... </s>, the text's own tokens are used as is."""
+    cases = [("Write a function", "def add"), ("hello", "world")]
+    texts = [f"<s>{p}</s>{r}</s>" for p, r in cases]
+    by_text = plain_scorer.score_texts(texts).rewards
+    by_item = plain_scorer.score([Item(prompt=p, response=r) for p, r in cases]).rewards
+    assert close(by_text, by_item, 1e-6)
+
+
+def test_score_texts_truncates_from_the_left(tiny_bt):
+    """A pre-templated text over the limit keeps its end (the response) and says it was cut."""
+    s = load_scorer(tiny_bt, max_length=32)
+    text = "<|im_start|>user\n" + "hello world " * 30 + "<|im_end|>\n<|im_start|>assistant\nreturn None<|im_end|>\n"
+    short = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nok<|im_end|>\n"
+    assert s.score_texts([text, short]).truncated == [True, False]
+    assert close(s.score_texts([text]).rewards,
+                 load_scorer(tiny_bt).score_texts([s.tokenizer.decode(_ids(s.tokenizer, text)[-32:])]).rewards)
+
+
+# --- 7. loading errors ------------------------------------------------------------------------------
+
+
+def test_base_model_without_head_is_refused(tiny_base):
+    """A causal LM would get a randomly initialised head: refuse it and say how to train one."""
+    with pytest.raises(ModelLoadError) as err:
+        load_scorer(tiny_base)
+    assert "plaudit train bt" in str(err.value)
+    assert "head" in str(err.value)
+
+
+def test_two_output_classifier_is_refused_as_bt(tmp_path):
+    """A BT reward is one number; a 2-label classifier must not be read as one."""
+    path = make_tiny(tmp_path / "two", head=True, num_labels=2)
+    with pytest.raises(ModelLoadError) as err:
+        load_scorer(path)
+    assert "1 output" in str(err.value) and "2" in str(err.value)
+
+
+def test_uncached_hub_id_fails_offline_naming_a_directory(monkeypatch, tmp_path):
+    """With no network, a hub id says what to do: download elsewhere and pass a local folder."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)  # so `someorg/some-rm` cannot be a local folder by chance
+    start = time.time()
+    with pytest.raises(ModelLoadError) as err:
+        load_scorer("someorg/some-rm")
+    message = str(err.value)
+    assert "someorg/some-rm" in message and "offline" in message
+    assert "./models/some-rm" in message and "directory" in message
+    assert time.time() - start < 30
+
+
+def test_declared_kind_must_match_requested_kind(tiny_bt, tmp_path):
+    """Serving a BT head as another kind is refused before anything is loaded; the same kind loads."""
+    path = shutil.copytree(tiny_bt, tmp_path / "declared-bt")
+    (path / "plaudit.json").write_text(json.dumps({"kind": "bt"}))
+    with pytest.raises(ModelLoadError) as err:
+        load_scorer(path, kind="gpm")
+    assert "'gpm'" in str(err.value) and "'bt'" in str(err.value)
+    assert load_scorer(path, kind="bt").score([Item(prompt="a", response="b")]).rewards
+
+
+def test_unknown_kind_in_metadata_names_known_kinds(tiny_bt, tmp_path):
+    path = shutil.copytree(tiny_bt, tmp_path / "weird")
+    (path / "plaudit.json").write_text(json.dumps({"kind": "weird"}))
+    with pytest.raises(ModelLoadError) as err:
+        load_scorer(path)
+    assert "weird" in str(err.value)
+    assert all(kind in str(err.value) for kind in KINDS) and "known kinds" in str(err.value)
+
+
+def test_missing_path_and_file_path_are_refused(tmp_path):
+    with pytest.raises(ModelLoadError, match="no such model directory"):
+        load_scorer(tmp_path / "nowhere")
+    (tmp_path / "model.bin").write_bytes(b"x")
+    with pytest.raises(ModelLoadError, match="must be a directory"):
+        load_scorer(tmp_path / "model.bin")
+
+
+def test_invalid_metadata_json_is_refused(tiny_bt, tmp_path):
+    path = shutil.copytree(tiny_bt, tmp_path / "broken")
+    (path / "plaudit.json").write_text("{kind: bt")
+    with pytest.raises(ModelLoadError, match="plaudit.json"):
+        load_scorer(path)
+
+
+# --- 8. device and dtype ----------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU default")
+def test_auto_device_is_cpu_float32_without_gpu():
+    assert choose_device("auto") == (torch.device("cpu"), torch.float32)
+    assert choose_device("auto", "auto") == (torch.device("cpu"), torch.float32)
+
+
+def test_explicit_dtype_and_unknown_dtype():
+    assert choose_device("cpu", "bfloat16") == (torch.device("cpu"), torch.bfloat16)
+    assert choose_device("cpu", "fp16")[1] == torch.float16
+    with pytest.raises(ModelLoadError, match="float8"):
+        choose_device("cpu", "float8")
+
+
+def test_loaded_scorer_uses_requested_dtype(tiny_bt):
+    """dtype reaches the weights and the metadata; bf16 rewards stay close to fp32 ones."""
+    items = mixed_items(8, seed=4)
+    fp32 = load_scorer(tiny_bt, device="cpu", dtype="float32")
+    bf16 = load_scorer(tiny_bt, device="cpu", dtype="bfloat16")
+    assert next(bf16.model.parameters()).dtype == torch.bfloat16
+    assert bf16.metadata["dtype"] == "bfloat16" and fp32.metadata["dtype"] == "float32"
+    assert close(bf16.score(items).rewards, fp32.score(items).rewards, 0.1)
+    with pytest.raises(ModelLoadError):
+        load_scorer(tiny_bt, dtype="int3")
+
+
+# --- 9. micro-batches -------------------------------------------------------------------------------
+
+
+def padded_tokens(batches, lengths):
+    return sum(len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for b in batches)
+
+
+def test_micro_batches_cover_every_index_within_limits():
+    rng = random.Random(5)
+    lengths = [rng.choice([3, 5, 8, 40, 120, 300, 700]) + rng.randint(0, 9) for _ in range(200)]
+    lengths += [5000]  # longer than the token limit on its own
+    batching = Batching(max_batch_size=16, max_batch_tokens=2048)
+    batches = micro_batches(lengths, batching)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        assert 1 <= len(b) <= batching.max_batch_size
+        longest = max(lengths[i] for i in b)
+        assert len(b) * longest <= batching.max_batch_tokens or len(b) == 1
+    assert [5000] in [[lengths[i] for i in b] for b in batches]
+    # batches go from short to long, so rows in a batch have similar lengths
+    for before, after in zip(batches, batches[1:]):
+        assert max(lengths[i] for i in before) <= min(lengths[i] for i in after)
+
+
+def test_sorting_cuts_padding_waste():
+    """Padding in length-sorted batches is far below padding in arrival order."""
+    rng = random.Random(6)
+    lengths = [rng.choice([4, 10, 300, 20, 500, 7]) for _ in range(96)]
+    batching = Batching(max_batch_size=8, max_batch_tokens=10**9)
+    arrival = [list(range(i, min(i + 8, len(lengths)))) for i in range(0, len(lengths), 8)]
+    sorted_waste = padded_tokens(micro_batches(lengths, batching), lengths)
+    arrival_waste = padded_tokens(arrival, lengths)
+    assert sorted_waste < 0.2 * arrival_waste, (sorted_waste, arrival_waste)
+
+
+def test_micro_batches_edge_cases():
+    assert micro_batches([], Batching()) == []
+    assert micro_batches([7], Batching(max_batch_size=1)) == [[0]]
+    assert micro_batches([1, 1, 1], Batching(max_batch_size=1)) == [[0], [1], [2]]
+
+
+# --- 10. cross-thread batching ----------------------------------------------------------------------
+
+
+def wait_until(condition, timeout=10.0):
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def derived(seq):
+    """What the fake model returns for a row: depends on the row's content only."""
+    return torch.tensor([float(sum(seq)), float(len(seq)), float(seq[0])])
+
+
+class GatedRun:
+    """A fake forward pass whose first call waits for a gate, so other requests queue up behind it."""
+
+    def __init__(self):
+        self.gate = threading.Event()
+        self.calls: list[int] = []
+
+    def __call__(self, seqs):
+        self.calls.append(len(seqs))
+        if len(self.calls) == 1:
+            assert self.gate.wait(10)
+        if any(s[0] < 0 for s in seqs):
+            raise ValueError("poisoned row")
+        return [derived(s) for s in seqs]
+
+
+def submit_all(batcher, requests):
+    """Call the batcher from one thread per request; returns results (or exceptions) by request."""
+    results: dict[int, object] = {}
+
+    def call(k):
+        try:
+            results[k] = batcher(requests[k])
+        except Exception as e:  # noqa: BLE001 - the test inspects it
+            results[k] = e
+
+    threads = [threading.Thread(target=call, args=(k,)) for k in range(len(requests))]
+    for t in threads:
+        t.start()
+    return threads, results
+
+
+def test_forward_batcher_merges_threads_and_routes_rows():
+    """16 concurrent callers share forward passes, and each gets exactly its own rows back."""
+    run = GatedRun()
+    batcher = ForwardBatcher(run, "test")
+    # thread k sends k % 4 + 1 rows whose content identifies it
+    requests = [[[k, j, 100 + k] for j in range(k % 4 + 1)] for k in range(16)]
+    threads, results = submit_all(batcher, requests)
+    total = sum(map(len, requests))
+    # the first forward pass is held open until every thread has queued its request
+    wait_until(lambda: run.calls and run.calls[0] + sum(len(s) for s, _ in batcher._pending) == total)
+    run.gate.set()
+    for t in threads:
+        t.join(10)
+    assert batcher.batches < 16 and batcher.batches == len(run.calls) == 2
+    assert batcher.sequences == total == sum(run.calls)
+    for k, rows in results.items():
+        assert not isinstance(rows, Exception), rows
+        assert len(rows) == len(requests[k])
+        for row, seq in zip(rows, requests[k]):
+            assert torch.equal(row, derived(seq)), (k, row, seq)
+
+
+def test_forward_batcher_error_reaches_every_caller_and_worker_survives():
+    """A failing forward pass fails every request merged into it, and the next request still works."""
+    run = GatedRun()
+    batcher = ForwardBatcher(run, "test")
+    first_threads, first = submit_all(batcher, [[[1, 2]]])
+    wait_until(lambda: len(run.calls) == 1)
+    requests = [[[k, 5]] for k in range(1, 6)] + [[[-1, 0]]]  # one poisoned request among six
+    threads, results = submit_all(batcher, requests)
+    wait_until(lambda: len(batcher._pending) == len(requests))
+    run.gate.set()
+    for t in first_threads + threads:
+        t.join(10)
+    assert torch.equal(first[0][0], derived([1, 2]))
+    assert len(results) == len(requests)
+    assert all(isinstance(r, ValueError) and "poisoned" in str(r) for r in results.values())
+    # the worker is alive and routing correctly afterwards
+    assert [r.tolist() for r in batcher([[3, 4], [5]])] == [derived([3, 4]).tolist(), derived([5]).tolist()]
+    assert batcher([]) == []
+
+
+def test_scorer_calls_from_threads_match_sequential(scorer):
+    """Through the real model: concurrent score calls give the rewards of sequential ones."""
+    items = mixed_items(12, seed=7)
+    expected = scorer.score(items).rewards
+    got: dict[int, float] = {}
+
+    def call(k):
+        got[k] = scorer.score([items[k]]).rewards[0]
+
+    threads = [threading.Thread(target=call, args=(k,)) for k in range(len(items))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert close([got[k] for k in range(len(items))], expected)
+
+
+# --- 11. LoRA ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def llama(tiny_bt):
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(tiny_bt, dtype=torch.float32).eval()
+
+
+def hidden(model, ids):
+    with torch.no_grad():
+        return model.base_model(input_ids=ids).last_hidden_state
+
+
+IDS = torch.tensor([[4, 90, 88, 264, 204, 294, 78, 89, 74, 262, 5, 204], [4, 70, 88, 88, 78, 277, 270, 89, 5, 204, 0, 0]])
+
+
+def test_zero_lora_is_the_identity_and_merges_to_the_original(llama):
+    original = hidden(llama, IDS)
+    names = add_lora(llama, last_layers=1, rank=4, alpha=8.0)
+    assert names and all(".layers.1." in n for n in names)  # only the last block
+    assert len(names) == 7  # q, k, v, o, gate, up, down
+    assert torch.allclose(hidden(llama, IDS), original, atol=1e-6)
+    merge_lora(llama)
+    assert torch.allclose(hidden(llama, IDS), original, atol=1e-6)
+
+
+def test_merged_lora_equals_unmerged(llama):
+    """Serving merges adapters into the weights: it must compute what training computed."""
+    original = hidden(llama, IDS)
+    names = add_lora(llama, last_layers=2, rank=4, alpha=8.0)
+    torch.manual_seed(1)
+    for name in names:
+        module = llama.get_submodule(name)
+        assert isinstance(module, LoRALinear)
+        with torch.no_grad():
+            module.lora_b.normal_(0, 0.2)
+    adapted = hidden(llama, IDS)
+    assert (adapted - original).abs().max() > 1e-2, "the adapters must change the output"
+    merge_lora(llama)
+    assert not any(isinstance(m, LoRALinear) for m in llama.modules())
+    assert all(type(llama.get_submodule(n)) is nn.Linear for n in names)
+    assert (hidden(llama, IDS) - adapted).abs().max() < 1e-5
+
+
+def test_inputs_are_validated():
+    """Items are pydantic models: a malformed message is refused when the item is built."""
+    with pytest.raises(ValueError):
+        Item(prompt=[{"role": "", "content": "x"}], response="y")
+    with pytest.raises(ValueError):
+        Item(prompt="x", response="y", extra=1)
+    assert issubclass(InputError, ValueError)

@@ -1,0 +1,130 @@
+"""The HTTP API over a real BentoML server on 127.0.0.1, serving tiny models."""
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import yaml
+
+from rewardmodels import Item, load_scorer
+from servers import running_service
+
+ITEMS = [{"prompt": "Write a function that adds two numbers.", "response": "def add(a, b):\n    return a + b\n"},
+         {"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello"}],
+          "response": "hello world"},
+         {"prompt": "The quick brown fox " * 30, "response": "jumps over the lazy dog"}]
+
+
+@pytest.fixture(scope="module")
+def service(tiny_bt, tiny_bt_plain, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("service")
+    config = tmp / "plaudit.yaml"
+    config.write_text(yaml.safe_dump({
+        "models": {"tiny": {"path": str(tiny_bt), "max_length": 64},
+                   "plain": {"path": str(tiny_bt_plain), "kind": "bt"}},
+        "default_model": "tiny",
+        "limits": {"max_items": 40, "max_chars": 2000}}))
+    with running_service(config, tmp) as (url, _):
+        with httpx.Client(base_url=url, timeout=60) as client:
+            yield client
+
+
+@pytest.fixture(scope="module")
+def local(tiny_bt):
+    """The same model in-process: the API must answer exactly what the library computes."""
+    return load_scorer(tiny_bt, max_length=64)
+
+
+def test_score_matches_library(service, local):
+    body = service.post("/score", json={"items": ITEMS}).json()
+    expected = local.score([Item.model_validate(i) for i in ITEMS])
+    assert body["model"] == "tiny"
+    assert body["rewards"] == pytest.approx(expected.rewards, abs=1e-5)
+    assert body["truncated"] == [False, False, True]  # the 600-character prompt does not fit 64 tokens
+    assert len(set(body["ids"])) == 3
+
+
+def test_compare_and_rank_agree_with_score(service):
+    a, b = ITEMS[0]["response"], "def add(a, b):\n    return a - b\n"
+    prompt = ITEMS[0]["prompt"]
+    rewards = service.post("/score", json={"items": [{"prompt": prompt, "response": a},
+                                                     {"prompt": prompt, "response": b}]}).json()["rewards"]
+    pair = service.post("/compare", json={"pairs": [{"prompt": prompt, "a": a, "b": b}]}).json()
+    assert pair["margins"][0] == pytest.approx(rewards[0] - rewards[1], abs=1e-5)
+    assert pair["probabilities"][0] == pytest.approx(1 / (1 + math.exp(-(rewards[0] - rewards[1]))), abs=1e-5)
+    ranked = service.post("/rank", json={"prompt": prompt, "responses": [b, a, "pass"]}).json()
+    assert ranked["order"] == sorted(range(3), key=lambda i: -ranked["rewards"][i])
+    assert ranked["rewards"][:2] == pytest.approx([rewards[1], rewards[0]], abs=1e-5)
+
+
+def test_get_reward_openrlhf_contract(service, local):
+    text = local.tokenizer.apply_chat_template(
+        [{"role": "user", "content": ITEMS[0]["prompt"]}, {"role": "assistant", "content": ITEMS[0]["response"]}],
+        tokenize=False)
+    body = service.post("/get_reward", json={"query": [text], "prompts": [ITEMS[0]["prompt"]], "labels": ["x"]}).json()
+    assert set(body) == {"rewards", "scores", "extra_logs"}
+    # already templated: no special tokens added again, so it equals /score on the same item
+    assert body["rewards"][0] == pytest.approx(local.score([Item.model_validate(ITEMS[0])]).rewards[0], abs=1e-5)
+
+
+def test_model_choice_and_models_listing(service):
+    plain = service.post("/score", json={"model": "plain", "items": ITEMS[:1]}).json()
+    assert plain["model"] == "plain"
+    models = {m["name"]: m for m in service.get("/models").json()["models"]}
+    assert set(models) == {"tiny", "plain"} and models["tiny"]["default"] and not models["plain"]["default"]
+    assert models["tiny"]["kind"] == "bt"
+    assert models["tiny"]["metadata"]["normalization"] == {"mean": 0.0, "std": 1.0, "stored": False}
+    assert models["tiny"]["metadata"]["max_length"] == 64
+
+
+def test_concurrent_single_item_requests_are_batched(service, local):
+    """OpenRLHF sends one sample per request: the server must merge them into batches."""
+    before = {m["name"]: m["stats"] for m in service.get("/models").json()["models"]}["tiny"]
+    items = [{"prompt": f"question {i} " * (1 + i % 7), "response": f"answer {i}"} for i in range(64)]
+    with ThreadPoolExecutor(32) as pool:
+        replies = list(pool.map(lambda it: service.post("/score", json={"items": [it]}), items))
+    assert all(r.status_code == 200 for r in replies)
+    got = [r.json()["rewards"][0] for r in replies]
+    assert got == pytest.approx(local.score([Item.model_validate(i) for i in items]).rewards, abs=1e-4)
+    after = {m["name"]: m["stats"] for m in service.get("/models").json()["models"]}["tiny"]
+    calls, seqs = after["forward_calls"] - before["forward_calls"], after["sequences"] - before["sequences"]
+    assert seqs == 64
+    assert calls < 64, f"no request merging: {calls} forward calls for 64 single-item requests"
+
+
+@pytest.mark.parametrize("body, status, names", [
+    ({"items": []}, 400, "items"),
+    ({"items": [{"prompt": "a"}]}, 400, "response"),
+    ({"items": [{"prompt": "a", "response": 3}]}, 400, "response"),
+    ({"itemz": [{"prompt": "a", "response": "b"}]}, 400, "items"),
+    ({"items": [{"prompt": [{"role": "user"}], "response": "b"}]}, 400, "content"),
+    ({"model": "nope", "items": [{"prompt": "a", "response": "b"}]}, 404, "model"),
+    ({"items": [{"prompt": "a", "response": "b" * 2001}]}, 413, "items[0].response"),
+    ({"items": [{"prompt": [{"role": "user", "content": "a" * 2001}], "response": "b"}]}, 413,
+     "items[0].prompt[0].content"),
+    ({"items": [{"prompt": "a", "response": "b"}] * 41}, 413, "limits.max_items"),
+])
+def test_bad_input_gets_4xx_naming_the_field(service, body, status, names):
+    reply = service.post("/score", json=body)
+    assert reply.status_code == status, reply.text
+    assert names in reply.text
+
+
+def test_bad_input_on_other_endpoints(service):
+    assert service.post("/compare", json={"pairs": []}).status_code == 400
+    assert service.post("/rank", json={"prompt": "p", "responses": []}).status_code == 400
+    assert service.post("/get_reward", json={"query": []}).status_code == 400
+    reply = service.post("/get_reward", json={"query": ["x" * 2001]})
+    assert reply.status_code == 413 and "query[0]" in reply.text
+    reply = service.post("/score", content=b"{not json", headers={"content-type": "application/json"})
+    assert reply.status_code == 400
+
+
+def test_openapi_document_has_the_schemas(service):
+    spec = service.get("/docs.json").json()
+    assert {"/score", "/compare", "/rank", "/get_reward"} <= set(spec["paths"])
+    schemas = spec["components"]["schemas"]
+    assert "Item" in schemas and "Pair" in schemas
+    assert "items" in str(spec["paths"]["/score"])
