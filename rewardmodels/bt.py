@@ -8,10 +8,10 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from .base import Item, ModelLoadError, Scorer, Scores
+from .base import InputError, Item, ModelLoadError, Scorer, Scores
 from .batcher import ForwardBatcher
 from .encoding import Batching, encode_item, encode_text, run_batched
-from .loading import choose_device, read_metadata, resolve_path
+from .loading import METADATA_FILE, choose_device, read_metadata, resolve_path
 from .lora import add_lora, merge_lora
 
 ADAPTER_FILE = "adapter.safetensors"
@@ -42,8 +42,13 @@ def load_classifier(directory: Path, metadata: dict[str, Any]) -> tuple[nn.Modul
         base = resolve_path(metadata["base"])
         model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=torch.float32)
         add_lora(model, **metadata["adapter"])
-        state = load_file(str(directory / ADAPTER_FILE))
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        if not (directory / ADAPTER_FILE).exists():
+            raise ModelLoadError(f"{directory}: {METADATA_FILE} declares an adapter but {ADAPTER_FILE} is missing")
+        try:
+            missing, unexpected = model.load_state_dict(load_file(str(directory / ADAPTER_FILE)), strict=False)
+        except RuntimeError as e:  # shapes differ: trained on another base, or another rank
+            raise ModelLoadError(f"{directory}: {ADAPTER_FILE} does not fit its base {metadata['base']!r}: "
+                                 f"{str(e).splitlines()[-1].strip()}") from None
         expected = {k for k in model.state_dict() if ".lora_" in k or k.startswith(HEAD_PREFIXES)}
         if unexpected or expected & set(missing):
             raise ModelLoadError(f"{directory}: {ADAPTER_FILE} does not match its base {metadata['base']!r} "
@@ -95,15 +100,18 @@ class BradleyTerry(Scorer):
                     "max_length": max_length, "device": str(dev), "dtype": str(dt).removeprefix("torch.")}
         return cls(name or directory.name, model, tokenizer, metadata, dev, max_length, batching or Batching())
 
-    def _scores(self, encoded: list[tuple[list[int], bool]]) -> Scores:
+    def _scores(self, encoded: list[tuple[list[int], bool]], field: str) -> Scores:
+        for i, (ids, _) in enumerate(encoded):
+            if not ids:
+                raise InputError(f"{field}[{i}]", "nothing to score: the text has no tokens")
         raw = [float(r) for r in self.forward([ids for ids, _ in encoded])]
         return Scores([(r - self.mean) / self.std for r in raw], [cut for _, cut in encoded])
 
     def score(self, items: Sequence[Item]) -> Scores:
-        return self._scores([encode_item(self.tokenizer, it, self.max_length) for it in items])
+        return self._scores([encode_item(self.tokenizer, it, self.max_length) for it in items], "items")
 
     def score_texts(self, texts: Sequence[str]) -> Scores:
-        return self._scores([encode_text(self.tokenizer, t, self.max_length) for t in texts])
+        return self._scores([encode_text(self.tokenizer, t, self.max_length) for t in texts], "query")
 
     def stats(self) -> dict[str, Any]:
         return {"forward_calls": self.forward.batches, "sequences": self.forward.sequences}

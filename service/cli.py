@@ -13,6 +13,8 @@ from pathlib import Path
 
 from rewardmodels import InputError, ModelLoadError
 
+from training.bt import BTConfig, train_bt
+
 from .config import REPO, ModelConfig, ServiceConfig, load_config
 
 
@@ -62,7 +64,6 @@ def cmd_score(args) -> None:
 
 
 def cmd_train_bt(args) -> None:
-    from training.bt import BTConfig, train_bt
     from training.data import read_pairs
 
     config = BTConfig(base=args.base, epochs=args.epochs, lr=args.lr, batch_pairs=args.batch_pairs,
@@ -113,15 +114,16 @@ def parser() -> argparse.ArgumentParser:
     p = train.add_parser("bt", help="Bradley-Terry model on TRL preference pairs (prompt, chosen, rejected)")
     p.add_argument("--data", required=True, help="JSONL preference pairs")
     p.add_argument("--out", required=True, help="model directory to write")
-    p.add_argument("--base", default="default", help="backbone directory, or 'default' for packaged SmolLM2-135M")
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--batch-pairs", type=int, default=4)
-    p.add_argument("--lora-layers", type=int, default=4, help="adapt the last N transformer blocks")
-    p.add_argument("--lora-rank", type=int, default=8)
-    p.add_argument("--max-length", type=int, default=1024)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    defaults = BTConfig()
+    p.add_argument("--base", default=defaults.base, help="backbone directory, or 'default' for packaged SmolLM2-135M")
+    p.add_argument("--epochs", type=int, default=defaults.epochs)
+    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--batch-pairs", type=int, default=defaults.batch_pairs)
+    p.add_argument("--lora-layers", type=int, default=defaults.lora_layers, help="adapt the last N transformer blocks")
+    p.add_argument("--lora-rank", type=int, default=defaults.lora_rank)
+    p.add_argument("--max-length", type=int, default=defaults.max_length)
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--device", default=defaults.device)
     p.set_defaults(run=cmd_train_bt)
 
     data = sub.add_parser("data", help="build training data").add_subparsers(dest="builder", required=True)

