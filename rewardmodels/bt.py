@@ -34,8 +34,9 @@ def last_token_rewards(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) 
     return head(hidden[torch.arange(ids.shape[0], device=ids.device), last]).squeeze(-1)
 
 
-def load_classifier(directory: Path, metadata: dict[str, Any]) -> tuple[nn.Module, Any]:
-    """A one-output sequence classifier and its tokenizer, in fp32, adapters merged."""
+def load_classifier(directory: Path, metadata: dict[str, Any], dtype: torch.dtype) -> tuple[nn.Module, Any]:
+    """A sequence classifier and its tokenizer. A plain checkpoint loads straight in `dtype`
+    (an 8B model must not pass through fp32 on the host); adapters merge in fp32."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     if "adapter" in metadata:  # plaudit's own: base backbone + LoRA + head in a small file
@@ -57,7 +58,7 @@ def load_classifier(directory: Path, metadata: dict[str, Any]) -> tuple[nn.Modul
         return model, AutoTokenizer.from_pretrained(base)
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            directory, dtype=torch.float32, output_loading_info=True)
+            directory, dtype=dtype, output_loading_info=True)
     except (OSError, ValueError, KeyError) as e:
         raise ModelLoadError(f"{directory}: not a loadable sequence-classification checkpoint ({e})") from None
     untrained = [k for k in info["missing_keys"] if k.startswith(HEAD_PREFIXES)]
@@ -87,12 +88,12 @@ class BradleyTerry(Scorer):
              max_length: int | None = None, batching: Batching | None = None) -> "BradleyTerry":
         directory = resolve_path(path)
         metadata = read_metadata(directory)
-        model, tokenizer = load_classifier(directory, metadata)
+        dev, dt = choose_device(device, dtype)
+        model, tokenizer = load_classifier(directory, metadata, dt)
         outputs = model.config.num_labels
         if outputs != 1:
             raise ModelLoadError(f"{directory}: declared kind 'bt' needs a reward head with 1 output, "
                                  f"but this checkpoint's head has {outputs}")
-        dev, dt = choose_device(device, dtype)
         model.to(device=dev, dtype=dt).eval()
         max_length = max_length or metadata.get("max_length") or min(tokenizer.model_max_length, 4096)
         metadata = {"kind": "bt", "base": metadata.get("base", str(directory)),
