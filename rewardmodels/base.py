@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -76,7 +76,7 @@ class Ranking:
     rewards: list[float]
     order: list[int]
     truncated: list[bool]
-    extra: dict[str, Any] = field(default_factory=dict)
+    matrix: list[list[float]]  # P(i beats j)
 
 
 def sigmoid(x: float) -> float:
@@ -96,8 +96,9 @@ class Scorer(ABC):
     def score(self, items: Sequence[Item]) -> Scores:
         """One reward per (prompt, response), independent of what else is in the call."""
 
-    def score_texts(self, texts: Sequence[str]) -> Scores:
-        """Rewards for texts that already carry the chat template (OpenRLHF's /get_reward)."""
+    def score_texts(self, texts: Sequence[str], prompts: Sequence[str] | None = None) -> Scores:
+        """Rewards for texts that already carry the chat template (OpenRLHF's /get_reward);
+        `prompts`, when the caller sends them, are the templated prompts of the texts."""
         raise UnsupportedOperation("query", f"model {self.name!r} ({self.kind}) cannot score pre-templated text")
 
     def compare(self, pairs: Sequence[Pair]) -> Comparison:
@@ -113,8 +114,9 @@ class Scorer(ABC):
     def rank(self, prompt: Prompt, responses: Sequence[str]) -> Ranking:
         """Best-of-N: rewards for every candidate and their order, best first."""
         scored = self.score([Item(prompt=prompt, response=r) for r in responses])
-        order = sorted(range(len(responses)), key=lambda i: -scored.rewards[i])
-        return Ranking(scored.rewards, order, scored.truncated)
+        r = scored.rewards
+        order = sorted(range(len(r)), key=lambda i: -r[i])
+        return Ranking(r, order, scored.truncated, [[sigmoid(a - b) for b in r] for a in r])
 
     def stats(self) -> dict[str, Any]:
         """Serving counters worth showing in `GET /models` (none by default)."""

@@ -5,16 +5,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from .base import InputError, Item, ModelLoadError, Scorer, Scores
 from .batcher import ForwardBatcher
-from .encoding import Batching, encode_item, encode_text, run_batched
-from .loading import METADATA_FILE, choose_device, read_metadata, resolve_path
-from .lora import add_lora, merge_lora
+from .encoding import Batching, encode_item, encode_text, last_token_states, run_batched
+from .loading import choose_device, read_metadata, resolve_path
+from .lora import apply_adapter
 
-ADAPTER_FILE = "adapter.safetensors"
 HEAD_PREFIXES = ("score.", "classifier.")
 
 
@@ -29,9 +27,7 @@ def last_token_rewards(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) 
     head = getattr(model, "score", None)
     if head is None:
         return model(input_ids=ids, attention_mask=mask).logits[:, 0]
-    hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
-    last = mask.sum(dim=1) - 1
-    return head(hidden[torch.arange(ids.shape[0], device=ids.device), last]).squeeze(-1)
+    return head(last_token_states(model.base_model, ids, mask)).squeeze(-1)
 
 
 def load_classifier(directory: Path, metadata: dict[str, Any], dtype: torch.dtype) -> tuple[nn.Module, Any]:
@@ -42,19 +38,7 @@ def load_classifier(directory: Path, metadata: dict[str, Any], dtype: torch.dtyp
     if "adapter" in metadata:  # plaudit's own: base backbone + LoRA + head in a small file
         base = resolve_path(metadata["base"])
         model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=torch.float32)
-        add_lora(model, **metadata["adapter"])
-        if not (directory / ADAPTER_FILE).exists():
-            raise ModelLoadError(f"{directory}: {METADATA_FILE} declares an adapter but {ADAPTER_FILE} is missing")
-        try:
-            missing, unexpected = model.load_state_dict(load_file(str(directory / ADAPTER_FILE)), strict=False)
-        except RuntimeError as e:  # shapes differ: trained on another base, or another rank
-            raise ModelLoadError(f"{directory}: {ADAPTER_FILE} does not fit its base {metadata['base']!r}: "
-                                 f"{str(e).splitlines()[-1].strip()}") from None
-        expected = {k for k in model.state_dict() if ".lora_" in k or k.startswith(HEAD_PREFIXES)}
-        if unexpected or expected & set(missing):
-            raise ModelLoadError(f"{directory}: {ADAPTER_FILE} does not match its base {metadata['base']!r} "
-                                 f"(missing {sorted(expected & set(missing))[:3]}, unexpected {unexpected[:3]})")
-        merge_lora(model)
+        apply_adapter(model, directory, metadata, HEAD_PREFIXES)
         return model, AutoTokenizer.from_pretrained(base)
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
@@ -111,7 +95,7 @@ class BradleyTerry(Scorer):
     def score(self, items: Sequence[Item]) -> Scores:
         return self._scores([encode_item(self.tokenizer, it, self.max_length) for it in items], "items")
 
-    def score_texts(self, texts: Sequence[str]) -> Scores:
+    def score_texts(self, texts: Sequence[str], prompts: Sequence[str] | None = None) -> Scores:
         return self._scores([encode_text(self.tokenizer, t, self.max_length) for t in texts], "query")
 
     def stats(self) -> dict[str, Any]:

@@ -111,6 +111,12 @@ def pad(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tup
     return ids.to(device), mask.to(device)
 
 
+def last_token_states(backbone: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The final hidden state at each row's last real token (right padding: position mask.sum - 1)."""
+    hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+    return hidden[torch.arange(ids.shape[0], device=ids.device), mask.sum(dim=1) - 1]
+
+
 def run_batched(seqs: Sequence[Sequence[int]], forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                 batching: Batching, pad_id: int, device: torch.device) -> list[torch.Tensor]:
     """Apply `forward(ids, mask) -> one row per sequence` over micro-batches; results in input order."""

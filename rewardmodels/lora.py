@@ -7,9 +7,17 @@ one plain forward pass, and a merged model is an ordinary transformers model.
 from __future__ import annotations
 
 import re
+from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
+
+from .base import ModelLoadError
+from .loading import METADATA_FILE
+
+ADAPTER_FILE = "adapter.safetensors"
 
 
 class LoRALinear(nn.Module):
@@ -64,3 +72,20 @@ def merge_lora(model: nn.Module) -> None:
     for name, module in list(model.named_modules()):
         if isinstance(module, LoRALinear):
             _swap(model, name, module.merged())
+
+
+def apply_adapter(model: nn.Module, directory: Path, metadata: dict[str, Any], head_prefixes: tuple[str, ...]) -> None:
+    """Load a plaudit model folder's adapters and heads into `model` (its base) and merge them."""
+    add_lora(model, **metadata["adapter"])
+    if not (directory / ADAPTER_FILE).exists():
+        raise ModelLoadError(f"{directory}: {METADATA_FILE} declares an adapter but {ADAPTER_FILE} is missing")
+    try:
+        missing, unexpected = model.load_state_dict(load_file(str(directory / ADAPTER_FILE)), strict=False)
+    except RuntimeError as e:  # shapes differ: trained on another base, or another rank
+        raise ModelLoadError(f"{directory}: {ADAPTER_FILE} does not fit its base {metadata['base']!r}: "
+                             f"{str(e).splitlines()[-1].strip()}") from None
+    expected = {k for k in model.state_dict() if ".lora_" in k or k.startswith(head_prefixes)}
+    if unexpected or expected & set(missing):
+        raise ModelLoadError(f"{directory}: {ADAPTER_FILE} does not match its base {metadata['base']!r} "
+                             f"(missing {sorted(expected & set(missing))[:3]}, unexpected {unexpected[:3]})")
+    merge_lora(model)

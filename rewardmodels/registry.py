@@ -10,6 +10,7 @@ from .loading import read_metadata, resolve_path
 
 KINDS: dict[str, str] = {
     "bt": "rewardmodels.bt:BradleyTerry",
+    "gpm": "rewardmodels.gpm:GPM",
 }
 
 

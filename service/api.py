@@ -99,14 +99,17 @@ def rank(pool: ModelPool, request: RankRequest) -> RankResponse:
                  + [(f"responses[{i}]", r) for i, r in enumerate(request.responses)])
     scorer = pool.get(request.model)
     result = scorer.rank(request.prompt, request.responses)
-    return RankResponse(model=scorer.name, rewards=result.rewards, order=result.order, truncated=result.truncated)
+    return RankResponse(model=scorer.name, rewards=result.rewards, order=result.order, truncated=result.truncated,
+                        matrix=result.matrix if request.matrix else None)
 
 
 def get_reward(pool: ModelPool, request: GetRewardRequest) -> GetRewardResponse:
     check_limits(pool.config.limits, "query", len(request.query),
                  [(f"query[{i}]", q) for i, q in enumerate(request.query)])
     scorer = pool.get(request.model)
-    result = scorer.score_texts(request.query)
+    if request.prompts is not None and len(request.prompts) != len(request.query):
+        raise InputError("prompts", f"{len(request.prompts)} prompts for {len(request.query)} queries")
+    result = scorer.score_texts(request.query, request.prompts)
     return GetRewardResponse(rewards=result.rewards, scores=result.rewards,
                              extra_logs={"truncated": [float(t) for t in result.truncated]})
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 from rewardmodels import InputError, ModelLoadError
 
 from training.bt import BTConfig, train_bt
+from training.gpm import GPMConfig, train_gpm
 
 from .config import REPO, ModelConfig, ServiceConfig, load_config
 
@@ -63,15 +65,30 @@ def cmd_score(args) -> None:
     print(score_one(pool, model, prompt, args.response).model_dump_json(indent=2))
 
 
-def cmd_train_bt(args) -> None:
+TRAINERS = {  # family: (config class, trainer, help)
+    "bt": (BTConfig, train_bt, "Bradley-Terry model on TRL preference pairs (prompt, chosen, rejected)"),
+    "gpm": (GPMConfig, train_gpm, "general preference representation model on the same pairs"),
+}
+
+
+def cmd_train(args) -> None:
     from training.data import read_pairs
 
-    config = BTConfig(base=args.base, epochs=args.epochs, lr=args.lr, batch_pairs=args.batch_pairs,
-                      lora_layers=args.lora_layers, lora_rank=args.lora_rank, max_length=args.max_length,
-                      seed=args.seed, device=args.device)
-    summary = train_bt(read_pairs(args.data), args.out, config, on_log=lambda row: print(json.dumps(row), flush=True))
-    summary["data"] = str(args.data)
-    print(json.dumps(summary))
+    config_class, trainer, _ = TRAINERS[args.family]
+    config = config_class(**{f.name: getattr(args, f.name) for f in fields(config_class)})
+    summary = trainer(read_pairs(args.data), args.out, config, on_log=lambda row: print(json.dumps(row), flush=True))
+    print(json.dumps({**summary, "data": str(args.data)}))
+
+
+def add_config_flags(p: argparse.ArgumentParser, config_class) -> None:
+    """One flag per field of a trainer's config dataclass, with its default."""
+    for f in fields(config_class):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            p.add_argument(flag, action="store_true", help=f.metadata.get("help"))
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type), str)
+            p.add_argument(flag, type=kind, default=f.default, help=f.metadata.get("help"))
 
 
 def cmd_data_humaneval_pairs(args) -> None:
@@ -93,6 +110,13 @@ def cmd_eval_pairs(args) -> None:
     print(json.dumps(eval_pairs(pool.get(model), read_pairs(args.data)), indent=2))
 
 
+def cmd_experiment_cyclic(args) -> None:
+    from training.experiments import cyclic
+
+    print(json.dumps(cyclic(args.out, base=args.base, prompts=args.prompts, epochs=args.epochs, lr=args.lr,
+                            lora_layers=args.lora_layers, seed=args.seed), indent=2))
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="plaudit", description="Reward models and judges behind one scoring API.")
     sub = top.add_subparsers(dest="command", required=True)
@@ -111,20 +135,12 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_score)
 
     train = sub.add_parser("train", help="train a reward model").add_subparsers(dest="family", required=True)
-    p = train.add_parser("bt", help="Bradley-Terry model on TRL preference pairs (prompt, chosen, rejected)")
-    p.add_argument("--data", required=True, help="JSONL preference pairs")
-    p.add_argument("--out", required=True, help="model directory to write")
-    defaults = BTConfig()
-    p.add_argument("--base", default=defaults.base, help="backbone directory, or 'default' for packaged SmolLM2-135M")
-    p.add_argument("--epochs", type=int, default=defaults.epochs)
-    p.add_argument("--lr", type=float, default=defaults.lr)
-    p.add_argument("--batch-pairs", type=int, default=defaults.batch_pairs)
-    p.add_argument("--lora-layers", type=int, default=defaults.lora_layers, help="adapt the last N transformer blocks")
-    p.add_argument("--lora-rank", type=int, default=defaults.lora_rank)
-    p.add_argument("--max-length", type=int, default=defaults.max_length)
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--device", default=defaults.device)
-    p.set_defaults(run=cmd_train_bt)
+    for family, (config_class, _, help_text) in TRAINERS.items():
+        p = train.add_parser(family, help=help_text)
+        p.add_argument("--data", required=True, help="JSONL preference pairs")
+        p.add_argument("--out", required=True, help="model directory to write")
+        add_config_flags(p, config_class)
+        p.set_defaults(run=cmd_train)
 
     data = sub.add_parser("data", help="build training data").add_subparsers(dest="builder", required=True)
     p = data.add_parser("humaneval-pairs", help="execution-grounded code pairs: passing solution vs failing mutant")
@@ -142,6 +158,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--config")
     p.set_defaults(run=cmd_eval_pairs)
+    experiment = sub.add_parser("experiment", help="documented experiments").add_subparsers(dest="name", required=True)
+    p = experiment.add_parser("cyclic", help="BT vs GPM on rock-paper-scissors preferences")
+    p.add_argument("--out", default="runs/cyclic", help="where the two trained models go")
+    p.add_argument("--base", default="default")
+    p.add_argument("--prompts", type=int, default=8, help="cycles of three responses")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--lora-layers", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=cmd_experiment_cyclic)
     return top
 
 

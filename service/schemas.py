@@ -18,7 +18,10 @@ class Request(BaseModel):
 
 
 class ScoreRequest(Request):
-    items: list[Item] = Field(min_length=1, description="(prompt, response) items to score")
+    items: list[Item] = Field(min_length=1, description=(
+        "(prompt, response) items to score. A GPM model has no absolute reward: it scores each item by "
+        "its mean preference against the other items with the same prompt in this request, so each "
+        "prompt needs at least two items."))
 
 
 class ScoreResponse(BaseModel):
@@ -43,6 +46,7 @@ class CompareResponse(BaseModel):
 class RankRequest(Request):
     prompt: Prompt
     responses: list[str] = Field(min_length=1)
+    matrix: bool = Field(default=False, description="also return the K x K matrix of P(i beats j)")
 
 
 class RankResponse(BaseModel):
@@ -50,6 +54,7 @@ class RankResponse(BaseModel):
     rewards: list[float]
     order: list[int] = Field(description="indices into responses, best first")
     truncated: list[bool]
+    matrix: list[list[float]] | None = Field(default=None, description="P(i beats j), when asked for")
 
 
 class GetRewardRequest(BaseModel):
@@ -57,7 +62,9 @@ class GetRewardRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     query: list[str] = Field(min_length=1, description="prompt + response texts, templated by the caller")
-    prompts: list[str] | None = None
+    prompts: list[str] | None = Field(default=None, description=(
+        "templated prompts of the queries; a GPM model needs them and scores each query against the "
+        "other queries with the same prompt"))
     labels: list[Any] | None = None
     model: str | None = MODEL_FIELD
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from rewardmodels import InputError, Item, ModelLoadError, Scorer, Scores, load_scorer
-from rewardmodels.bt import ADAPTER_FILE, last_token_rewards
+from rewardmodels.bt import last_token_rewards
+from rewardmodels.lora import ADAPTER_FILE
 from rewardmodels.encoding import encode_item
 from rewardmodels.lora import add_lora
 from training.bt import BTConfig, train_bt

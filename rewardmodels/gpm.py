@@ -1,0 +1,198 @@
+"""General preference representation models (GPM).
+
+Each response is embedded once: a bias-free linear head maps the hidden state at its
+last token to 2k numbers, L2-normalised. The preference of i over j is the skew-symmetric
+form s(i, j) = <R v_i, v_j>, R block-diagonal with 2x2 blocks [[0, -w], [w, 0]]; the block
+weights w come from a prompt head (k * softmax at the prompt's last token) or are 1.
+Hence s(i, j) = -s(j, i), order cannot bias it, preferences may be cyclic (which no
+scalar reward can express), and K candidates cost K forward passes plus a K x K product.
+P(i beats j) = sigmoid(s(i, j) / tau). k and the prompt head are read from the weights.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Comparison, InputError, Item, ModelLoadError, Pair, Prompt, Ranking, Scorer, Scores
+from .batcher import ForwardBatcher
+from .encoding import Batching, as_messages, encode_item, encode_text, last_token_states, run_batched
+from .loading import choose_device, read_metadata, resolve_path
+from .lora import apply_adapter
+
+HEAD_PREFIXES = ("value_head.", "prompt_head.")
+
+
+class GPMNet(nn.Module):
+    """A backbone plus the value head (and optional prompt head)."""
+
+    def __init__(self, backbone: nn.Module, dims: int, prompt_head: bool):
+        super().__init__()
+        if dims < 2 or dims % 2:
+            raise ModelLoadError(f"a GPM embedding needs an even dimension 2k >= 2, got {dims}")
+        hidden = backbone.config.hidden_size
+        self.backbone = backbone
+        self.value_head = nn.Linear(hidden, dims, bias=False)
+        self.prompt_head = nn.Linear(hidden, dims // 2, bias=False) if prompt_head else None
+
+    def embed(self, states: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.value_head(states).float(), dim=-1)
+
+    def gates(self, prompt_states: torch.Tensor | None, rows: int) -> torch.Tensor:
+        k = self.value_head.out_features // 2
+        if self.prompt_head is None or prompt_states is None:
+            return torch.ones(rows, k, device=self.value_head.weight.device)
+        return k * torch.softmax(self.prompt_head(prompt_states).float(), dim=-1)
+
+
+def preference(v_i: torch.Tensor, v_j: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+    """s(i, j) = sum_b w_b (x_i y_j - y_i x_j) over the 2x2 blocks; broadcasts over leading dims."""
+    x_i, y_i, x_j, y_j = v_i[..., 0::2], v_i[..., 1::2], v_j[..., 0::2], v_j[..., 1::2]
+    return (gates * (x_i * y_j - y_i * x_j)).sum(-1)
+
+
+def load_net(directory: Path, metadata: dict[str, Any]) -> tuple[GPMNet, Any]:
+    """The base backbone with the folder's adapters merged and its heads, sized from the weights."""
+    from safetensors import safe_open
+    from transformers import AutoModel, AutoTokenizer
+
+    from .lora import ADAPTER_FILE
+
+    if "adapter" not in metadata:
+        raise ModelLoadError(f"{directory}: a GPM folder is written by `plaudit train gpm` (adapter + heads)")
+    base = resolve_path(metadata["base"])
+    try:
+        with safe_open(str(directory / ADAPTER_FILE), "pt") as f:
+            shapes = {k: f.get_slice(k).get_shape() for k in f.keys() if k.startswith(HEAD_PREFIXES)}
+    except FileNotFoundError:
+        raise ModelLoadError(f"{directory}: {ADAPTER_FILE} is missing") from None
+    if "value_head.weight" not in shapes:
+        raise ModelLoadError(f"{directory}: declared kind 'gpm' but {ADAPTER_FILE} has no value_head.weight")
+    net = GPMNet(AutoModel.from_pretrained(base, dtype=torch.float32), shapes["value_head.weight"][0],
+                 "prompt_head.weight" in shapes)
+    apply_adapter(net, directory, metadata, HEAD_PREFIXES)
+    return net, AutoTokenizer.from_pretrained(base)
+
+
+def prompt_text(tokenizer: Any, prompt: Prompt) -> str:
+    """The prompt as the model sees it before the response: the prompt head reads its last token."""
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template(as_messages(prompt), tokenize=False, add_generation_prompt=True)
+    return prompt if isinstance(prompt, str) else "\n".join(f"{m['role']}: {m['content']}" for m in as_messages(prompt))
+
+
+def prompt_key(prompt: Prompt) -> str:
+    return prompt if isinstance(prompt, str) else json.dumps(as_messages(prompt))
+
+
+class GPM(Scorer):
+    kind = "gpm"
+
+    def __init__(self, name: str, net: GPMNet, tokenizer: Any, metadata: dict[str, Any],
+                 device: torch.device, max_length: int, batching: Batching):
+        super().__init__(name, metadata)
+        self.net, self.tokenizer, self.max_length = net, tokenizer, max_length
+        self.tau = float(metadata.get("tau", 0.1))
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        forward = lambda ids, mask: last_token_states(net.backbone, ids, mask)  # noqa: E731
+        self.forward = ForwardBatcher(lambda seqs: run_batched(seqs, forward, batching, pad_id, device), name)
+
+    @classmethod
+    def load(cls, path: str | Path, name: str | None = None, device: str = "auto", dtype: str = "auto",
+             max_length: int | None = None, batching: Batching | None = None) -> "GPM":
+        directory = resolve_path(path)
+        metadata = read_metadata(directory)
+        net, tokenizer = load_net(directory, metadata)
+        dev, dt = choose_device(device, dtype)
+        net.to(device=dev, dtype=dt).eval()
+        max_length = max_length or metadata.get("max_length") or min(tokenizer.model_max_length, 4096)
+        k2 = net.value_head.out_features
+        metadata = {**metadata, "kind": "gpm", "embedding_dim": k2, "prompt_head": net.prompt_head is not None,
+                    "max_length": max_length, "device": str(dev), "dtype": str(dt).removeprefix("torch.")}
+        return cls(name or directory.name, net, tokenizer, metadata, dev, max_length, batching or Batching())
+
+    def stats(self) -> dict[str, Any]:
+        return {"forward_calls": self.forward.batches, "sequences": self.forward.sequences}
+
+    def _states(self, encoded: list[tuple[list[int], bool]], field: str) -> torch.Tensor:
+        for i, (ids, _) in enumerate(encoded):
+            if not ids:
+                raise InputError(f"{field}[{i}]", "nothing to score: the text has no tokens")
+        rows = self.forward([ids for ids, _ in encoded])
+        return torch.stack(rows).to(self.net.value_head.weight.device, self.net.value_head.weight.dtype)
+
+    def _embed(self, encoded: list[tuple[list[int], bool]], field: str) -> tuple[torch.Tensor, list[bool]]:
+        with torch.inference_mode():
+            return self.net.embed(self._states(encoded, field)), [cut for _, cut in encoded]
+
+    def embed(self, items: Sequence[Item]) -> tuple[torch.Tensor, list[bool]]:
+        """One L2-normalised embedding per item: one forward pass each."""
+        return self._embed([encode_item(self.tokenizer, it, self.max_length) for it in items], "items")
+
+    def _gates(self, heads: Sequence[str]) -> torch.Tensor:
+        """Block weights from the prompt head at the last token of each templated prompt (or ones)."""
+        if self.net.prompt_head is None:
+            return self.net.gates(None, len(heads))
+        with torch.inference_mode():
+            states = self._states([encode_text(self.tokenizer, h, self.max_length) for h in heads], "prompts")
+            return self.net.gates(states, len(heads))
+
+    def gates(self, prompts: Sequence[Prompt]) -> torch.Tensor:
+        return self._gates([prompt_text(self.tokenizer, p) for p in prompts])
+
+    def compare(self, pairs: Sequence[Pair]) -> Comparison:
+        n = len(pairs)
+        v, cut = self.embed([Item(prompt=p.prompt, response=p.a) for p in pairs]
+                            + [Item(prompt=p.prompt, response=p.b) for p in pairs])
+        logits = preference(v[:n], v[n:], self.gates([p.prompt for p in pairs])) / self.tau
+        return Comparison(torch.sigmoid(logits).tolist(), logits.tolist(), [cut[i] or cut[n + i] for i in range(n)])
+
+    def _table(self, v: torch.Tensor, gates: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
+        """The K x K preference logits and each response's mean logit against the others."""
+        logits = preference(v[:, None, :], v[None, :, :], gates) / self.tau
+        k = v.shape[0]
+        return logits, (logits.sum(dim=1) / max(k - 1, 1)).tolist()
+
+    def rank(self, prompt: Prompt, responses: Sequence[str]) -> Ranking:
+        v, cut = self.embed([Item(prompt=prompt, response=r) for r in responses])
+        logits, rewards = self._table(v, self.gates([prompt]))
+        order = sorted(range(len(responses)), key=lambda i: -rewards[i])
+        return Ranking(rewards, order, cut, torch.sigmoid(logits).tolist())
+
+    @staticmethod
+    def _groups(keys: Sequence[str], field: str) -> list[list[int]]:
+        """Indices by prompt; checked before any forward pass is spent."""
+        groups: dict[str, list[int]] = {}
+        for i, key in enumerate(keys):
+            groups.setdefault(key, []).append(i)
+        for members in groups.values():
+            if len(members) < 2:
+                raise InputError(f"{field}[{members[0]}]", "a GPM scores a response against the other responses "
+                                 "to the same prompt in the request, and this prompt has only one")
+        return list(groups.values())
+
+    def _group_rewards(self, v: torch.Tensor, groups: list[list[int]], gates: torch.Tensor) -> list[float]:
+        rewards = [0.0] * v.shape[0]
+        for members, g in zip(groups, gates):
+            for i, r in zip(members, self._table(v[members], g)[1]):
+                rewards[i] = r
+        return rewards
+
+    def score(self, items: Sequence[Item]) -> Scores:
+        """Mean preference logit against the other items with the same prompt in this call:
+        a GPM has no absolute reward, so each prompt needs at least two items."""
+        groups = self._groups([prompt_key(it.prompt) for it in items], "items")
+        v, cut = self.embed(items)
+        return Scores(self._group_rewards(v, groups, self.gates([items[m[0]].prompt for m in groups])), cut)
+
+    def score_texts(self, texts: Sequence[str], prompts: Sequence[str] | None = None) -> Scores:
+        """Pre-templated queries, grouped by their (templated) prompts, which must be given."""
+        if prompts is None or len(prompts) != len(texts):
+            raise InputError("prompts", "a GPM needs one prompt per query to group the queries by prompt")
+        groups = self._groups(prompts, "query")
+        v, cut = self._embed([encode_text(self.tokenizer, t, self.max_length) for t in texts], "query")
+        return Scores(self._group_rewards(v, groups, self._gates([prompts[m[0]] for m in groups])), cut)

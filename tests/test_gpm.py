@@ -1,0 +1,133 @@
+"""GPM: skew-symmetric preferences from one embedding per response, trained, loaded and served."""
+from __future__ import annotations
+
+import json
+import math
+
+import httpx
+import pytest
+import torch
+import yaml
+
+from conftest import make_tiny
+from rewardmodels import InputError, Item, ModelLoadError, Pair, load_scorer
+from rewardmodels.gpm import preference
+from servers import running_service
+from training.experiments import cyclic, cyclic_pairs
+from training.gpm import GPMConfig, train_gpm
+
+PROMPT = "Pick the better answer for round 0: apple river stone"
+
+
+@pytest.fixture(scope="module")
+def expressive_base(tmp_path_factory):
+    """A tiny random backbone with a large init, so its features tell short texts apart
+    (with the usual 0.02 init a 2-layer random model attends uniformly and sees nothing)."""
+    return make_tiny(tmp_path_factory.mktemp("gpm-base"), head=False, init=1.0)
+
+
+@pytest.fixture(scope="module")
+def cyclic_run(expressive_base, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cyclic")
+    return out, cyclic(out, base=str(expressive_base), prompts=4, epochs=30, lr=1e-2, lora_layers=2)
+
+
+@pytest.fixture(scope="module")
+def gpm(cyclic_run):
+    return load_scorer(cyclic_run[0] / "gpm")
+
+
+def test_preference_is_skew_symmetric():
+    torch.manual_seed(0)
+    v = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1)
+    gates = torch.rand(4)
+    table = preference(v[:, None, :], v[None, :, :], gates)
+    assert torch.allclose(table, -table.T, atol=1e-6)
+    assert torch.allclose(table.diagonal(), torch.zeros(5), atol=1e-7)
+
+
+def test_gpm_fits_cycles_that_bt_cannot(cyclic_run):
+    """The paper's headline at small scale: BT is bounded by 2/3 on a cycle, GPM fits it."""
+    _, report = cyclic_run
+    assert report["bt"]["accuracy"] <= 2 / 3 + 1e-9
+    assert abs(report["bt"]["mean_margin"]) < 1e-4  # BT margins around a cycle sum to zero
+    assert report["gpm"]["accuracy"] >= 0.9, report
+
+
+def test_loaded_metadata_is_read_from_the_weights(gpm, expressive_base, tmp_path):
+    assert gpm.kind == "gpm" and gpm.metadata["embedding_dim"] == 6 and gpm.metadata["prompt_head"] is False
+    train_gpm(cyclic_pairs(2), tmp_path / "gated", GPMConfig(base=str(expressive_base), epochs=1, dims=4,
+                                                             prompt_head=True, lora_layers=1), on_log=lambda r: None)
+    meta = json.loads((tmp_path / "gated" / "plaudit.json").read_text())
+    assert "dims" not in meta and "prompt_head" not in meta  # only the weights say
+    gated = load_scorer(tmp_path / "gated")
+    assert gated.metadata["embedding_dim"] == 4 and gated.metadata["prompt_head"] is True
+    probabilities = gated.compare([Pair(prompt=PROMPT, a="river", b="stone")]).probabilities
+    assert 0.0 < probabilities[0] < 1.0
+
+
+def test_rank_embeds_each_response_once(gpm):
+    responses = ["apple river", "stone cloud", "tiger piano", "window garden", "silver rocket"]
+    before = gpm.forward.sequences
+    ranking = gpm.rank(PROMPT, responses)
+    assert gpm.forward.sequences - before == len(responses)  # K forward passes, never K(K-1)
+    m = torch.tensor(ranking.matrix)
+    assert torch.allclose(m + m.T, torch.ones(5, 5), atol=1e-6)
+    logits = torch.logit(m.double(), eps=0)
+    expected = [(logits[i].sum() / 4).item() for i in range(5)]  # mean logit against the others
+    assert ranking.rewards == pytest.approx(expected, abs=1e-4)
+    assert ranking.order == sorted(range(5), key=lambda i: -ranking.rewards[i])
+
+
+def test_compare_is_order_free_and_matches_rank(gpm):
+    ab = gpm.compare([Pair(prompt=PROMPT, a="apple river", b="stone cloud")])
+    ba = gpm.compare([Pair(prompt=PROMPT, a="stone cloud", b="apple river")])
+    assert ab.probabilities[0] + ba.probabilities[0] == pytest.approx(1.0, abs=1e-6)
+    assert ab.margins[0] == pytest.approx(-ba.margins[0], abs=1e-5)
+    assert gpm.rank(PROMPT, ["apple river", "stone cloud"]).matrix[0][1] == pytest.approx(ab.probabilities[0], abs=1e-5)
+    assert ab.probabilities[0] == pytest.approx(1 / (1 + math.exp(-ab.margins[0])), abs=1e-6)
+
+
+def test_score_compares_within_each_prompt_only(gpm):
+    a = [Item(prompt=PROMPT, response=r) for r in ("apple river", "stone cloud", "tiger piano")]
+    b = [Item(prompt="another prompt", response=r) for r in ("maple ocean", "falcon copper")]
+    mixed = gpm.score([a[0], b[0], a[1], b[1], a[2]]).rewards
+    alone = gpm.score(a).rewards
+    assert [mixed[0], mixed[2], mixed[4]] == pytest.approx(alone, abs=1e-5)
+    assert sum(alone) == pytest.approx(0.0, abs=1e-4)  # skew-symmetry: a group's rewards sum to zero
+    with pytest.raises(InputError) as err:
+        gpm.score(a + [Item(prompt="lonely", response="x")])
+    assert err.value.field == "items[3]"
+
+
+def test_score_texts_groups_by_prompts(gpm):
+    texts = ["q1 apple", "q1 stone", "q2 tiger", "q2 piano"]
+    scored = gpm.score_texts(texts, ["p1", "p1", "p2", "p2"]).rewards
+    assert scored[0] == pytest.approx(-scored[1], abs=1e-5) and scored[2] == pytest.approx(-scored[3], abs=1e-5)
+    with pytest.raises(InputError) as err:
+        gpm.score_texts(texts)
+    assert err.value.field == "prompts"
+
+
+def test_a_gpm_folder_is_not_a_bt_model(cyclic_run):
+    with pytest.raises(ModelLoadError, match="declares 'gpm'"):
+        load_scorer(cyclic_run[0] / "gpm", kind="bt")
+
+
+def test_gpm_over_http(cyclic_run, gpm, tmp_path):
+    config = tmp_path / "plaudit.yaml"
+    config.write_text(yaml.safe_dump({"models": {"pref": {"path": str(cyclic_run[0] / "gpm")},
+                                                 "bt": {"path": str(cyclic_run[0] / "bt")}},
+                                      "default_model": "pref"}))
+    responses = ["apple river", "stone cloud", "tiger piano"]
+    with running_service(config, tmp_path) as (url, _):
+        ranked = httpx.post(f"{url}/rank", json={"prompt": PROMPT, "responses": responses, "matrix": True}).json()
+        assert ranked["rewards"] == pytest.approx(gpm.rank(PROMPT, responses).rewards, abs=1e-4)
+        assert len(ranked["matrix"]) == 3
+        assert httpx.post(f"{url}/rank", json={"prompt": PROMPT, "responses": responses}).json()["matrix"] is None
+        lonely = httpx.post(f"{url}/score", json={"items": [{"prompt": PROMPT, "response": "x"}]})
+        assert lonely.status_code == 422 and "items[0]" in lonely.text
+        reward = httpx.post(f"{url}/get_reward", json={"query": ["a", "b"]})
+        assert reward.status_code == 422 and "prompts" in reward.text
+        models = {m["name"]: m["kind"] for m in httpx.get(f"{url}/models").json()["models"]}
+        assert models == {"pref": "gpm", "bt": "bt"}

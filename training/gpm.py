@@ -1,0 +1,61 @@
+"""Train a GPM: LoRA on the last blocks, a value head to a 2k-dim embedding (and optionally
+a prompt head); loss -logsigmoid(s(chosen, rejected) / tau) on the same preference pairs as BT."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from rewardmodels.base import Item
+from rewardmodels.encoding import encode_item, encode_text, last_token_states, pad
+from rewardmodels.gpm import HEAD_PREFIXES, GPMNet, preference, prompt_text
+from rewardmodels.loading import choose_device, resolve_path
+
+from .data import PreferencePair
+from .loop import TrainConfig, adapt, fit_pairs, save_adapter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GPMConfig(TrainConfig):
+    dims: int = field(default=6, metadata={"help": "embedding dimension 2k (even)"})
+    prompt_head: bool = field(default=False, metadata={"help": "gate the blocks with a prompt head"})
+    tau: float = field(default=0.1, metadata={"help": "P(i beats j) = sigmoid(s / tau)"})
+
+
+def train_gpm(pairs: list[PreferencePair], out: str | Path, config: GPMConfig,
+              on_log: Callable[[dict], None] = lambda row: log.info("%s", row)) -> dict:
+    from transformers import AutoModel, AutoTokenizer
+
+    torch.manual_seed(config.seed)
+    base = resolve_path(config.base)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    net = GPMNet(AutoModel.from_pretrained(base, dtype=torch.float32), config.dims, config.prompt_head)
+    params = adapt(net, config, HEAD_PREFIXES)
+    net.to(choose_device(config.device)[0]).train()
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def encode(p: PreferencePair) -> list[list[int]]:
+        seqs = [encode_item(tokenizer, Item(prompt=p.prompt, response=r), config.max_length)[0]
+                for r in (p.chosen, p.rejected)]
+        if config.prompt_head:
+            seqs.append(encode_text(tokenizer, prompt_text(tokenizer, p.prompt), config.max_length)[0])
+        return seqs
+
+    def step(batch, device):
+        n = len(batch)
+        columns = list(zip(*batch))  # chosen seqs, rejected seqs (, prompt seqs)
+        states = last_token_states(net.backbone, *pad([s for col in columns for s in col], pad_id, device))
+        v = net.embed(states[:2 * n])
+        gates = net.gates(states[2 * n:] if config.prompt_head else None, n)
+        logits = preference(v[:n], v[n:], gates) / config.tau
+        return -F.logsigmoid(logits).mean(), logits, logits
+
+    summary, _ = fit_pairs([encode(p) for p in pairs], step, params, config, on_log)
+    save_adapter(net, out, HEAD_PREFIXES, config, {"kind": "gpm", "tau": config.tau, "training": summary})
+    return summary

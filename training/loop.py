@@ -1,0 +1,101 @@
+"""What every pairwise reward-model trainer shares: LoRA on the last blocks of a frozen
+backbone plus a family's head, the epoch loop over preference pairs, and saving the small
+adapter file with the model's metadata. A family supplies only its head and its loss."""
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from rewardmodels.base import InputError
+from rewardmodels.loading import choose_device, write_metadata
+from rewardmodels.lora import ADAPTER_FILE, add_lora, lora_state_dict
+
+
+@dataclass
+class TrainConfig:
+    base: str = field(default="default", metadata={"help": "backbone directory, or 'default' (packaged SmolLM2-135M)"})
+    epochs: int = 2
+    lr: float = 1e-3
+    batch_pairs: int = field(default=4, metadata={"help": "preference pairs per optimisation step"})
+    lora_layers: int = field(default=8, metadata={"help": "adapt the last N transformer blocks"})
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    max_length: int = field(default=1024, metadata={"help": "tokens per sequence; the prompt is cut from the left"})
+    seed: int = 0
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N"})
+
+
+# One optimisation step's view of a batch: (loss, margin per pair, rewards to log).
+Step = Callable[[Sequence[Any], torch.device], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def adapt(model: nn.Module, config: TrainConfig, head_prefixes: tuple[str, ...]) -> list[nn.Parameter]:
+    """Freeze the backbone, add LoRA to its last blocks; the adapters and heads train."""
+    model.requires_grad_(False)
+    add_lora(model, config.lora_layers, config.lora_rank, config.lora_alpha)
+    trainable = [p for n, p in model.named_parameters() if ".lora_" in n or n.startswith(head_prefixes)]
+    for p in trainable:
+        p.requires_grad_(True)
+    return trainable
+
+
+def fit_pairs(examples: Sequence[Any], step: Step, params: list[nn.Parameter], config: TrainConfig,
+              on_log: Callable[[dict], None]) -> tuple[dict, list[float]]:
+    """Epochs of shuffled pair batches; returns the summary and the last epoch's rewards."""
+    if not examples or config.epochs < 1:
+        raise InputError("data", f"training needs pairs and at least one epoch ({len(examples)} pairs, "
+                                 f"{config.epochs} epochs)")
+    device, _ = choose_device(config.device)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    order, rng = list(range(len(examples))), random.Random(config.seed)
+    start, steps, rewards, history = time.time(), 0, [], {}
+    for epoch in range(config.epochs):
+        rng.shuffle(order)
+        sums, rewards = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0}, []
+        for first in range(0, len(order), config.batch_pairs):
+            batch = [examples[i] for i in order[first:first + config.batch_pairs]]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                loss, margin, batch_rewards = step(batch, device)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            steps += 1
+            sums["loss"] += loss.item() * len(batch)
+            sums["accuracy"] += (margin > 0).float().sum().item()
+            sums["margin"] += margin.sum().item()
+            rewards += batch_rewards.detach().float().cpu().tolist()
+            seen = min(first + config.batch_pairs, len(order))
+            if steps % 10 == 0 or seen == len(order):
+                history = {k: round(v / seen, 4) for k, v in sums.items()}
+                on_log({"epoch": epoch + 1, "step": steps, "pairs": seen, **history,
+                        "seconds": round(time.time() - start, 1)})
+    summary = {"pairs": len(examples), "steps": steps, "seconds": round(time.time() - start, 1),
+               "final_epoch": history, "config": asdict(config)}
+    return summary, rewards
+
+
+def normalization(rewards: list[float]) -> dict:
+    return {"mean": statistics.fmean(rewards), "std": statistics.pstdev(rewards) or 1.0, "stored": True,
+            "source": "raw rewards of the training pairs during the last epoch"}
+
+
+def save_adapter(model: nn.Module, out: str | Path, head_prefixes: tuple[str, ...], config: TrainConfig,
+                 metadata: dict[str, Any]) -> None:
+    """Write the adapters and heads (a few MB) plus metadata naming the base they fit."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = lora_state_dict(model)
+    state.update({k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()
+                  if k.startswith(head_prefixes)})
+    save_file(state, str(out / ADAPTER_FILE))
+    write_metadata(out, {"base": config.base, "max_length": config.max_length,
+                         "adapter": {"last_layers": config.lora_layers, "rank": config.lora_rank,
+                                     "alpha": config.lora_alpha}, **metadata})
