@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import Future
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
+
+from .base import InputError, Scorer
+from .encoding import Batching, run_batched
 
 Seqs = Sequence[Sequence[int]]
 
@@ -55,3 +58,27 @@ class ForwardBatcher:
             for seqs, done in calls:
                 done.set_result(rows[start:start + len(seqs)])
                 start += len(seqs)
+
+
+class BatchedScorer(Scorer):
+    """A scorer over one transformers model: its tokenizer, its length limit, and its
+    forward passes merged across concurrent callers. `rows(ids, mask)` is the family's
+    forward, one output row per sequence of a padded micro-batch."""
+
+    def __init__(self, name: str, metadata: dict[str, Any], tokenizer: Any, max_length: int,
+                 rows: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], batching: Batching,
+                 device: torch.device):
+        super().__init__(name, metadata)
+        self.tokenizer, self.max_length, self.device = tokenizer, max_length, device
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.forward = ForwardBatcher(lambda seqs: run_batched(seqs, rows, batching, pad_id, device), name)
+
+    def run(self, encoded: Sequence[tuple[list[int], bool]], field: str) -> list[torch.Tensor]:
+        """Forward rows for encoded sequences; an empty one is the caller's error, named by index."""
+        for i, (ids, _) in enumerate(encoded):
+            if not ids:
+                raise InputError(f"{field}[{i}]", "nothing to score: the text has no tokens")
+        return self.forward([ids for ids, _ in encoded])
+
+    def stats(self) -> dict[str, Any]:
+        return {"forward_calls": self.forward.batches, "sequences": self.forward.sequences}

@@ -7,9 +7,9 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .base import InputError, Item, ModelLoadError, Scorer, Scores
-from .batcher import ForwardBatcher
-from .encoding import Batching, encode_item, encode_text, last_token_states, run_batched
+from .base import Item, ModelLoadError, Scores
+from .batcher import BatchedScorer
+from .encoding import Batching, encode_item, encode_text, last_token_states
 from .loading import choose_device, read_metadata, resolve_path
 from .lora import apply_adapter
 
@@ -53,19 +53,16 @@ def load_classifier(directory: Path, metadata: dict[str, Any], dtype: torch.dtyp
     return model, AutoTokenizer.from_pretrained(directory)
 
 
-class BradleyTerry(Scorer):
+class BradleyTerry(BatchedScorer):
     kind = "bt"
 
     def __init__(self, name: str, model: nn.Module, tokenizer: Any, metadata: dict[str, Any],
                  device: torch.device, max_length: int, batching: Batching):
-        super().__init__(name, metadata)
-        self.model, self.tokenizer, self.device = model, tokenizer, device
-        self.max_length, self.batching = max_length, batching
+        super().__init__(name, metadata, tokenizer, max_length,
+                         lambda ids, mask: last_token_rewards(model, ids, mask), batching, device)
+        self.model = model
         norm = metadata.get("normalization") or {}
         self.mean, self.std = float(norm.get("mean", 0.0)), float(norm.get("std", 1.0))
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        forward = lambda ids, mask: last_token_rewards(model, ids, mask)  # noqa: E731
-        self.forward = ForwardBatcher(lambda seqs: run_batched(seqs, forward, batching, pad_id, device), name)
 
     @classmethod
     def load(cls, path: str | Path, name: str | None = None, device: str = "auto", dtype: str = "auto",
@@ -86,10 +83,7 @@ class BradleyTerry(Scorer):
         return cls(name or directory.name, model, tokenizer, metadata, dev, max_length, batching or Batching())
 
     def _scores(self, encoded: list[tuple[list[int], bool]], field: str) -> Scores:
-        for i, (ids, _) in enumerate(encoded):
-            if not ids:
-                raise InputError(f"{field}[{i}]", "nothing to score: the text has no tokens")
-        raw = [float(r) for r in self.forward([ids for ids, _ in encoded])]
+        raw = [float(r) for r in self.run(encoded, field)]
         return Scores([(r - self.mean) / self.std for r in raw], [cut for _, cut in encoded])
 
     def score(self, items: Sequence[Item]) -> Scores:
@@ -97,6 +91,3 @@ class BradleyTerry(Scorer):
 
     def score_texts(self, texts: Sequence[str], prompts: Sequence[str] | None = None) -> Scores:
         return self._scores([encode_text(self.tokenizer, t, self.max_length) for t in texts], "query")
-
-    def stats(self) -> dict[str, Any]:
-        return {"forward_calls": self.forward.batches, "sequences": self.forward.sequences}

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Comparison, InputError, Item, ModelLoadError, Pair, Prompt, Ranking, Scorer, Scores
-from .batcher import ForwardBatcher
-from .encoding import Batching, as_messages, encode_item, encode_text, last_token_states, run_batched
+from .base import Comparison, InputError, Item, ModelLoadError, Pair, Prompt, Ranking, Scores
+from .batcher import BatchedScorer
+from .encoding import Batching, as_messages, encode_item, encode_text, last_token_states
 from .loading import choose_device, read_metadata, resolve_path
 from .lora import apply_adapter
 
@@ -89,17 +89,15 @@ def prompt_key(prompt: Prompt) -> str:
     return prompt if isinstance(prompt, str) else json.dumps(as_messages(prompt))
 
 
-class GPM(Scorer):
+class GPM(BatchedScorer):
     kind = "gpm"
 
     def __init__(self, name: str, net: GPMNet, tokenizer: Any, metadata: dict[str, Any],
                  device: torch.device, max_length: int, batching: Batching):
-        super().__init__(name, metadata)
-        self.net, self.tokenizer, self.max_length = net, tokenizer, max_length
+        super().__init__(name, metadata, tokenizer, max_length,
+                         lambda ids, mask: last_token_states(net.backbone, ids, mask), batching, device)
+        self.net = net
         self.tau = float(metadata.get("tau", 0.1))
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        forward = lambda ids, mask: last_token_states(net.backbone, ids, mask)  # noqa: E731
-        self.forward = ForwardBatcher(lambda seqs: run_batched(seqs, forward, batching, pad_id, device), name)
 
     @classmethod
     def load(cls, path: str | Path, name: str | None = None, device: str = "auto", dtype: str = "auto",
@@ -115,15 +113,9 @@ class GPM(Scorer):
                     "max_length": max_length, "device": str(dev), "dtype": str(dt).removeprefix("torch.")}
         return cls(name or directory.name, net, tokenizer, metadata, dev, max_length, batching or Batching())
 
-    def stats(self) -> dict[str, Any]:
-        return {"forward_calls": self.forward.batches, "sequences": self.forward.sequences}
-
     def _states(self, encoded: list[tuple[list[int], bool]], field: str) -> torch.Tensor:
-        for i, (ids, _) in enumerate(encoded):
-            if not ids:
-                raise InputError(f"{field}[{i}]", "nothing to score: the text has no tokens")
-        rows = self.forward([ids for ids, _ in encoded])
-        return torch.stack(rows).to(self.net.value_head.weight.device, self.net.value_head.weight.dtype)
+        weight = self.net.value_head.weight
+        return torch.stack(self.run(encoded, field)).to(weight.device, weight.dtype)
 
     def _embed(self, encoded: list[tuple[list[int], bool]], field: str) -> tuple[torch.Tensor, list[bool]]:
         with torch.inference_mode():
