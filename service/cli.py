@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 import json
 import logging
 import os
@@ -10,23 +9,30 @@ import signal
 import subprocess
 import sys
 import tempfile
+from dataclasses import fields
 from pathlib import Path
 
+from pydantic import TypeAdapter, ValidationError
+
 from rewardmodels import InputError, ModelLoadError
-
+from rewardmodels.base import Prompt
 from training.bt import BTConfig, train_bt
+from training.data import read_pairs
+from training.evaluate import eval_pairs
+from training.experiments import cyclic
 from training.gpm import GPMConfig, train_gpm
+from training.humaneval import build_pairs, write_jsonl
 
+from .api import ModelPool, score_one
 from .config import REPO, ModelConfig, ServiceConfig, load_config
 
 
 def _pool(model: str | None, config: str | None):
     """Configured models by name; a model given as a directory is served alone."""
-    from .api import ModelPool
-
     cfg = load_config(config)
     if model and model not in cfg.models:
-        cfg = ServiceConfig(models={"cli": ModelConfig(path=model)}, default_model="cli")
+        name = Path(model).name or model
+        cfg = ServiceConfig(models={name: ModelConfig(path=model)}, default_model=name)
         model = None
     return ModelPool(cfg), model
 
@@ -57,11 +63,18 @@ def _wait(process: subprocess.Popen) -> int | None:
         return None
 
 
-def cmd_score(args) -> None:
-    from .api import score_one
+def _prompt(text: str) -> Prompt:
+    """Chat messages when the text is a JSON list, else the text itself."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return text
+    return TypeAdapter(Prompt).validate_python(value) if isinstance(value, list) else text
 
+
+def cmd_score(args) -> None:
     pool, model = _pool(args.model, args.config)
-    prompt = json.loads(args.prompt) if args.prompt.lstrip().startswith("[") else args.prompt
+    prompt = _prompt(args.prompt)
     print(score_one(pool, model, prompt, args.response).model_dump_json(indent=2))
 
 
@@ -72,8 +85,6 @@ TRAINERS = {  # family: (config class, trainer, help)
 
 
 def cmd_train(args) -> None:
-    from training.data import read_pairs
-
     config_class, trainer, _ = TRAINERS[args.family]
     config = config_class(**{f.name: getattr(args, f.name) for f in fields(config_class)})
     summary = trainer(read_pairs(args.data), args.out, config, on_log=lambda row: print(json.dumps(row), flush=True))
@@ -92,8 +103,6 @@ def add_config_flags(p: argparse.ArgumentParser, config_class) -> None:
 
 
 def cmd_data_humaneval_pairs(args) -> None:
-    from training.humaneval import build_pairs, write_jsonl
-
     records, stats = build_pairs(max_mutants_per_problem=args.max_mutants, seed=args.seed,
                                  workers=args.workers, limit=args.limit)
     chosen = [r for r in records if args.split == "all" or r["split"] == args.split]
@@ -103,16 +112,11 @@ def cmd_data_humaneval_pairs(args) -> None:
 
 
 def cmd_eval_pairs(args) -> None:
-    from training.data import read_pairs
-    from training.evaluate import eval_pairs
-
     pool, model = _pool(args.model, args.config)
     print(json.dumps(eval_pairs(pool.get(model), read_pairs(args.data)), indent=2))
 
 
 def cmd_experiment_cyclic(args) -> None:
-    from training.experiments import cyclic
-
     print(json.dumps(cyclic(args.out, base=args.base, prompts=args.prompts, epochs=args.epochs, lr=args.lr,
                             lora_layers=args.lora_layers, seed=args.seed), indent=2))
 
@@ -173,8 +177,13 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     args = parser().parse_args(argv)
     try:
         args.run(args)
     except (InputError, ModelLoadError) as e:
+        sys.exit(f"plaudit: error: {e}")
+    except ValidationError as e:
         sys.exit(f"plaudit: error: {e}")
