@@ -87,8 +87,9 @@ TRAINERS = {  # family: (config class, trainer, help)
 def cmd_train(args) -> None:
     config_class, trainer, _ = TRAINERS[args.family]
     config = config_class(**{f.name: getattr(args, f.name) for f in fields(config_class)})
-    summary = trainer(read_pairs(args.data), args.out, config, on_log=lambda row: print(json.dumps(row), flush=True))
-    print(json.dumps({**summary, "data": str(args.data)}))
+    summary = trainer(read_pairs(args.data), args.out, config, on_log=lambda row: print(json.dumps(row), flush=True),
+                      data=str(args.data))
+    print(json.dumps(summary))
 
 
 def add_config_flags(p: argparse.ArgumentParser, config_class) -> None:

@@ -21,6 +21,10 @@ from training.humaneval import build_pairs
 
 pytestmark = pytest.mark.slow
 
+# Measured: 23 of these 24 held-out pairs (0.958); the computation is deterministic.
+# A model whose adapters or head failed to load sits near 0.5.
+DEFAULT_MODEL_FLOOR = 0.75
+
 
 @pytest.fixture(scope="module")
 def heldout_pairs(tmp_path_factory):

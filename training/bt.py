@@ -31,7 +31,7 @@ class BTConfig(TrainConfig):
 
 
 def train_bt(pairs: list[PreferencePair], out: str | Path, config: BTConfig,
-             on_log: Callable[[dict], None] = lambda row: log.info("%s", row)) -> dict:
+             on_log: Callable[[dict], None] = lambda row: log.info("%s", row), data: str = "") -> dict:
     """Train, write the model folder to `out`, and return the training summary."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -55,7 +55,7 @@ def train_bt(pairs: list[PreferencePair], out: str | Path, config: BTConfig,
         return loss, chosen - rejected, rewards
 
     examples = [(encode(p.chosen, p.prompt), encode(p.rejected, p.prompt)) for p in pairs]
-    summary, rewards = fit_pairs(examples, step, params, config, on_log)
+    summary, rewards = fit_pairs(examples, step, params, config, on_log, data)
     save_adapter(model, out, HEAD_PREFIXES, config,
                  {"kind": "bt", "normalization": normalization(rewards), "training": summary})
     return summary

@@ -29,7 +29,7 @@ class GPMConfig(TrainConfig):
 
 
 def train_gpm(pairs: list[PreferencePair], out: str | Path, config: GPMConfig,
-              on_log: Callable[[dict], None] = lambda row: log.info("%s", row)) -> dict:
+              on_log: Callable[[dict], None] = lambda row: log.info("%s", row), data: str = "") -> dict:
     from transformers import AutoModel, AutoTokenizer
 
     torch.manual_seed(config.seed)
@@ -56,6 +56,6 @@ def train_gpm(pairs: list[PreferencePair], out: str | Path, config: GPMConfig,
         logits = preference(v[:n], v[n:], gates) / config.tau
         return -F.logsigmoid(logits).mean(), logits, logits
 
-    summary, _ = fit_pairs([encode(p) for p in pairs], step, params, config, on_log)
+    summary, _ = fit_pairs([encode(p) for p in pairs], step, params, config, on_log, data)
     save_adapter(net, out, HEAD_PREFIXES, config, {"kind": "gpm", "tau": config.tau, "training": summary})
     return summary

@@ -48,7 +48,7 @@ def adapt(model: nn.Module, config: TrainConfig, head_prefixes: tuple[str, ...])
 
 
 def fit_pairs(examples: Sequence[Any], step: Step, params: list[nn.Parameter], config: TrainConfig,
-              on_log: Callable[[dict], None]) -> tuple[dict, list[float]]:
+              on_log: Callable[[dict], None], data: str = "") -> tuple[dict, list[float]]:
     """Epochs of shuffled pair batches; returns the summary and the last epoch's rewards."""
     if not examples or config.epochs < 1:
         raise InputError("data", f"training needs pairs and at least one epoch ({len(examples)} pairs, "
@@ -77,7 +77,7 @@ def fit_pairs(examples: Sequence[Any], step: Step, params: list[nn.Parameter], c
                 history = {k: round(v / seen, 4) for k, v in sums.items()}
                 on_log({"epoch": epoch + 1, "step": steps, "pairs": seen, **history,
                         "seconds": round(time.time() - start, 1)})
-    summary = {"pairs": len(examples), "steps": steps, "seconds": round(time.time() - start, 1),
+    summary = {"data": data, "pairs": len(examples), "steps": steps, "seconds": round(time.time() - start, 1),
                "final_epoch": history, "config": asdict(config)}
     return summary, rewards
 
