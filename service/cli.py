@@ -168,7 +168,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/cyclic", help="where the two trained models go")
     p.add_argument("--base", default="default")
     p.add_argument("--prompts", type=int, default=8, help="cycles of three responses")
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--lora-layers", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)

@@ -40,8 +40,7 @@ def make_tokenizer(chat_template: bool):
     return fast
 
 
-def make_tiny(directory: Path, *, head: bool, chat_template: bool = True, num_labels: int = 1, seed: int = 0,
-              init: float = 0.02) -> Path:
+def make_tiny(directory: Path, *, head: bool, chat_template: bool = True, num_labels: int = 1, seed: int = 0) -> Path:
     """A 2-layer Llama with random weights: a causal LM (a base to train on) or a classifier."""
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
@@ -49,8 +48,7 @@ def make_tiny(directory: Path, *, head: bool, chat_template: bool = True, num_la
     tokenizer = make_tokenizer(chat_template)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         pad_token_id=tokenizer.pad_token_id, num_labels=num_labels, tie_word_embeddings=False,
-                         initializer_range=init)
+                         pad_token_id=tokenizer.pad_token_id, num_labels=num_labels, tie_word_embeddings=False)
     model = LlamaForSequenceClassification(config) if head else LlamaForCausalLM(config)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)

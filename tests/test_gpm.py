@@ -9,27 +9,22 @@ import pytest
 import torch
 import yaml
 
-from conftest import make_tiny
 from rewardmodels import InputError, Item, ModelLoadError, Pair, load_scorer
 from rewardmodels.gpm import preference
 from servers import running_service
 from training.experiments import cyclic, cyclic_pairs
 from training.gpm import GPMConfig, train_gpm
 
-PROMPT = "Pick the better answer for round 0: apple river stone"
+PROMPT = "Settle a game (#0): answer with one hand."
 
 
 @pytest.fixture(scope="module")
-def expressive_base(tmp_path_factory):
-    """A tiny random backbone with a large init, so its features tell short texts apart
-    (with the usual 0.02 init a 2-layer random model attends uniformly and sees nothing)."""
-    return make_tiny(tmp_path_factory.mktemp("gpm-base"), head=False, init=1.0)
-
-
-@pytest.fixture(scope="module")
-def cyclic_run(expressive_base, tmp_path_factory):
+def cyclic_run(tiny_base, tmp_path_factory):
+    """A GPM and a BT trained on cyclic pairs over a tiny random backbone: enough to test the
+    mechanics. Whether training fits the cycle is tested on the real backbone (slow test below):
+    a 2-layer random model fits it for some seeds and stays at chance for others."""
     out = tmp_path_factory.mktemp("cyclic")
-    return out, cyclic(out, base=str(expressive_base), prompts=4, epochs=30, lr=1e-2, lora_layers=2)
+    return out, cyclic(out, base=str(tiny_base), prompts=4, epochs=30, lr=1e-2, lora_layers=2)
 
 
 @pytest.fixture(scope="module")
@@ -46,17 +41,25 @@ def test_preference_is_skew_symmetric():
     assert torch.allclose(table.diagonal(), torch.zeros(5), atol=1e-7)
 
 
-def test_gpm_fits_cycles_that_bt_cannot(cyclic_run):
-    """The paper's headline at small scale: BT is bounded by 2/3 on a cycle, GPM fits it."""
+def test_bt_cannot_order_a_cycle(cyclic_run):
+    """A scalar reward gets at most 2 of 3 cyclic pairs right, and its margins sum to zero."""
     _, report = cyclic_run
-    assert report["bt"]["accuracy"] <= 2 / 3 + 1e-9
-    assert abs(report["bt"]["mean_margin"]) < 1e-4  # BT margins around a cycle sum to zero
-    assert report["gpm"]["accuracy"] >= 0.9, report
+    assert report["bt"]["accuracy"] <= 2 / 3 + 1e-3  # the report rounds to 4 digits
+    assert abs(report["bt"]["mean_margin"]) < 1e-4
 
 
-def test_loaded_metadata_is_read_from_the_weights(gpm, expressive_base, tmp_path):
+@pytest.mark.slow
+def test_gpm_fits_cycles_that_bt_cannot_on_the_real_backbone(tmp_path):
+    """The paper's headline at small scale, on the packaged SmolLM2-135M: the documented
+    `plaudit experiment cyclic` with its defaults (about 6 minutes on 2 cores)."""
+    report = cyclic(tmp_path)
+    assert report["bt"]["accuracy"] <= 2 / 3 + 1e-3  # the report rounds to 4 digits
+    assert report["gpm"]["accuracy"] >= 0.95, report
+
+
+def test_loaded_metadata_is_read_from_the_weights(gpm, tiny_base, tmp_path):
     assert gpm.kind == "gpm" and gpm.metadata["embedding_dim"] == 6 and gpm.metadata["prompt_head"] is False
-    train_gpm(cyclic_pairs(2), tmp_path / "gated", GPMConfig(base=str(expressive_base), epochs=1, dims=4,
+    train_gpm(cyclic_pairs(2), tmp_path / "gated", GPMConfig(base=str(tiny_base), epochs=1, dims=4,
                                                              prompt_head=True, lora_layers=1), on_log=lambda r: None)
     meta = json.loads((tmp_path / "gated" / "plaudit.json").read_text())
     assert "dims" not in meta and "prompt_head" not in meta  # only the weights say
@@ -67,30 +70,30 @@ def test_loaded_metadata_is_read_from_the_weights(gpm, expressive_base, tmp_path
 
 
 def test_rank_embeds_each_response_once(gpm):
-    responses = ["apple river", "stone cloud", "tiger piano", "window garden", "silver rocket"]
+    responses = ["I play rock.", "I play paper.", "I play scissors.", "I pass.", "I play lizard."]
     before = gpm.forward.sequences
     ranking = gpm.rank(PROMPT, responses)
-    assert gpm.forward.sequences - before == len(responses)  # K forward passes, never K(K-1)
+    assert gpm.forward.sequences - before == len(responses) + 1  # K passes + the prompt alone, never K(K-1)
     m = torch.tensor(ranking.matrix)
     assert torch.allclose(m + m.T, torch.ones(5, 5), atol=1e-6)
     logits = torch.logit(m.double(), eps=0)
     expected = [(logits[i].sum() / 4).item() for i in range(5)]  # mean logit against the others
-    assert ranking.rewards == pytest.approx(expected, abs=1e-4)
+    assert ranking.rewards == pytest.approx(expected, rel=1e-3, abs=1e-3)  # logits recovered from fp32 sigmoids
     assert ranking.order == sorted(range(5), key=lambda i: -ranking.rewards[i])
 
 
 def test_compare_is_order_free_and_matches_rank(gpm):
-    ab = gpm.compare([Pair(prompt=PROMPT, a="apple river", b="stone cloud")])
-    ba = gpm.compare([Pair(prompt=PROMPT, a="stone cloud", b="apple river")])
+    ab = gpm.compare([Pair(prompt=PROMPT, a="I play rock.", b="I play paper.")])
+    ba = gpm.compare([Pair(prompt=PROMPT, a="I play paper.", b="I play rock.")])
     assert ab.probabilities[0] + ba.probabilities[0] == pytest.approx(1.0, abs=1e-6)
     assert ab.margins[0] == pytest.approx(-ba.margins[0], abs=1e-5)
-    assert gpm.rank(PROMPT, ["apple river", "stone cloud"]).matrix[0][1] == pytest.approx(ab.probabilities[0], abs=1e-5)
+    assert gpm.rank(PROMPT, ["I play rock.", "I play paper."]).matrix[0][1] == pytest.approx(ab.probabilities[0], abs=1e-5)
     assert ab.probabilities[0] == pytest.approx(1 / (1 + math.exp(-ab.margins[0])), abs=1e-6)
 
 
 def test_score_compares_within_each_prompt_only(gpm):
-    a = [Item(prompt=PROMPT, response=r) for r in ("apple river", "stone cloud", "tiger piano")]
-    b = [Item(prompt="another prompt", response=r) for r in ("maple ocean", "falcon copper")]
+    a = [Item(prompt=PROMPT, response=r) for r in ("I play rock.", "I play paper.", "I play scissors.")]
+    b = [Item(prompt="another prompt", response=r) for r in ("heads", "tails")]
     mixed = gpm.score([a[0], b[0], a[1], b[1], a[2]]).rewards
     alone = gpm.score(a).rewards
     assert [mixed[0], mixed[2], mixed[4]] == pytest.approx(alone, abs=1e-5)
@@ -119,7 +122,7 @@ def test_gpm_over_http(cyclic_run, gpm, tmp_path):
     config.write_text(yaml.safe_dump({"models": {"pref": {"path": str(cyclic_run[0] / "gpm")},
                                                  "bt": {"path": str(cyclic_run[0] / "bt")}},
                                       "default_model": "pref"}))
-    responses = ["apple river", "stone cloud", "tiger piano"]
+    responses = ["I play rock.", "I play paper.", "I play scissors."]
     with running_service(config, tmp_path) as (url, _):
         ranked = httpx.post(f"{url}/rank", json={"prompt": PROMPT, "responses": responses, "matrix": True}).json()
         assert ranked["rewards"] == pytest.approx(gpm.rank(PROMPT, responses).rewards, abs=1e-4)

@@ -1,7 +1,7 @@
 """Small experiments that show what a model family can do, each one documented command.
 
-cyclic: GPM's headline result at small scale. Responses to a prompt form rock-paper-scissors
-cycles (b beats a, c beats b, a beats c). A scalar reward cannot order a cycle: BT gets at
+cyclic: GPM's headline result at small scale. Responses form rock-paper-scissors cycles
+(paper beats rock, scissors beat paper, rock beats scissors). A scalar reward cannot order a cycle: BT gets at
 most 2 of every 3 pairs right and its margins around a cycle sum to zero; a GPM's
 skew-symmetric preference can represent the cycle and fits it.
 """
@@ -18,28 +18,37 @@ from .data import PreferencePair
 from .evaluate import eval_pairs
 from .gpm import GPMConfig, train_gpm
 
-WORDS = ("apple river stone cloud tiger piano window garden silver rocket maple ocean lantern violet "
-         "engine forest candle marble falcon copper").split()
+HANDS = ("rock", "paper", "scissors")  # each beats the one before it, and rock beats scissors
+TOPICS = ("a game", "a contest", "a coin toss", "a quarrel", "a tie-break", "a bet", "a duel", "a choice",
+          "a draw", "a match", "a round", "a dispute")
 
 
 def cyclic_pairs(prompts: int, seed: int = 0) -> list[PreferencePair]:
-    """Per prompt three short responses a, b, c with b > a, c > b, a > c."""
+    """Rock-paper-scissors over responses: under every prompt, paper > rock, scissors > paper,
+    rock > scissors. The prompts vary; the cycle does not."""
     rng = random.Random(seed)
     pairs = []
     for p in range(prompts):
-        prompt = f"Pick the better answer for round {p}: " + " ".join(rng.sample(WORDS, 3))
-        answers = [" ".join(rng.sample(WORDS, 2)) for _ in range(3)]
-        pairs += [PreferencePair(prompt=prompt, chosen=answers[(i + 1) % 3], rejected=answers[i]) for i in range(3)]
+        prompt = f"Settle {TOPICS[p % len(TOPICS)]} (#{p}): answer with one hand."
+        hands = [f"I play {h}." for h in HANDS]
+        order = list(range(3))
+        rng.shuffle(order)  # the pairs of a prompt come in a random order
+        pairs += [PreferencePair(prompt=prompt, chosen=hands[(i + 1) % 3], rejected=hands[i]) for i in order]
     return pairs
 
 
-def cyclic(out: str | Path, base: str = "default", prompts: int = 8, epochs: int = 20, lr: float = 5e-3,
+def cyclic(out: str | Path, base: str = "default", prompts: int = 8, epochs: int = 30, lr: float = 5e-3,
            lora_layers: int = 4, seed: int = 0) -> dict:
     """Train BT and GPM on the same cyclic pairs; accuracy on those pairs is the test of
-    expressiveness (what each can fit), not of generalisation."""
+    expressiveness (what each can fit), not of generalisation.
+
+    Every step sees all pairs (full batch), so each cycle is whole in every gradient. With
+    small shuffled batches a step may hold, say, two "paper > rock" pairs and no other side
+    of that cycle; that unbalanced, BT-like pull drove the GPM into the collapsed solution
+    (all preferences 0) on SmolLM2 in our runs, while full batches reached 100%."""
     pairs = cyclic_pairs(prompts, seed)
     report = {"pairs": len(pairs), "prompts": prompts, "base": base, "epochs": epochs, "bt_ceiling": 2 / 3}
-    common = dict(base=base, epochs=epochs, lr=lr, lora_layers=lora_layers, seed=seed, batch_pairs=3)
+    common = dict(base=base, epochs=epochs, lr=lr, lora_layers=lora_layers, seed=seed, batch_pairs=len(pairs))
     for family, trainer, config in (("bt", train_bt, BTConfig(**common)), ("gpm", train_gpm, GPMConfig(**common))):
         start = time.time()
         trainer(pairs, Path(out) / family, config, on_log=lambda row: None)

@@ -1,5 +1,6 @@
 """Train a GPM: LoRA on the last blocks, a value head to a 2k-dim embedding (and optionally
-a prompt head); loss -logsigmoid(s(chosen, rejected) / tau) on the same preference pairs as BT."""
+a prompt head); loss -logsigmoid(s(chosen, rejected) / tau) on the same preference pairs as BT.
+Each pair's batch carries chosen, rejected and the prompt alone, as scoring does."""
 from __future__ import annotations
 
 import logging
@@ -43,19 +44,18 @@ def train_gpm(pairs: list[PreferencePair], out: str | Path, config: GPMConfig,
     def encode(p: PreferencePair) -> list[list[int]]:
         seqs = [encode_item(tokenizer, Item(prompt=p.prompt, response=r), config.max_length)[0]
                 for r in (p.chosen, p.rejected)]
-        if config.prompt_head:
-            seqs.append(encode_text(tokenizer, prompt_text(tokenizer, p.prompt), config.max_length)[0])
-        return seqs
+        return seqs + [encode_text(tokenizer, prompt_text(tokenizer, p.prompt), config.max_length)[0]]
 
     def step(batch, device):
         n = len(batch)
-        columns = list(zip(*batch))  # chosen seqs, rejected seqs (, prompt seqs)
+        columns = list(zip(*batch))  # chosen seqs, rejected seqs, prompt seqs
         states = last_token_states(net.backbone, *pad([s for col in columns for s in col], pad_id, device))
-        v = net.embed(states[:2 * n])
-        gates = net.gates(states[2 * n:] if config.prompt_head else None, n)
-        logits = preference(v[:n], v[n:], gates) / config.tau
+        prompts = states[2 * n:]
+        v = net.embed(states[:2 * n], torch.cat([prompts, prompts]))
+        logits = preference(v[:n], v[n:], net.gates(prompts)) / config.tau
         return -F.logsigmoid(logits).mean(), logits, logits
 
-    summary, _ = fit_pairs([encode(p) for p in pairs], step, params, config, on_log, data)
+    examples = [encode(p) for p in pairs]
+    summary, _ = fit_pairs(examples, step, params, config, on_log, data)
     save_adapter(net, out, HEAD_PREFIXES, config, {"kind": "gpm", "tau": config.tau, "training": summary})
     return summary
