@@ -1,20 +1,20 @@
 """General preference representation models (GPM).
 
 Each response is embedded once: a bias-free linear head maps its last-token hidden state,
-less the hidden state at the end of its prompt, to 2k numbers, L2-normalised. The preference of i over j is the skew-symmetric
-form s(i, j) = <R v_i, v_j>, R block-diagonal with 2x2 blocks [[0, -w], [w, 0]]; the block
-weights w come from a prompt head (k * softmax at the prompt's last token) or are 1.
+less the hidden state at the end of its prompt, to 2k numbers, L2-normalised. The
+preference of i over j is the skew-symmetric form s(i, j) = <R v_i, v_j>, with R
+block-diagonal of 2x2 blocks [[0, -w], [w, 0]]; the block weights w come from a prompt
+head (k * softmax at the prompt's last token) or are 1. P(i beats j) = sigmoid(s / tau).
 Hence s(i, j) = -s(j, i), order cannot bias it, preferences may be cyclic (which no
 scalar reward can express), and K candidates cost K forward passes (plus one short pass
-over the prompt alone, shared by all of them) and a K x K product.
+over the prompt alone, shared by all of them) and a K x K product. k and the prompt head
+are read from the weights.
 
 Why subtract the prompt's state: a pretrained backbone's last-token states vary far more
-with the prompt than between responses to one prompt (cosine ~0.98 in SmolLM2), so the
-responses of a prompt embed nearly collinear, where s(i, j) degenerates to a difference of
-scalars and training collapses to BT's answer (on cyclic preferences: all equal). The
-difference keeps what the response adds; measured on rock-paper-scissors preferences
-with SmolLM2, training went from stuck at log 2 to 100% in 4 epochs.
-P(i beats j) = sigmoid(s(i, j) / tau). k and the prompt head are read from the weights.
+with the prompt than between the responses to one prompt (cosine ~0.98 in SmolLM2), so
+those responses embed nearly collinear, where s(i, j) degenerates to a difference of two
+scalars and training falls into BT's answer (on cyclic preferences: all equal). Measured
+on rock-paper-scissors preferences with SmolLM2: chance without it, 100% with it.
 """
 from __future__ import annotations
 
@@ -133,20 +133,25 @@ class GPM(BatchedScorer):
             v = self.net.embed(response_states, prompt_states[prompt_of])
             return v, self.net.gates(prompt_states), [cut for _, cut in responses]
 
-    def _embed_items(self, items: Sequence[Item]) -> tuple[torch.Tensor, torch.Tensor, list[int], list[bool]]:
-        """Embeddings of items, gates per distinct prompt, and each item's prompt index."""
+    def _prompts(self, items: Sequence[Item]) -> tuple[list[int], list[str]]:
+        """Each item's prompt index, and the distinct prompts as the model sees them."""
         index: dict[str, int] = {}
-        prompt_of = [index.setdefault(prompt_key(it.prompt), len(index)) for it in items]
-        firsts = {i: n for n, i in reversed(list(enumerate(prompt_of)))}
-        texts = [prompt_text(self.tokenizer, items[firsts[i]].prompt) for i in range(len(index))]
+        texts: list[str] = []
+        for it in items:
+            if prompt_key(it.prompt) not in index:
+                index[prompt_key(it.prompt)] = len(texts)
+                texts.append(prompt_text(self.tokenizer, it.prompt))
+        return [index[prompt_key(it.prompt)] for it in items], texts
+
+    def _embed_items(self, items: Sequence[Item], prompt_of: list[int], texts: list[str]):
         encoded = [encode_item(self.tokenizer, it, self.max_length) for it in items]
-        v, gates, cut = self._embed(encoded, texts, prompt_of, "items")
-        return v, gates, prompt_of, cut
+        return self._embed(encoded, texts, prompt_of, "items")
 
     def compare(self, pairs: Sequence[Pair]) -> Comparison:
         n = len(pairs)
-        v, gates, prompt_of, cut = self._embed_items([Item(prompt=p.prompt, response=p.a) for p in pairs]
-                                                     + [Item(prompt=p.prompt, response=p.b) for p in pairs])
+        items = [Item(prompt=p.prompt, response=getattr(p, side)) for side in ("a", "b") for p in pairs]
+        prompt_of, texts = self._prompts(items)
+        v, gates, cut = self._embed_items(items, prompt_of, texts)
         logits = preference(v[:n], v[n:], gates[prompt_of[:n]]) / self.tau
         return Comparison(torch.sigmoid(logits).tolist(), logits.tolist(), [cut[i] or cut[n + i] for i in range(n)])
 
@@ -157,7 +162,8 @@ class GPM(BatchedScorer):
         return logits, (logits.sum(dim=1) / max(k - 1, 1)).tolist()
 
     def rank(self, prompt: Prompt, responses: Sequence[str]) -> Ranking:
-        v, gates, _, cut = self._embed_items([Item(prompt=prompt, response=r) for r in responses])
+        items = [Item(prompt=prompt, response=r) for r in responses]
+        v, gates, cut = self._embed_items(items, [0] * len(items), [prompt_text(self.tokenizer, prompt)])
         logits, rewards = self._table(v, gates[0])
         order = sorted(range(len(responses)), key=lambda i: -rewards[i])
         return Ranking(rewards, order, cut, torch.sigmoid(logits).tolist())
@@ -184,9 +190,9 @@ class GPM(BatchedScorer):
     def score(self, items: Sequence[Item]) -> Scores:
         """Mean preference logit against the other items with the same prompt in this call:
         a GPM has no absolute reward, so each prompt needs at least two items."""
-        index: dict[str, int] = {}
-        groups = self._groups([index.setdefault(prompt_key(it.prompt), len(index)) for it in items], "items")
-        v, gates, _, cut = self._embed_items(items)
+        prompt_of, texts = self._prompts(items)
+        groups = self._groups(prompt_of, "items")
+        v, gates, cut = self._embed_items(items, prompt_of, texts)
         return Scores(self._group_rewards(v, groups, gates), cut)
 
     def score_texts(self, texts: Sequence[str], prompts: Sequence[str] | None = None) -> Scores:

@@ -150,7 +150,8 @@ def parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="build training data").add_subparsers(dest="builder", required=True)
     p = data.add_parser("humaneval-pairs", help="execution-grounded code pairs: passing solution vs failing mutant")
     p.add_argument("--out", required=True)
-    p.add_argument("--split", choices=["all", "train", "test"], default="all", help="problems to keep (split by problem)")
+    p.add_argument("--split", choices=["all", "train", "test"], default="all",
+                   help="problems to keep (split by problem)")
     p.add_argument("--max-mutants", type=int, default=4, help="failing mutants per problem")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)

@@ -80,7 +80,8 @@ class ModelInfo(BaseModel):
     kind: str
     default: bool
     metadata: dict[str, Any]
-    stats: dict[str, Any] = Field(description="serving counters, e.g. forward calls vs sequences (how well requests merge)")
+    stats: dict[str, Any] = Field(
+        description="serving counters, e.g. forward calls vs sequences (how well requests merge)")
 
 
 class ModelsResponse(BaseModel):
