@@ -5,10 +5,7 @@ import argparse
 import json
 import logging
 import os
-import signal
-import subprocess
 import sys
-import tempfile
 from dataclasses import fields
 from pathlib import Path
 
@@ -21,10 +18,10 @@ from training.data import read_pairs
 from training.evaluate import eval_pairs
 from training.experiments import cyclic
 from training.gpm import GPMConfig, train_gpm
-from training.humaneval import build_pairs, write_jsonl
+from training.humaneval import build_pairs, build_steps, write_jsonl
 
 from .api import ModelPool, score_one
-from .config import REPO, ModelConfig, ServiceConfig, load_config
+from .config import ModelConfig, ServiceConfig, load_config
 
 
 def _pool(model: str | None, config: str | None):
@@ -42,25 +39,8 @@ def cmd_serve(args) -> None:
         os.environ["PLAUDIT_CONFIG"] = str(Path(args.config).resolve())
     load_config()  # fail on a bad config here, before BentoML starts
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
-    bentoml = Path(sys.executable).with_name("bentoml")
-    with tempfile.TemporaryDirectory() as tmp:
-        error_file = Path(tmp) / "startup-error"
-        os.environ["PLAUDIT_STARTUP_ERROR_FILE"] = str(error_file)
-        server = subprocess.Popen([str(bentoml), "serve", "service.app:Plaudit", "--working-dir", str(REPO),
-                                   "--host", args.host, "--port", str(args.port)])
-        signal.signal(signal.SIGTERM, lambda *_: server.terminate())
-        while (code := _wait(server)) is None:
-            pass  # Ctrl-C reached the server too (same process group); it is shutting down
-        if error_file.exists():
-            raise ModelLoadError(error_file.read_text())
-    sys.exit(code)
-
-
-def _wait(process: subprocess.Popen) -> int | None:
-    try:
-        return process.wait()
-    except KeyboardInterrupt:
-        return None
+    # Become the small supervisor: this process has torch loaded, which waiting does not need.
+    os.execv(sys.executable, [sys.executable, "-m", "service.supervise", args.host, str(args.port)])
 
 
 def _prompt(text: str) -> Prompt:
@@ -103,9 +83,17 @@ def add_config_flags(p: argparse.ArgumentParser, config_class) -> None:
             p.add_argument(flag, type=kind, default=f.default, help=f.metadata.get("help"))
 
 
-def cmd_data_humaneval_pairs(args) -> None:
-    records, stats = build_pairs(max_mutants_per_problem=args.max_mutants, seed=args.seed,
-                                 workers=args.workers, limit=args.limit)
+BUILDERS = {  # data builder: (function, its cap's keyword, help)
+    "humaneval-pairs": (build_pairs, "max_mutants_per_problem",
+                        "execution-grounded code pairs: passing solution vs failing mutant (TRL preference format)"),
+    "humaneval-steps": (build_steps, "max_records_per_problem",
+                        "execution-grounded step labels, one line a step (TRL PRM format: completions, labels)"),
+}
+
+
+def cmd_data(args) -> None:
+    build, cap, _ = BUILDERS[args.builder]
+    records, stats = build(**{cap: args.max_per_problem}, seed=args.seed, workers=args.workers, limit=args.limit)
     chosen = [r for r in records if args.split == "all" or r["split"] == args.split]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_jsonl(chosen, args.out)
@@ -148,15 +136,16 @@ def parser() -> argparse.ArgumentParser:
         p.set_defaults(run=cmd_train)
 
     data = sub.add_parser("data", help="build training data").add_subparsers(dest="builder", required=True)
-    p = data.add_parser("humaneval-pairs", help="execution-grounded code pairs: passing solution vs failing mutant")
-    p.add_argument("--out", required=True)
-    p.add_argument("--split", choices=["all", "train", "test"], default="all",
-                   help="problems to keep (split by problem)")
-    p.add_argument("--max-mutants", type=int, default=4, help="failing mutants per problem")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--limit", type=int, help="only the first N problems")
-    p.set_defaults(run=cmd_data_humaneval_pairs)
+    for builder, (_, _, help_text) in BUILDERS.items():
+        p = data.add_parser(builder, help=help_text)
+        p.add_argument("--out", required=True)
+        p.add_argument("--split", choices=["all", "train", "test"], default="all",
+                       help="problems to keep (split by problem)")
+        p.add_argument("--max-per-problem", type=int, default=4, help="failing mutants (records) per problem")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--workers", type=int, default=2)
+        p.add_argument("--limit", type=int, help="only the first N problems")
+        p.set_defaults(run=cmd_data)
 
     evaluate = sub.add_parser("eval", help="evaluate a model").add_subparsers(dest="what", required=True)
     p = evaluate.add_parser("pairs", help="accuracy and mean margin on preference pairs")

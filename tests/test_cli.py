@@ -22,8 +22,9 @@ def plaudit(*args: str, check: bool = True, timeout: float = 300) -> subprocess.
     return result
 
 
-@pytest.mark.parametrize("command", [[], ["serve"], ["score"], ["train", "bt"], ["data", "humaneval-pairs"],
-                                     ["eval", "pairs"]])
+@pytest.mark.parametrize("command", [[], ["serve"], ["score"], ["train", "bt"], ["train", "gpm"],
+                                     ["data", "humaneval-pairs"], ["data", "humaneval-steps"], ["eval", "pairs"],
+                                     ["experiment", "cyclic"]])
 def test_help(command):
     assert "usage: plaudit" in plaudit(*command, "--help").stdout
 
@@ -44,7 +45,7 @@ def test_score_refuses_a_model_without_reward_head(tiny_base):
 def test_data_train_eval_chain(tiny_base, tmp_path):
     """The documented chain on a small scale: build pairs, train on them, evaluate."""
     pairs = tmp_path / "pairs.jsonl"
-    stats = json.loads(plaudit("data", "humaneval-pairs", "--limit", "4", "--max-mutants", "2",
+    stats = json.loads(plaudit("data", "humaneval-pairs", "--limit", "4", "--max-per-problem", "2",
                                "--out", str(pairs)).stdout)
     lines = [json.loads(line) for line in pairs.read_text().splitlines()]
     assert stats["written"] == len(lines) > 0
@@ -79,3 +80,12 @@ def test_serve_rejects_a_bad_config(tmp_path):
     config.write_text(yaml.safe_dump({"models": {"a": {"path": "x"}}, "default_model": "b"}))
     result = plaudit("serve", "--config", str(config), check=False, timeout=60)
     assert result.returncode != 0 and "default_model" in result.stderr
+
+
+def test_data_humaneval_steps_writes_trl_prm_records(tmp_path):
+    out = tmp_path / "steps.jsonl"
+    stats = json.loads(plaudit("data", "humaneval-steps", "--limit", "3", "--split", "train", "--out", str(out)).stdout)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert stats["written"] == len(records) > 0 and all(r["split"] == "train" for r in records)
+    assert all(len(r["completions"]) == len(r["labels"]) and r["prompt"] for r in records)
+    assert any(r["labels"][-1] is False for r in records) and any(all(r["labels"]) for r in records)

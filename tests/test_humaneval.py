@@ -7,6 +7,7 @@ import pytest
 
 from training.humaneval import (
     build_pairs,
+    build_steps,
     load_problems,
     mutants,
     passes_tests,
@@ -127,3 +128,65 @@ def test_build_pairs_labels_are_execution_grounded(built, problems):
         assert passes_tests(problems[task_id], unfence(first["chosen"]))
     for pair in pairs[::4]:
         assert not passes_tests(problems[pair["task_id"]], unfence(pair["rejected"]))
+
+
+@pytest.fixture(scope="module")
+def steps():
+    return build_steps(limit=4)
+
+
+def bad_index(record):
+    return len(record["labels"]) - 1
+
+
+def test_build_steps_records_and_stats(steps):
+    records, stats = steps
+    assert stats["problems"] == 4 and stats["problems_skipped"] == 0
+    assert stats["records"] == len(records) == stats["train_records"] + stats["test_records"]
+    assert stats["good_records"] == 4
+    assert stats["bad_labels"] == len(records) - stats["good_records"] > 0
+    assert stats["step_labels"] == sum(len(record["labels"]) for record in records)
+    assert stats["mutants_tried"] == stats["bad_labels"] + stats["mutants_equivalent"]
+    for record in records:
+        assert set(record) == {"prompt", "completions", "labels", "task_id", "split"}
+        assert len(record["completions"]) == len(record["labels"]) >= 1
+        assert record["split"] == split_of(record["task_id"])
+        assert record["prompt"].startswith("Write a Python function `")
+    assert len(records) <= 4 * (1 + 4)
+
+
+def test_build_steps_good_record_is_the_passing_solution(steps, problems):
+    records, _ = steps
+    task_ids = list(dict.fromkeys(record["task_id"] for record in records))
+    assert task_ids == list(problems)[:4]
+    for task_id in task_ids:
+        good = [r for r in records if r["task_id"] == task_id and all(r["labels"])]
+        assert len(good) == 1
+        source = "\n".join(good[0]["completions"])
+        assert source == solution_source(problems[task_id])
+        assert passes_tests(problems[task_id], source)
+
+
+def test_build_steps_bad_labels_are_execution_grounded(steps, problems):
+    records, _ = steps
+    bad_records = [record for record in records if not all(record["labels"])]
+    for record in bad_records:
+        index = bad_index(record)
+        assert record["labels"] == [True] * index + [False]
+        canonical = solution_source(problems[record["task_id"]]).splitlines()
+        assert record["completions"][:index] == canonical[:index]
+        assert record["completions"][index] != canonical[index]
+    for task_id in {record["task_id"] for record in bad_records}:
+        indices = [bad_index(r) for r in bad_records if r["task_id"] == task_id]
+        assert len(indices) == len(set(indices))
+    for record in bad_records[::3]:
+        index = bad_index(record)
+        lines = solution_source(problems[record["task_id"]]).splitlines()
+        lines[index] = record["completions"][index]
+        assert not passes_tests(problems[record["task_id"]], "\n".join(lines))
+
+
+def test_build_steps_is_deterministic(steps):
+    records, _ = steps
+    again, _ = build_steps(limit=2, workers=1)
+    assert again == [record for record in records if record["task_id"] in {"HumanEval/0", "HumanEval/1"}]

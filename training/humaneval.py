@@ -309,3 +309,97 @@ def write_jsonl(records: Iterable[dict], path: str | os.PathLike) -> None:
     with open(path, "w", encoding="utf-8") as handle:
         for record in records:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def _single_line_change(lines: list[str], candidate: str) -> tuple[int, str] | None:
+    """(index, new line) if ``candidate`` differs from ``lines`` in exactly one line, else None."""
+    candidate_lines = candidate.splitlines()
+    if len(candidate_lines) != len(lines):
+        return None
+    changed = [index for index, (old, new) in enumerate(zip(lines, candidate_lines)) if old != new]
+    if len(changed) != 1:
+        return None
+    return changed[0], candidate_lines[changed[0]]
+
+
+def _problem_steps(problem: dict, max_records: int, seed: int) -> tuple[list[dict], dict[str, int]]:
+    """Step records of one problem: one all-good record, then one per breaking one-line mutant."""
+    task_id = problem["task_id"]
+    counts = {"problems_skipped": 0, "mutants_tried": 0, "mutants_equivalent": 0}
+    source = solution_source(problem)
+    if not passes_tests(problem, source):
+        logger.warning("%s: canonical solution fails its tests; skipped", task_id)
+        counts["problems_skipped"] = 1
+        return [], counts
+    lines = source.splitlines()
+    candidates = []
+    for candidate in mutants(source, problem["entry_point"]):
+        change = _single_line_change(lines, candidate)
+        if change is not None:
+            candidates.append((candidate, change))
+    random.Random(f"{seed}:{task_id}:steps").shuffle(candidates)
+    broken: dict[int, str] = {}  # mutated line index -> mutated line, in discovery order
+    for candidate, (index, new_line) in candidates:
+        if len(broken) >= max_records:
+            break
+        if index in broken:
+            continue
+        counts["mutants_tried"] += 1
+        if passes_tests(problem, candidate):
+            counts["mutants_equivalent"] += 1
+        else:
+            broken[index] = new_line
+    if len(broken) < max_records:
+        logger.info("%s: only %d breaking one-line mutants of %d", task_id, len(broken), len(candidates))
+    prompt = _prompt(problem)
+    split = split_of(task_id)
+    steps = [(list(lines), [True] * len(lines))]
+    steps += [(lines[:index] + [new_line], [True] * index + [False]) for index, new_line in broken.items()]
+    records = [
+        {"prompt": prompt, "completions": completions, "labels": labels, "task_id": task_id, "split": split}
+        for completions, labels in steps
+    ]
+    return records, counts
+
+
+def build_steps(
+    max_records_per_problem: int = 4,
+    seed: int = 0,
+    workers: int = 2,
+    limit: int | None = None,
+) -> tuple[list[dict], dict]:
+    """Build execution-grounded step labels for a process reward model (after PRLCoder).
+
+    A step is one line of the solution program.  Each problem gives one record whose
+    steps are all the canonical lines, all labelled good, and up to
+    ``max_records_per_problem`` records made by mutating one line (a single-point
+    mutant from :func:`mutants` that changes exactly one line) so that the tests
+    fail: the canonical lines before it are good and the mutated line is bad.  The
+    labels therefore come from running code, not from a judge; mutants that still
+    pass are counted as equivalent and give no record.  Same formatting rule as
+    :func:`build_pairs`: every line comes from ``ast.unparse`` of the same
+    docstring-free tree.  Mutants are shuffled with
+    ``random.Random(f"{seed}:{task_id}:steps")``, at most one record per line index.
+    Records are in TRL's prompt/completions/labels format plus task_id and split; the
+    output order is the problem order and does not depend on ``workers``.  Returns
+    the records and a stats dict.
+    """
+    start = time.perf_counter()
+    problems = load_problems()[:limit]
+    stats = {"problems": len(problems), "problems_skipped": 0, "mutants_tried": 0, "mutants_equivalent": 0}
+    records: list[dict] = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(lambda p: _problem_steps(p, max_records_per_problem, seed), problems)
+        for problem_records, counts in results:
+            records.extend(problem_records)
+            for name, value in counts.items():
+                stats[name] += value
+    stats["records"] = len(records)
+    stats["good_records"] = sum(all(record["labels"]) for record in records)
+    stats["step_labels"] = sum(len(record["labels"]) for record in records)
+    stats["bad_labels"] = sum(label is False for record in records for label in record["labels"])
+    stats["train_records"] = sum(record["split"] == "train" for record in records)
+    stats["test_records"] = stats["records"] - stats["train_records"]
+    stats["seconds"] = round(time.perf_counter() - start, 2)
+    logger.info("HumanEval step labels: %s", stats)
+    return records, stats
