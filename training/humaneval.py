@@ -272,6 +272,20 @@ def _problem_pairs(problem: dict, max_mutants: int, seed: int) -> tuple[list[dic
     return pairs, counts
 
 
+def _over_problems(per_problem, workers: int, limit: int | None) -> tuple[list[dict], dict]:
+    """Run `per_problem(problem) -> (records, counts)` over the problems on a thread pool;
+    records in problem order (whatever `workers` is) and the counts summed."""
+    problems = load_problems()[:limit]
+    stats = {"problems": len(problems), "problems_skipped": 0, "mutants_tried": 0, "mutants_equivalent": 0}
+    records: list[dict] = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for problem_records, counts in pool.map(per_problem, problems):
+            records.extend(problem_records)
+            for name, value in counts.items():
+                stats[name] += value
+    return records, stats
+
+
 def build_pairs(
     max_mutants_per_problem: int = 4,
     seed: int = 0,
@@ -287,15 +301,7 @@ def build_pairs(
     and does not depend on ``workers``.  Returns the records and a stats dict.
     """
     start = time.perf_counter()
-    problems = load_problems()[:limit]
-    stats = {"problems": len(problems), "problems_skipped": 0, "mutants_tried": 0, "mutants_equivalent": 0}
-    pairs: list[dict] = []
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(lambda p: _problem_pairs(p, max_mutants_per_problem, seed), problems)
-        for problem_pairs, counts in results:
-            pairs.extend(problem_pairs)
-            for name, value in counts.items():
-                stats[name] += value
+    pairs, stats = _over_problems(lambda p: _problem_pairs(p, max_mutants_per_problem, seed), workers, limit)
     stats["pairs"] = len(pairs)
     stats["train_pairs"] = sum(pair["split"] == "train" for pair in pairs)
     stats["test_pairs"] = stats["pairs"] - stats["train_pairs"]
@@ -385,15 +391,7 @@ def build_steps(
     the records and a stats dict.
     """
     start = time.perf_counter()
-    problems = load_problems()[:limit]
-    stats = {"problems": len(problems), "problems_skipped": 0, "mutants_tried": 0, "mutants_equivalent": 0}
-    records: list[dict] = []
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(lambda p: _problem_steps(p, max_records_per_problem, seed), problems)
-        for problem_records, counts in results:
-            records.extend(problem_records)
-            for name, value in counts.items():
-                stats[name] += value
+    records, stats = _over_problems(lambda p: _problem_steps(p, max_records_per_problem, seed), workers, limit)
     stats["records"] = len(records)
     stats["good_records"] = sum(all(record["labels"]) for record in records)
     stats["step_labels"] = sum(len(record["labels"]) for record in records)
