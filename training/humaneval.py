@@ -236,14 +236,22 @@ def _response(source: str) -> str:
     return f"```python\n{source}\n```"
 
 
+def _verified_solution(problem: dict) -> tuple[str | None, dict[str, int]]:
+    """The canonical solution's source if it passes its tests (else None), and fresh counts."""
+    counts = {"problems_skipped": 0, "mutants_tried": 0, "mutants_equivalent": 0}
+    source = solution_source(problem)
+    if passes_tests(problem, source):
+        return source, counts
+    logger.warning("%s: canonical solution fails its tests; skipped", problem["task_id"])
+    counts["problems_skipped"] = 1
+    return None, counts
+
+
 def _problem_pairs(problem: dict, max_mutants: int, seed: int) -> tuple[list[dict], dict[str, int]]:
     """Pairs of one problem, testing its shuffled mutants one by one until enough fail."""
     task_id = problem["task_id"]
-    counts = {"problems_skipped": 0, "mutants_tried": 0, "mutants_equivalent": 0}
-    chosen = solution_source(problem)
-    if not passes_tests(problem, chosen):
-        logger.warning("%s: canonical solution fails its tests; skipped", task_id)
-        counts["problems_skipped"] = 1
+    chosen, counts = _verified_solution(problem)
+    if chosen is None:
         return [], counts
     candidates = mutants(chosen, problem["entry_point"])
     random.Random(f"{seed}:{task_id}").shuffle(candidates)
@@ -331,11 +339,8 @@ def _single_line_change(lines: list[str], candidate: str) -> tuple[int, str] | N
 def _problem_steps(problem: dict, max_records: int, seed: int) -> tuple[list[dict], dict[str, int]]:
     """Step records of one problem: one all-good record, then one per breaking one-line mutant."""
     task_id = problem["task_id"]
-    counts = {"problems_skipped": 0, "mutants_tried": 0, "mutants_equivalent": 0}
-    source = solution_source(problem)
-    if not passes_tests(problem, source):
-        logger.warning("%s: canonical solution fails its tests; skipped", task_id)
-        counts["problems_skipped"] = 1
+    source, counts = _verified_solution(problem)
+    if source is None:
         return [], counts
     lines = source.splitlines()
     candidates = []
