@@ -42,6 +42,14 @@ class Pair(BaseModel):
     b: str
 
 
+class Steps(BaseModel):
+    """A reasoning trace (or a program, one line a step) to score step by step."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: Prompt
+    steps: list[str] = Field(min_length=1)
+
+
 class InputError(ValueError):
     """Bad user input; `field` names where it is, so the API can answer 4xx with it."""
 
@@ -77,6 +85,20 @@ class Ranking:
     order: list[int]
     truncated: list[bool]
     matrix: list[list[float]]  # P(i beats j)
+
+
+@dataclass
+class StepScores:
+    step_rewards: list[float]  # P(step is good), one per step
+    truncated: bool  # the prompt was cut from the left to fit
+
+
+AGGREGATES = {  # how a trace's step rewards become one reward; the caller chooses
+    "min": min,
+    "mean": lambda r: sum(r) / len(r),
+    "prod": math.prod,
+    "last": lambda r: r[-1],
+}
 
 
 def sigmoid(x: float) -> float:
@@ -117,6 +139,11 @@ class Scorer(ABC):
         r = scored.rewards
         order = sorted(range(len(r)), key=lambda i: -r[i])
         return Ranking(r, order, scored.truncated, [[sigmoid(a - b) for b in r] for a in r])
+
+    def score_steps(self, traces: Sequence[Steps]) -> list[StepScores]:
+        """A reward per step of each trace (process reward models)."""
+        raise UnsupportedOperation("model", f"model {self.name!r} ({self.kind}) has no per-step head; "
+                                            "serve a process reward model (kind 'prm') for /steps")
 
     def stats(self) -> dict[str, Any]:
         """Serving counters worth showing in `GET /models` (none by default)."""

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import torch
 from torch import nn
@@ -30,57 +30,77 @@ def last_token_rewards(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) 
     return head(last_token_states(model.base_model, ids, mask)).squeeze(-1)
 
 
-def load_classifier(directory: Path, metadata: dict[str, Any], dtype: torch.dtype) -> tuple[nn.Module, Any]:
-    """A sequence classifier and its tokenizer. A plain checkpoint loads straight in `dtype`
-    (an 8B model must not pass through fp32 on the host); adapters merge in fp32."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def load_classifier(directory: Path, metadata: dict[str, Any], dtype: torch.dtype, num_labels: int = 1,
+                    per_token: bool = False) -> tuple[nn.Module, Any]:
+    """A classifier (one output row per sequence, or per token for a PRM) and its tokenizer.
+    A plain checkpoint loads straight in `dtype` (an 8B model must not pass through fp32 on
+    the host); adapters merge in fp32. A checkpoint whose head is missing is refused."""
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
 
+    auto = AutoModelForTokenClassification if per_token else AutoModelForSequenceClassification
+    family = "prm" if per_token else "bt"
     if "adapter" in metadata:  # plaudit's own: base backbone + LoRA + head in a small file
         base = resolve_path(metadata["base"])
-        model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=torch.float32)
+        model = auto.from_pretrained(base, num_labels=num_labels, dtype=torch.float32)
         apply_adapter(model, directory, metadata, HEAD_PREFIXES)
         return model, AutoTokenizer.from_pretrained(base)
     try:
-        model, info = AutoModelForSequenceClassification.from_pretrained(
-            directory, dtype=dtype, output_loading_info=True)
+        model, info = auto.from_pretrained(directory, dtype=dtype, output_loading_info=True)
     except (OSError, ValueError, KeyError) as e:
-        raise ModelLoadError(f"{directory}: not a loadable sequence-classification checkpoint ({e})") from None
+        what = "token" if per_token else "sequence"
+        raise ModelLoadError(f"{directory}: not a loadable {what}-classification checkpoint ({e})") from None
     untrained = [k for k in info["missing_keys"] if k.startswith(HEAD_PREFIXES)]
     if untrained:
         raise ModelLoadError(
             f"{directory}: has no trained reward head ({untrained[0]} is missing), so it would score "
-            f"with random weights. It is a base model: train a head with `plaudit train bt --base {directory}`.")
+            f"with random weights. It is a base model: train a head with `plaudit train {family} --base {directory}`.")
+    if model.config.num_labels != num_labels:
+        raise ModelLoadError(f"{directory}: declared kind {family!r} needs a head with {num_labels} output(s), "
+                             f"but this checkpoint's head has {model.config.num_labels}")
     return model, AutoTokenizer.from_pretrained(directory)
 
 
-class BradleyTerry(BatchedScorer):
-    kind = "bt"
+class ClassifierScorer(BatchedScorer):
+    """A family served from a transformers classifier: one output per sequence (BT) or two
+    classes per token (PRM). Loading, device, dtype and length limits are the same for both."""
+
+    per_token: ClassVar[bool] = False
+    defaults: ClassVar[dict[str, Any]] = {}  # metadata a checkpoint without plaudit.json is read with
 
     def __init__(self, name: str, model: nn.Module, tokenizer: Any, metadata: dict[str, Any],
                  device: torch.device, max_length: int, batching: Batching):
-        super().__init__(name, metadata, tokenizer, max_length,
-                         lambda ids, mask: last_token_rewards(model, ids, mask), batching, device)
+        super().__init__(name, metadata, tokenizer, max_length, lambda ids, mask: self.rows(ids, mask),
+                         batching, device)
         self.model = model
-        norm = metadata.get("normalization") or {}
-        self.mean, self.std = float(norm.get("mean", 0.0)), float(norm.get("std", 1.0))
+
+    def rows(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     @classmethod
     def load(cls, path: str | Path, name: str | None = None, device: str = "auto", dtype: str = "auto",
-             max_length: int | None = None, batching: Batching | None = None) -> "BradleyTerry":
+             max_length: int | None = None, batching: Batching | None = None) -> "ClassifierScorer":
         directory = resolve_path(path)
         metadata = read_metadata(directory)
         dev, dt = choose_device(device, dtype)
-        model, tokenizer = load_classifier(directory, metadata, dt)
-        outputs = model.config.num_labels
-        if outputs != 1:
-            raise ModelLoadError(f"{directory}: declared kind 'bt' needs a reward head with 1 output, "
-                                 f"but this checkpoint's head has {outputs}")
+        model, tokenizer = load_classifier(directory, metadata, dt, 2 if cls.per_token else 1, cls.per_token)
         model.to(device=dev, dtype=dt).eval()
         max_length = max_length or metadata.get("max_length") or min(tokenizer.model_max_length, 4096)
-        metadata = {"kind": "bt", "base": metadata.get("base", str(directory)),
-                    "normalization": {"mean": 0.0, "std": 1.0, "stored": False}, **metadata,
-                    "max_length": max_length, "device": str(dev), "dtype": str(dt).removeprefix("torch.")}
+        metadata = {"base": str(directory), **cls.defaults, **metadata, "kind": cls.kind, "max_length": max_length,
+                    "device": str(dev), "dtype": str(dt).removeprefix("torch.")}
         return cls(name or directory.name, model, tokenizer, metadata, dev, max_length, batching or Batching())
+
+
+class BradleyTerry(ClassifierScorer):
+    kind = "bt"
+    defaults = {"normalization": {"mean": 0.0, "std": 1.0, "stored": False}}
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        norm = self.metadata["normalization"]
+        self.mean, self.std = float(norm.get("mean", 0.0)), float(norm.get("std", 1.0))
+
+    def rows(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return last_token_rewards(self.model, ids, mask)
 
     def _scores(self, encoded: list[tuple[list[int], bool]], field: str) -> Scores:
         raw = [float(r) for r in self.run(encoded, field)]

@@ -49,6 +49,13 @@ def _fit(prefix: list[int], suffix: list[int], budget: int) -> tuple[list[int], 
     return [], suffix[len(suffix) - budget:], True
 
 
+def prompt_text(tokenizer, prompt: Prompt) -> str:
+    """The prompt as the model sees it just before the response (generation prompt included)."""
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template(as_messages(prompt), tokenize=False, add_generation_prompt=True)
+    return _plain(prompt)
+
+
 def encode_item(tokenizer, item: Item, max_length: int) -> tuple[list[int], bool]:
     """Token ids of prompt + response (chat template applied when there is one), and
     whether they were truncated."""

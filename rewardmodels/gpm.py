@@ -28,7 +28,7 @@ from torch import nn
 
 from .base import Comparison, InputError, Item, ModelLoadError, Pair, Prompt, Ranking, Scores
 from .batcher import BatchedScorer
-from .encoding import Batching, as_messages, encode_item, encode_text, last_token_states
+from .encoding import Batching, as_messages, encode_item, encode_text, last_token_states, prompt_text
 from .loading import choose_device, read_metadata, resolve_path
 from .lora import apply_adapter
 
@@ -84,13 +84,6 @@ def load_net(directory: Path, metadata: dict[str, Any]) -> tuple[GPMNet, Any]:
                  "prompt_head.weight" in shapes)
     apply_adapter(net, directory, metadata, HEAD_PREFIXES)
     return net, AutoTokenizer.from_pretrained(base)
-
-
-def prompt_text(tokenizer: Any, prompt: Prompt) -> str:
-    """The prompt as the model sees it before the response: the prompt head reads its last token."""
-    if tokenizer.chat_template:
-        return tokenizer.apply_chat_template(as_messages(prompt), tokenize=False, add_generation_prompt=True)
-    return prompt if isinstance(prompt, str) else "\n".join(f"{m['role']}: {m['content']}" for m in as_messages(prompt))
 
 
 def prompt_key(prompt: Prompt) -> str:

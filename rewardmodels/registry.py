@@ -11,6 +11,7 @@ from .loading import read_metadata, resolve_path
 KINDS: dict[str, str] = {
     "bt": "rewardmodels.bt:BradleyTerry",
     "gpm": "rewardmodels.gpm:GPM",
+    "prm": "rewardmodels.prm:ProcessRewardModel",
 }
 
 

@@ -9,11 +9,13 @@ import threading
 import uuid
 from typing import Iterable
 
-from rewardmodels import InputError, Item, Scorer, load_scorer
+from rewardmodels import AGGREGATES, InputError, Item, Scorer, Steps, load_scorer
+from rewardmodels.prm import DEFAULT_SEPARATOR, split_steps
 
 from .config import Limits, ServiceConfig
 from .schemas import (CompareRequest, CompareResponse, GetRewardRequest, GetRewardResponse, ModelInfo,
-                      ModelsResponse, RankRequest, RankResponse, ScoreRequest, ScoreResponse)
+                      ModelsResponse, RankRequest, RankResponse, ScoreRequest, ScoreResponse, StepsRequest,
+                      StepsResponse)
 
 
 class UnknownModel(InputError):
@@ -101,6 +103,23 @@ def rank(pool: ModelPool, request: RankRequest) -> RankResponse:
     result = scorer.rank(request.prompt, request.responses)
     return RankResponse(model=scorer.name, rewards=result.rewards, order=result.order, truncated=result.truncated,
                         matrix=result.matrix if request.matrix else None)
+
+
+def steps(pool: ModelPool, request: StepsRequest) -> StepsResponse:
+    scorer = pool.get(request.model)
+    if request.response is not None:
+        check_limits(pool.config.limits, "response", 1, [("response", request.response)])
+        separator = request.separator or scorer.metadata.get("separator", DEFAULT_SEPARATOR)
+        trace = split_steps(request.response, separator)
+    else:
+        trace = request.steps
+    check_limits(pool.config.limits, "steps", len(trace), _prompt_texts("prompt", request.prompt)
+                 + [(f"steps[{i}]", s) for i, s in enumerate(trace)])
+    [result] = scorer.score_steps([Steps(prompt=request.prompt, steps=trace)])
+    rewards = result.step_rewards
+    return StepsResponse(model=scorer.name, steps=trace, step_rewards=rewards, truncated=result.truncated,
+                         aggregates={name: combine(rewards) for name, combine in AGGREGATES.items()},
+                         id=_ids(1)[0])
 
 
 def get_reward(pool: ModelPool, request: GetRewardRequest) -> GetRewardResponse:

@@ -22,7 +22,7 @@ from rewardmodels import InputError, ModelLoadError
 from . import api
 from .config import load_config
 from .schemas import (CompareRequest, CompareResponse, GetRewardRequest, GetRewardResponse, RankRequest,
-                      RankResponse, ScoreRequest, ScoreResponse)
+                      RankResponse, ScoreRequest, ScoreResponse, StepsRequest, StepsResponse)
 
 log = logging.getLogger("plaudit")
 STATUS = {api.UnknownModel: 404, api.LimitExceeded: 413}
@@ -76,6 +76,11 @@ class Plaudit:
     async def rank(self, **body: Any) -> RankResponse:
         """Rewards for K responses to one prompt and their order, best first (best-of-N)."""
         return await self._answer(api.rank, RankRequest.model_construct(**body))
+
+    @bentoml.api(route="/steps", input_spec=StepsRequest)
+    async def steps(self, **body: Any) -> StepsResponse:
+        """A reward per reasoning step, and their min, mean, product and last (process reward models)."""
+        return await self._answer(api.steps, StepsRequest.model_construct(**body))
 
     @bentoml.api(route="/get_reward", input_spec=GetRewardRequest)
     async def get_reward(self, **body: Any) -> GetRewardResponse:

@@ -14,11 +14,12 @@ from pydantic import TypeAdapter, ValidationError
 from rewardmodels import InputError, ModelLoadError
 from rewardmodels.base import Prompt
 from training.bt import BTConfig, train_bt
-from training.data import read_pairs
-from training.evaluate import eval_pairs
+from training.data import read_pairs, read_steps
+from training.evaluate import eval_pairs, eval_steps
 from training.experiments import cyclic
 from training.gpm import GPMConfig, train_gpm
 from training.humaneval import build_pairs, build_steps, write_jsonl
+from training.prm import PRMConfig, train_prm
 
 from .api import ModelPool, score_one
 from .config import ModelConfig, ServiceConfig, load_config
@@ -58,16 +59,19 @@ def cmd_score(args) -> None:
     print(score_one(pool, model, prompt, args.response).model_dump_json(indent=2))
 
 
-TRAINERS = {  # family: (config class, trainer, help)
-    "bt": (BTConfig, train_bt, "Bradley-Terry model on TRL preference pairs (prompt, chosen, rejected)"),
-    "gpm": (GPMConfig, train_gpm, "general preference representation model on the same pairs"),
+TRAINERS = {  # family: (config class, trainer, data reader, help)
+    "bt": (BTConfig, train_bt, read_pairs,
+           "Bradley-Terry model on TRL preference pairs (prompt, chosen, rejected)"),
+    "gpm": (GPMConfig, train_gpm, read_pairs, "general preference representation model on the same pairs"),
+    "prm": (PRMConfig, train_prm, read_steps,
+            "process reward model on TRL step labels (prompt, completions, labels)"),
 }
 
 
 def cmd_train(args) -> None:
-    config_class, trainer, _ = TRAINERS[args.family]
+    config_class, trainer, read, _ = TRAINERS[args.family]
     config = config_class(**{f.name: getattr(args, f.name) for f in fields(config_class)})
-    summary = trainer(read_pairs(args.data), args.out, config, on_log=lambda row: print(json.dumps(row), flush=True),
+    summary = trainer(read(args.data), args.out, config, on_log=lambda row: print(json.dumps(row), flush=True),
                       data=str(args.data))
     print(json.dumps(summary))
 
@@ -79,7 +83,7 @@ def add_config_flags(p: argparse.ArgumentParser, config_class) -> None:
         if f.type in ("bool", bool):
             p.add_argument(flag, action="store_true", help=f.metadata.get("help"))
         else:
-            kind = {"int": int, "float": float}.get(str(f.type), str)
+            kind = {"int": int, "float": float, "int | None": int}.get(str(f.type), str)
             p.add_argument(flag, type=kind, default=f.default, help=f.metadata.get("help"))
 
 
@@ -105,6 +109,11 @@ def cmd_eval_pairs(args) -> None:
     print(json.dumps(eval_pairs(pool.get(model), read_pairs(args.data)), indent=2))
 
 
+def cmd_eval_steps(args) -> None:
+    pool, model = _pool(args.model, args.config)
+    print(json.dumps(eval_steps(pool.get(model), read_steps(args.data)), indent=2))
+
+
 def cmd_experiment_cyclic(args) -> None:
     print(json.dumps(cyclic(args.out, base=args.base, prompts=args.prompts, epochs=args.epochs, lr=args.lr,
                             lora_layers=args.lora_layers, seed=args.seed), indent=2))
@@ -128,9 +137,9 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_score)
 
     train = sub.add_parser("train", help="train a reward model").add_subparsers(dest="family", required=True)
-    for family, (config_class, _, help_text) in TRAINERS.items():
+    for family, (config_class, _, _, help_text) in TRAINERS.items():
         p = train.add_parser(family, help=help_text)
-        p.add_argument("--data", required=True, help="JSONL preference pairs")
+        p.add_argument("--data", required=True, help="JSONL training records")
         p.add_argument("--out", required=True, help="model directory to write")
         add_config_flags(p, config_class)
         p.set_defaults(run=cmd_train)
@@ -153,6 +162,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--config")
     p.set_defaults(run=cmd_eval_pairs)
+    p = evaluate.add_parser("steps", help="step-level AUROC of a process reward model on TRL step labels")
+    p.add_argument("--model", help="a configured model name or a model directory")
+    p.add_argument("--data", required=True)
+    p.add_argument("--config")
+    p.set_defaults(run=cmd_eval_steps)
     experiment = sub.add_parser("experiment", help="documented experiments").add_subparsers(dest="name", required=True)
     p = experiment.add_parser("cyclic", help="BT vs GPM on rock-paper-scissors preferences")
     p.add_argument("--out", default="runs/cyclic", help="where the two trained models go")

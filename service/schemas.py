@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rewardmodels import Item, Pair
 from rewardmodels.base import Prompt
@@ -55,6 +55,34 @@ class RankResponse(BaseModel):
     order: list[int] = Field(description="indices into responses, best first")
     truncated: list[bool]
     matrix: list[list[float]] | None = Field(default=None, description="P(i beats j), when asked for")
+
+
+class StepsRequest(Request):
+    """A trace to score step by step (process reward models): the steps, or a response
+    cut into steps at `separator` (the model's own separator when absent)."""
+
+    prompt: Prompt
+    steps: list[str] | None = Field(default=None, min_length=1, description="the steps, in order")
+    response: str | None = Field(default=None, description="the whole response, instead of `steps`")
+    separator: str | None = Field(default=None, min_length=1,
+                                  description="where `response` is cut into steps; default: the model's separator")
+
+    @model_validator(mode="after")
+    def _steps_or_response(self):
+        if (self.steps is None) == (self.response is None):
+            raise ValueError("give either `steps` or `response` (with an optional `separator`), not both or neither")
+        if self.separator is not None and self.response is None:
+            raise ValueError("`separator` goes with `response`; `steps` are already split")
+        return self
+
+
+class StepsResponse(BaseModel):
+    model: str
+    steps: list[str] = Field(description="the steps scored (the split response, when one was sent)")
+    step_rewards: list[float] = Field(description="P(step is good), one per step")
+    aggregates: dict[str, float] = Field(description="the step rewards combined: min, mean, prod, last")
+    truncated: bool = Field(description="whether the prompt was cut to fit max_length")
+    id: str = Field(description="an id for the trace, for feedback on it later")
 
 
 class GetRewardRequest(BaseModel):

@@ -22,9 +22,9 @@ def plaudit(*args: str, check: bool = True, timeout: float = 300) -> subprocess.
     return result
 
 
-@pytest.mark.parametrize("command", [[], ["serve"], ["score"], ["train", "bt"], ["train", "gpm"],
+@pytest.mark.parametrize("command", [[], ["serve"], ["score"], ["train", "bt"], ["train", "gpm"], ["train", "prm"],
                                      ["data", "humaneval-pairs"], ["data", "humaneval-steps"], ["eval", "pairs"],
-                                     ["experiment", "cyclic"]])
+                                     ["eval", "steps"], ["experiment", "cyclic"]])
 def test_help(command):
     assert "usage: plaudit" in plaudit(*command, "--help").stdout
 
@@ -53,9 +53,25 @@ def test_data_train_eval_chain(tiny_base, tmp_path):
     model = tmp_path / "model"
     log = plaudit("train", "bt", "--data", str(pairs), "--out", str(model), "--base", str(tiny_base),
                   "--epochs", "1", "--lora-layers", "1").stdout.splitlines()
-    assert "loss" in json.loads(log[0]) and json.loads(log[-1])["pairs"] == len(lines)
+    assert "loss" in json.loads(log[0]) and json.loads(log[-1])["examples"] == len(lines)
     report = json.loads(plaudit("eval", "pairs", "--model", str(model), "--data", str(pairs)).stdout)
     assert report["pairs"] == len(lines) and 0.0 <= report["accuracy"] <= 1.0
+
+
+def test_steps_data_train_eval_chain(tiny_base, tmp_path):
+    """The PRM chain: execution-grounded step labels, `train prm`, `eval steps`."""
+    steps = tmp_path / "steps.jsonl"
+    stats = json.loads(plaudit("data", "humaneval-steps", "--limit", "3", "--out", str(steps)).stdout)
+    records = [json.loads(line) for line in steps.read_text().splitlines()]
+    assert stats["written"] == len(records) > 0 and stats["bad_labels"] > 0
+    model = tmp_path / "prm"
+    log = plaudit("train", "prm", "--data", str(steps), "--out", str(model), "--base", str(tiny_base),
+                  "--epochs", "1", "--lora-layers", "1", "--aggregate", "mean").stdout.splitlines()
+    assert json.loads(log[-1])["examples"] == len(records)
+    assert load_scorer(model).metadata["aggregate"] == "mean"
+    report = json.loads(plaudit("eval", "steps", "--model", str(model), "--data", str(steps)).stdout)
+    assert report["steps"] == sum(len(r["labels"]) for r in records)
+    assert report["bad_steps"] == stats["bad_labels"] and 0.0 <= report["step_auroc"] <= 1.0
 
 
 def test_bad_data_line_is_named(tiny_base, tmp_path):

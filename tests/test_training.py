@@ -123,7 +123,7 @@ def marker_pairs(n: int, seed: int) -> list[PreferencePair]:
 
 
 def config(base, **overrides) -> BTConfig:
-    values = dict(base=str(base), epochs=4, lr=5e-3, batch_pairs=4, lora_layers=2, lora_rank=8,
+    values = dict(base=str(base), epochs=4, lr=5e-3, batch_size=4, lora_layers=2, lora_rank=8,
                   lora_alpha=16.0, max_length=256, seed=0, device="cpu")
     return BTConfig(**{**values, **overrides})
 
@@ -152,7 +152,7 @@ def test_training_learns_the_rule(trained):
     """Final-epoch training accuracy and held-out accuracy on fresh pairs are both high."""
     out, summary, _, _ = trained
     assert summary["final_epoch"]["accuracy"] > 0.8
-    assert summary["pairs"] == 24 and summary["steps"] == 4 * 6
+    assert summary["examples"] == 24 and summary["steps"] == 4 * 6
     held_out = eval_pairs(load_scorer(out), marker_pairs(24, seed=999))
     assert held_out["accuracy"] > 0.8, held_out
     assert held_out["mean_margin"] > 0 and held_out["pairs"] == 24 and held_out["truncated"] == 0
@@ -163,12 +163,12 @@ def test_on_log_rows(trained):
     _, summary, rows, pairs = trained
     assert rows
     for row in rows:
-        assert {"epoch", "step", "pairs", "loss", "accuracy", "margin"} <= row.keys()
+        assert {"epoch", "step", "examples", "loss", "accuracy", "margin"} <= row.keys()
         assert row["loss"] > 0 and 0 <= row["accuracy"] <= 1
     assert [r["epoch"] for r in rows] == sorted(r["epoch"] for r in rows)
     assert {r["epoch"] for r in rows} == {1, 2, 3, 4}
     last = rows[-1]
-    assert last["epoch"] == 4 and last["pairs"] == len(pairs)
+    assert last["epoch"] == 4 and last["examples"] == len(pairs)
     assert {k: last[k] for k in ("loss", "accuracy", "margin")} == summary["final_epoch"]
     assert rows[-1]["loss"] < rows[0]["loss"]
 

@@ -17,10 +17,9 @@ import torch.nn.functional as F
 from rewardmodels.base import Item
 from rewardmodels.bt import HEAD_PREFIXES, last_token_rewards
 from rewardmodels.encoding import encode_item, pad
-from rewardmodels.loading import choose_device, resolve_path
 
 from .data import PreferencePair
-from .loop import TrainConfig, adapt, fit_pairs, normalization, save_adapter
+from .loop import TrainConfig, fit, normalization, prepare, save_adapter
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +32,11 @@ class BTConfig(TrainConfig):
 def train_bt(pairs: list[PreferencePair], out: str | Path, config: BTConfig,
              on_log: Callable[[dict], None] = lambda row: log.info("%s", row), data: str = "") -> dict:
     """Train, write the model folder to `out`, and return the training summary."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
 
-    torch.manual_seed(config.seed)
-    base = resolve_path(config.base)
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=torch.float32)
-    params = adapt(model, config, HEAD_PREFIXES)
-    model.to(choose_device(config.device)[0]).train()
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    model, tokenizer, params, pad_id = prepare(
+        lambda base: AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=torch.float32),
+        config, HEAD_PREFIXES)
 
     def encode(response: str, prompt) -> list[int]:
         return encode_item(tokenizer, Item(prompt=prompt, response=response), config.max_length)[0]
@@ -55,7 +50,7 @@ def train_bt(pairs: list[PreferencePair], out: str | Path, config: BTConfig,
         return loss, chosen - rejected, rewards
 
     examples = [(encode(p.chosen, p.prompt), encode(p.rejected, p.prompt)) for p in pairs]
-    summary, rewards = fit_pairs(examples, step, params, config, on_log, data)
+    summary, rewards = fit(examples, step, params, config, on_log, data)
     save_adapter(model, out, HEAD_PREFIXES, config,
                  {"kind": "bt", "normalization": normalization(rewards), "training": summary})
     return summary

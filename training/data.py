@@ -1,4 +1,5 @@
-"""Reading training and evaluation data: TRL's preference format, one JSON object a line.
+"""Reading training and evaluation data in TRL's formats, one JSON object a line:
+preference pairs (prompt, chosen, rejected) and PRM step records (prompt, completions, labels).
 
 Every bad line is reported with its line number and field; nothing is skipped silently.
 """
@@ -7,7 +8,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from typing import TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rewardmodels.base import InputError, Message, Prompt
 
@@ -29,20 +32,47 @@ class PreferencePair(BaseModel):
         return value
 
 
-def read_pairs(path: str | Path) -> list[PreferencePair]:
-    pairs = []
+class StepRecord(BaseModel):
+    """TRL's process-supervision record: one label per step, True when the step is good."""
+
+    model_config = ConfigDict(extra="ignore")
+    prompt: Prompt
+    completions: list[str] = Field(min_length=1)
+    labels: list[bool]
+
+    @model_validator(mode="after")
+    def _one_label_per_step(self):
+        if len(self.labels) != len(self.completions):
+            raise ValueError(f"{len(self.labels)} labels for {len(self.completions)} completions (steps)")
+        return self
+
+
+Record = TypeVar("Record", bound=BaseModel)
+
+
+def read_records(path: str | Path, record: type[Record]) -> list[Record]:
+    """Every line parsed as `record`; the first bad line stops the read, named by line and field."""
+    records = []
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                pairs.append(PreferencePair.model_validate(json.loads(line)))
+                records.append(record.model_validate(json.loads(line)))
             except json.JSONDecodeError as e:
                 raise InputError(f"{path}:{number}", f"not valid JSON ({e.msg})") from None
             except ValidationError as e:
                 err = max(e.errors(), key=lambda x: len(x["loc"]))  # the most specific branch of a union
-                field = ".".join(str(p) for p in err["loc"])
+                field = ".".join(str(p) for p in err["loc"]) or "record"
                 raise InputError(f"{path}:{number}", f"field {field!r}: {err['msg']}") from None
-    if not pairs:
-        raise InputError(str(path), "no preference pairs in file")
-    return pairs
+    if not records:
+        raise InputError(str(path), f"no {record.__name__} records in file")
+    return records
+
+
+def read_pairs(path: str | Path) -> list[PreferencePair]:
+    return read_records(path, PreferencePair)
+
+
+def read_steps(path: str | Path) -> list[StepRecord]:
+    return read_records(path, StepRecord)

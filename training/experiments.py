@@ -48,7 +48,7 @@ def cyclic(out: str | Path, base: str = "default", prompts: int = 8, epochs: int
     (all preferences 0) on SmolLM2 in our runs, while full batches reached 100%."""
     pairs = cyclic_pairs(prompts, seed)
     report = {"pairs": len(pairs), "prompts": prompts, "base": base, "epochs": epochs, "bt_ceiling": 2 / 3}
-    common = dict(base=base, epochs=epochs, lr=lr, lora_layers=lora_layers, seed=seed, batch_pairs=len(pairs))
+    common = dict(base=base, epochs=epochs, lr=lr, lora_layers=lora_layers, seed=seed, batch_size=len(pairs))
     for family, trainer, config in (("bt", train_bt, BTConfig(**common)), ("gpm", train_gpm, GPMConfig(**common))):
         start = time.time()
         trainer(pairs, Path(out) / family, config, on_log=lambda row: None)

@@ -12,12 +12,11 @@ import torch
 import torch.nn.functional as F
 
 from rewardmodels.base import Item
-from rewardmodels.encoding import encode_item, encode_text, last_token_states, pad
-from rewardmodels.gpm import HEAD_PREFIXES, GPMNet, preference, prompt_text
-from rewardmodels.loading import choose_device, resolve_path
+from rewardmodels.encoding import encode_item, encode_text, last_token_states, pad, prompt_text
+from rewardmodels.gpm import HEAD_PREFIXES, GPMNet, preference
 
 from .data import PreferencePair
-from .loop import TrainConfig, adapt, fit_pairs, save_adapter
+from .loop import TrainConfig, fit, prepare, save_adapter
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +30,11 @@ class GPMConfig(TrainConfig):
 
 def train_gpm(pairs: list[PreferencePair], out: str | Path, config: GPMConfig,
               on_log: Callable[[dict], None] = lambda row: log.info("%s", row), data: str = "") -> dict:
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
 
-    torch.manual_seed(config.seed)
-    base = resolve_path(config.base)
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    net = GPMNet(AutoModel.from_pretrained(base, dtype=torch.float32), config.dims, config.prompt_head)
-    params = adapt(net, config, HEAD_PREFIXES)
-    net.to(choose_device(config.device)[0]).train()
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    net, tokenizer, params, pad_id = prepare(
+        lambda base: GPMNet(AutoModel.from_pretrained(base, dtype=torch.float32), config.dims, config.prompt_head),
+        config, HEAD_PREFIXES)
 
     def encode(p: PreferencePair) -> list[list[int]]:
         seqs = [encode_item(tokenizer, Item(prompt=p.prompt, response=r), config.max_length)[0]
@@ -56,6 +51,6 @@ def train_gpm(pairs: list[PreferencePair], out: str | Path, config: GPMConfig,
         return -F.logsigmoid(logits).mean(), logits, logits
 
     examples = [encode(p) for p in pairs]
-    summary, _ = fit_pairs(examples, step, params, config, on_log, data)
+    summary, _ = fit(examples, step, params, config, on_log, data)
     save_adapter(net, out, HEAD_PREFIXES, config, {"kind": "gpm", "tau": config.tau, "training": summary})
     return summary

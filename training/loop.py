@@ -1,6 +1,7 @@
-"""What every pairwise reward-model trainer shares: LoRA on the last blocks of a frozen
-backbone plus a family's head, the epoch loop over preference pairs, and saving the small
-adapter file with the model's metadata. A family supplies only its head and its loss."""
+"""What every reward-model trainer shares: LoRA on the last blocks of a frozen backbone
+plus a family's head, the epoch loop over examples (preference pairs, or PRM step
+records), and saving the small adapter file with the model's metadata. A family supplies
+only its head, its encoding and its loss."""
 from __future__ import annotations
 
 import random
@@ -15,7 +16,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from rewardmodels.base import InputError
-from rewardmodels.loading import choose_device, write_metadata
+from rewardmodels.loading import choose_device, resolve_path, write_metadata
 from rewardmodels.lora import ADAPTER_FILE, add_lora, lora_state_dict
 
 
@@ -24,16 +25,18 @@ class TrainConfig:
     base: str = field(default="default", metadata={"help": "backbone directory, or 'default' (packaged SmolLM2-135M)"})
     epochs: int = 2
     lr: float = 1e-3
-    batch_pairs: int = field(default=4, metadata={"help": "preference pairs per optimisation step"})
+    batch_size: int = field(default=4, metadata={"help": "examples (preference pairs, PRM records) per step"})
     lora_layers: int = field(default=8, metadata={"help": "adapt the last N transformer blocks"})
     lora_rank: int = 8
     lora_alpha: float = 16.0
     max_length: int = field(default=1024, metadata={"help": "tokens per sequence; the prompt is cut from the left"})
-    seed: int = 0
+    seed: int = field(default=0, metadata={"help": "initialisation (head, adapters) and, unless --data-seed, data order"})
+    data_seed: int | None = field(default=None, metadata={"help": "data order only: WARM members share the init"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N"})
 
 
-# One optimisation step's view of a batch: (loss, margin per pair, rewards to log).
+# One optimisation step's view of a batch: (loss, one signed margin per decision (> 0 is
+# right: a pair ordered correctly, a step classified correctly), outputs to log).
 Step = Callable[[Sequence[Any], torch.device], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
@@ -47,21 +50,38 @@ def adapt(model: nn.Module, config: TrainConfig, head_prefixes: tuple[str, ...])
     return trainable
 
 
-def fit_pairs(examples: Sequence[Any], step: Step, params: list[nn.Parameter], config: TrainConfig,
-              on_log: Callable[[dict], None], data: str = "") -> tuple[dict, list[float]]:
-    """Epochs of shuffled pair batches; returns the summary and the last epoch's rewards."""
+def prepare(build: Callable[[Path], nn.Module], config: TrainConfig, head_prefixes: tuple[str, ...]
+            ) -> tuple[nn.Module, Any, list[nn.Parameter], int]:
+    """Seed, build the family's model on the base backbone, add adapters: (model, tokenizer,
+    trainable parameters, pad id), the model on its device in training mode."""
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(config.seed)
+    base = resolve_path(config.base)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = build(base)
+    params = adapt(model, config, head_prefixes)
+    model.to(choose_device(config.device)[0]).train()
+    return model, tokenizer, params, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def fit(examples: Sequence[Any], step: Step, params: list[nn.Parameter], config: TrainConfig,
+        on_log: Callable[[dict], None], data: str = "") -> tuple[dict, list[float]]:
+    """Epochs of shuffled batches; returns the summary and the last epoch's logged outputs.
+    Loss is averaged over examples, accuracy and margin over decisions."""
     if not examples or config.epochs < 1:
-        raise InputError("data", f"training needs pairs and at least one epoch ({len(examples)} pairs, "
+        raise InputError("data", f"training needs examples and at least one epoch ({len(examples)} examples, "
                                  f"{config.epochs} epochs)")
     device, _ = choose_device(config.device)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-    order, rng = list(range(len(examples))), random.Random(config.seed)
+    order = list(range(len(examples)))
+    rng = random.Random(config.seed if config.data_seed is None else config.data_seed)
     start, steps, rewards, history = time.time(), 0, [], {}
     for epoch in range(config.epochs):
         rng.shuffle(order)
-        sums, rewards = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0}, []
-        for first in range(0, len(order), config.batch_pairs):
-            batch = [examples[i] for i in order[first:first + config.batch_pairs]]
+        sums, rewards, decisions = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0}, [], 0
+        for first in range(0, len(order), config.batch_size):
+            batch = [examples[i] for i in order[first:first + config.batch_size]]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 loss, margin, batch_rewards = step(batch, device)
             optimizer.zero_grad()
@@ -71,13 +91,15 @@ def fit_pairs(examples: Sequence[Any], step: Step, params: list[nn.Parameter], c
             sums["loss"] += loss.item() * len(batch)
             sums["accuracy"] += (margin > 0).float().sum().item()
             sums["margin"] += margin.sum().item()
+            decisions += margin.numel()
             rewards += batch_rewards.detach().float().cpu().tolist()
-            seen = min(first + config.batch_pairs, len(order))
+            seen = min(first + config.batch_size, len(order))
             if steps % 10 == 0 or seen == len(order):
-                history = {k: round(v / seen, 4) for k, v in sums.items()}
-                on_log({"epoch": epoch + 1, "step": steps, "pairs": seen, **history,
+                history = {"loss": round(sums["loss"] / seen, 4),
+                           **{k: round(sums[k] / decisions, 4) for k in ("accuracy", "margin")}}
+                on_log({"epoch": epoch + 1, "step": steps, "examples": seen, **history,
                         "seconds": round(time.time() - start, 1)})
-    summary = {"data": data, "pairs": len(examples), "steps": steps, "seconds": round(time.time() - start, 1),
+    summary = {"data": data, "examples": len(examples), "steps": steps, "seconds": round(time.time() - start, 1),
                "final_epoch": history, "config": asdict(config)}
     return summary, rewards
 
