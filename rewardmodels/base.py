@@ -70,6 +70,7 @@ class ModelLoadError(RuntimeError):
 class Scores:
     rewards: list[float]
     truncated: list[bool]
+    spread: list[float] | None = None  # an ensemble's disagreement (std of its members' rewards)
 
 
 @dataclass

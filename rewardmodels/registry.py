@@ -12,6 +12,7 @@ KINDS: dict[str, str] = {
     "bt": "rewardmodels.bt:BradleyTerry",
     "gpm": "rewardmodels.gpm:GPM",
     "prm": "rewardmodels.prm:ProcessRewardModel",
+    "ensemble": "rewardmodels.ensemble:Ensemble",
 }
 
 

@@ -82,7 +82,7 @@ def score(pool: ModelPool, request: ScoreRequest) -> ScoreResponse:
     scorer = pool.get(request.model)
     result = scorer.score(request.items)
     return ScoreResponse(model=scorer.name, rewards=result.rewards, truncated=result.truncated,
-                         ids=_ids(len(request.items)))
+                         ids=_ids(len(request.items)), uncertainty=result.spread)
 
 
 def compare(pool: ModelPool, request: CompareRequest) -> CompareResponse:
@@ -129,8 +129,10 @@ def get_reward(pool: ModelPool, request: GetRewardRequest) -> GetRewardResponse:
     if request.prompts is not None and len(request.prompts) != len(request.query):
         raise InputError("prompts", f"{len(request.prompts)} prompts for {len(request.query)} queries")
     result = scorer.score_texts(request.query, request.prompts)
-    return GetRewardResponse(rewards=result.rewards, scores=result.rewards,
-                             extra_logs={"truncated": [float(t) for t in result.truncated]})
+    logs = {"truncated": [float(t) for t in result.truncated]}
+    if result.spread is not None:
+        logs["reward_std"] = result.spread
+    return GetRewardResponse(rewards=result.rewards, scores=result.rewards, extra_logs=logs)
 
 
 def score_one(pool: ModelPool, model: str | None, prompt, response: str) -> ScoreResponse:

@@ -20,6 +20,7 @@ from training.experiments import cyclic
 from training.gpm import GPMConfig, train_gpm
 from training.humaneval import build_pairs, build_steps, write_jsonl
 from training.prm import PRMConfig, train_prm
+from training.warm import WarmConfig, merge, train_warm
 
 from .api import ModelPool, score_one
 from .config import ModelConfig, ServiceConfig, load_config
@@ -70,7 +71,7 @@ TRAINERS = {  # family: (config class, trainer, data reader, help)
 
 def cmd_train(args) -> None:
     config_class, trainer, read, _ = TRAINERS[args.family]
-    config = config_class(**{f.name: getattr(args, f.name) for f in fields(config_class)})
+    config = _config(config_class, args)
     summary = trainer(read(args.data), args.out, config, on_log=lambda row: print(json.dumps(row), flush=True),
                       data=str(args.data))
     print(json.dumps(summary))
@@ -93,6 +94,20 @@ BUILDERS = {  # data builder: (function, its cap's keyword, help)
     "humaneval-steps": (build_steps, "max_records_per_problem",
                         "execution-grounded step labels, one line a step (TRL PRM format: completions, labels)"),
 }
+
+
+def _config(config_class, args):
+    return config_class(**{f.name: getattr(args, f.name) for f in fields(config_class)})
+
+
+def cmd_warm_train(args) -> None:
+    report = train_warm(read_pairs(args.data), args.out, _config(WarmConfig, args), args.members,
+                        on_log=lambda row: print(json.dumps(row), flush=True), data=str(args.data))
+    print(json.dumps(report))
+
+
+def cmd_warm_merge(args) -> None:
+    print(json.dumps(merge(args.members, args.out, soup=read_pairs(args.soup) if args.soup else None), indent=2))
 
 
 def cmd_data(args) -> None:
@@ -143,6 +158,19 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--out", required=True, help="model directory to write")
         add_config_flags(p, config_class)
         p.set_defaults(run=cmd_train)
+
+    warm = sub.add_parser("warm", help="weight-averaged reward models (WARM)").add_subparsers(dest="step", required=True)
+    p = warm.add_parser("train", help="train M BT members from one init, serve them as an ensemble, merge them")
+    p.add_argument("--data", required=True, help="JSONL preference pairs")
+    p.add_argument("--members", type=int, default=3, help="M, the number of fine-tunes to average")
+    p.add_argument("--out", required=True, help="the merged model; the members go to OUT/members/")
+    add_config_flags(p, WarmConfig)
+    p.set_defaults(run=cmd_warm_train)
+    p = warm.add_parser("merge", help="average BT models fine-tuned from one init into one BT model")
+    p.add_argument("members", nargs="+", help="model directories (plaudit adapters or full checkpoints)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--soup", help="held-out JSONL pairs: greedy soup (keep a member only if accuracy holds)")
+    p.set_defaults(run=cmd_warm_merge)
 
     data = sub.add_parser("data", help="build training data").add_subparsers(dest="builder", required=True)
     for builder, (_, _, help_text) in BUILDERS.items():

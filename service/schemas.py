@@ -29,6 +29,9 @@ class ScoreResponse(BaseModel):
     rewards: list[float] = Field(description="one reward per item, in request order")
     truncated: list[bool] = Field(description="whether the item's prompt was cut to fit max_length")
     ids: list[str] = Field(description="an id per item, for feedback on it later")
+    uncertainty: list[float] | None = Field(default=None, description=(
+        "ensemble models only: the standard deviation of the members' rewards per item (the reward is "
+        "their mean)"))
 
 
 class CompareRequest(Request):

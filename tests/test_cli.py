@@ -23,6 +23,7 @@ def plaudit(*args: str, check: bool = True, timeout: float = 300) -> subprocess.
 
 
 @pytest.mark.parametrize("command", [[], ["serve"], ["score"], ["train", "bt"], ["train", "gpm"], ["train", "prm"],
+                                     ["warm", "train"], ["warm", "merge"],
                                      ["data", "humaneval-pairs"], ["data", "humaneval-steps"], ["eval", "pairs"],
                                      ["eval", "steps"], ["experiment", "cyclic"]])
 def test_help(command):
@@ -33,7 +34,7 @@ def test_score_prints_the_api_response(tiny_bt):
     out = json.loads(plaudit("score", "--model", str(tiny_bt), "--prompt", "hello", "--response", "world").stdout)
     expected = load_scorer(tiny_bt).score([Item(prompt="hello", response="world")]).rewards
     assert out["rewards"] == pytest.approx(expected, abs=1e-5)
-    assert set(out) == {"model", "rewards", "truncated", "ids"}
+    assert set(out) == {"model", "rewards", "truncated", "ids", "uncertainty"} and out["uncertainty"] is None
 
 
 def test_score_refuses_a_model_without_reward_head(tiny_base):
@@ -72,6 +73,26 @@ def test_steps_data_train_eval_chain(tiny_base, tmp_path):
     report = json.loads(plaudit("eval", "steps", "--model", str(model), "--data", str(steps)).stdout)
     assert report["steps"] == sum(len(r["labels"]) for r in records)
     assert report["bad_steps"] == stats["bad_labels"] and 0.0 <= report["step_auroc"] <= 1.0
+
+
+def test_warm_train_then_merge_with_soup(tiny_base, tmp_path):
+    """`warm train` leaves a merged BT model and an ensemble of members; `warm merge` re-merges
+    them with a greedy soup; the ensemble serves mean and spread through `plaudit score`."""
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"task {i}", "chosen": "a + b", "rejected": "a - b"}) + "\n"
+                             for i in range(6)))
+    out = tmp_path / "warm"
+    log = plaudit("warm", "train", "--data", str(pairs), "--members", "2", "--out", str(out), "--base", str(tiny_base),
+                  "--epochs", "1", "--lora-layers", "1").stdout.splitlines()
+    assert {json.loads(line).get("member") for line in log[:-1]} == {0, 1}
+    assert json.loads(log[-1])["members"] == [str(out / "members" / f"member-{i}") for i in range(2)]
+    report = json.loads(plaudit("warm", "merge", str(out / "members" / "member-0"), str(out / "members" / "member-1"),
+                                "--out", str(tmp_path / "soup"), "--soup", str(pairs)).stdout)
+    assert len(report["soup"]["member_accuracy"]) == 2
+    scored = json.loads(plaudit("score", "--model", str(out / "members"), "--prompt", "p", "--response", "r").stdout)
+    assert len(scored["uncertainty"]) == 1
+    lonely = plaudit("warm", "merge", str(out), "--out", str(tmp_path / "x"), check=False)
+    assert lonely.returncode != 0 and "at least 2" in lonely.stderr
 
 
 def test_bad_data_line_is_named(tiny_base, tmp_path):

@@ -21,7 +21,7 @@ from training.data import StepRecord, read_steps
 from training.evaluate import auroc, eval_steps
 from training.prm import PRMConfig, train_prm
 
-from conftest import make_tokenizer
+from conftest import make_tokenizer, tiny_training
 
 LINES = ["for i in range(n): total += i", "if x < y and not z: return None", "def add(a, b):", "return a + b",
          "The quick brown fox", "hello world", "0123456789", "the lazy dog"]
@@ -46,9 +46,7 @@ def marked_records(n: int, seed: int) -> list[StepRecord]:
 
 
 def config(base, **overrides) -> PRMConfig:
-    values = dict(base=str(base), epochs=6, lr=5e-3, batch_size=4, lora_layers=2, lora_rank=8, lora_alpha=16.0,
-                  max_length=256, seed=0, device="cpu")
-    return PRMConfig(**{**values, **overrides})
+    return tiny_training(PRMConfig, base, **{"epochs": 6, **overrides})
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import random
 import pytest
 import torch
 
+from conftest import tiny_training
 from rewardmodels import InputError, Item, ModelLoadError, Scorer, Scores, load_scorer
 from rewardmodels.bt import last_token_rewards
 from rewardmodels.lora import ADAPTER_FILE
@@ -123,9 +124,7 @@ def marker_pairs(n: int, seed: int) -> list[PreferencePair]:
 
 
 def config(base, **overrides) -> BTConfig:
-    values = dict(base=str(base), epochs=4, lr=5e-3, batch_size=4, lora_layers=2, lora_rank=8,
-                  lora_alpha=16.0, max_length=256, seed=0, device="cpu")
-    return BTConfig(**{**values, **overrides})
+    return tiny_training(BTConfig, base, **overrides)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,179 @@
+"""WARM on tiny backbones: members from one init, the streamed fp32 merge and its checks,
+the greedy soup, the prediction ensemble (mean and spread), and merge memory flat in M."""
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import make_tiny, tiny_training
+from rewardmodels import Item, ModelLoadError, Pair, load_scorer
+from rewardmodels.bt import load_classifier
+from rewardmodels.loading import read_metadata
+from service.api import ModelPool, score as score_endpoint
+from service.config import ModelConfig, ServiceConfig
+from service.schemas import ScoreRequest
+from test_training import marker_pairs
+from training.warm import MEMBERS, Member, WarmConfig, average, merge, train_warm
+
+ADAPTED = "model.layers.1.self_attn.q_proj.weight"  # in the last block: LoRA merges into it
+FROZEN = "model.layers.0.self_attn.q_proj.weight"
+
+
+def config(base, **overrides) -> WarmConfig:
+    return tiny_training(WarmConfig, base, **{"epochs": 3, "lora_layers": 1, **overrides})
+
+
+@pytest.fixture(scope="module")
+def warm(tiny_base, tmp_path_factory):
+    out = tmp_path_factory.mktemp("warm") / "merged"
+    report = train_warm(marker_pairs(24, seed=100), out, config(tiny_base, lr_spread=2.0), members=3,
+                        on_log=lambda row: None, data="marker")
+    return out, report
+
+
+def merged_state(directory: Path) -> dict[str, torch.Tensor]:
+    model, _ = load_classifier(directory, read_metadata(directory), torch.float32)
+    return model.state_dict()
+
+
+def test_members_share_the_init_and_differ_in_order_and_lr(warm):
+    out, report = warm
+    members = report["training"]
+    assert [m["lr"] for m in members] == pytest.approx([2.5e-3, 5e-3, 1e-2])
+    assert len({m["data_seed"] for m in members}) == 3
+    seeds = {json.loads((out / MEMBERS / f"member-{i}" / "plaudit.json").read_text())["training"]["config"]["seed"]
+             for i in range(3)}
+    assert seeds == {0}  # one init: head and adapters start from the same seed
+
+
+def test_merge_is_the_mean_of_the_merged_members_and_moves_the_backbone(warm):
+    """Each member's LoRA is merged into its weights before averaging, so the average changes
+    a transformer block, not only the head; untouched blocks stay the base's."""
+    out, _ = warm
+    states = [merged_state(out / MEMBERS / f"member-{i}") for i in range(3)]
+    merged = load_file(str(out / "model.safetensors"))
+    assert not torch.allclose(states[0][ADAPTED], states[1][ADAPTED])
+    for name in (ADAPTED, FROZEN, "score.weight"):
+        assert torch.allclose(merged[name], sum(s[name] for s in states) / 3, atol=1e-6), name
+    assert torch.equal(states[0][FROZEN], states[2][FROZEN])
+    assert merged[ADAPTED].dtype == torch.float32
+
+
+def test_merged_model_is_a_normal_bt_model(warm, tmp_path):
+    out, _ = warm
+    scorer = load_scorer(out)
+    meta = read_metadata(out)
+    assert scorer.kind == "bt" and "adapter" not in meta and meta["normalization"]["stored"]
+    assert "base" in meta["init"] and len(meta["warm"]["members"]) == 3
+    held_out = marker_pairs(24, seed=999)
+    wins = scorer.compare([Pair(prompt=p.prompt, a=p.chosen, b=p.rejected) for p in held_out]).margins
+    assert sum(m > 0 for m in wins) / len(wins) > 0.75
+
+
+def test_ensemble_serves_mean_and_spread(warm):
+    out, _ = warm
+    ensemble = load_scorer(out / MEMBERS)
+    members = [load_scorer(out / MEMBERS / f"member-{i}") for i in range(3)]
+    items = [Item(prompt=p.prompt, response=r) for p in marker_pairs(4, seed=5) for r in (p.chosen, p.rejected)]
+    got = ensemble.score(items)
+    columns = list(zip(*(m.score(items).rewards for m in members)))
+    assert ensemble.kind == "ensemble"
+    assert got.rewards == pytest.approx([statistics.fmean(c) for c in columns], abs=1e-5)
+    assert got.spread == pytest.approx([statistics.pstdev(c) for c in columns], abs=1e-5)
+    assert any(s > 0 for s in got.spread)
+    pool = ModelPool(ServiceConfig(models={"ens": ModelConfig(path=str(out / MEMBERS))}, default_model="ens"))
+    answer = score_endpoint(pool, ScoreRequest(items=items[:2]))
+    assert answer.uncertainty == pytest.approx(got.spread[:2], abs=1e-5)
+
+
+def test_greedy_soup_keeps_only_what_helps(warm, tmp_path):
+    out, _ = warm
+    members = [out / MEMBERS / f"member-{i}" for i in range(3)]
+    report = merge(members, tmp_path / "soup", soup=marker_pairs(16, seed=7))
+    soup = report["soup"]
+    assert 1 <= len(soup["kept"]) <= 3 and soup["accuracy"] >= max(soup["member_accuracy"])
+    assert not (tmp_path / "soup.soup-trial").exists()
+    assert load_scorer(tmp_path / "soup").kind == "bt"
+
+
+def test_members_of_another_backbone_are_refused(warm, tmp_path):
+    """Same architecture, different pretrained weights: averaging them is meaningless."""
+    out, _ = warm
+    other_base = make_tiny(tmp_path / "other-base", head=False, seed=1)
+    train_warm(marker_pairs(8, seed=1), tmp_path / "other", config(other_base, epochs=1), members=2,
+               on_log=lambda row: None)
+    with pytest.raises(ModelLoadError) as err:
+        merge([out / MEMBERS / "member-0", tmp_path / "other" / MEMBERS / "member-0"], tmp_path / "bad")
+    assert "different backbone" in str(err.value) and not (tmp_path / "bad").exists()
+
+
+def test_every_tensor_name_and_shape_is_checked(warm, tmp_path):
+    out, _ = warm
+    state = load_file(str(out / "model.safetensors"))
+    for case, edit in (("missing", lambda s: s.pop(ADAPTED)), ("shape", lambda s: s.update({ADAPTED: s[ADAPTED][:4]}))):
+        broken = tmp_path / case
+        broken.mkdir()
+        for f in out.iterdir():
+            if f.is_file():
+                (broken / f.name).write_bytes(f.read_bytes())
+        changed = dict(state)
+        edit(changed)
+        save_file(changed, str(broken / "model.safetensors"))
+        with pytest.raises(ModelLoadError) as err:
+            average([Member(out), Member(broken)])
+        assert ADAPTED in str(err.value) and str(broken) in str(err.value)
+
+
+def test_an_ensemble_of_other_kinds_is_refused(warm, tmp_path):
+    ens = tmp_path / "ens"
+    ens.mkdir()
+    (ens / "plaudit.json").write_text(json.dumps({"kind": "ensemble", "members": []}))
+    with pytest.raises(ModelLoadError) as err:
+        load_scorer(ens)
+    assert "members" in str(err.value)
+
+
+MEASURE = """
+import resource, sys
+from training.warm import merge
+merge(sys.argv[2:], sys.argv[1])
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def test_merge_peak_memory_is_flat_in_the_number_of_members(tmp_path):
+    """Five members peak no higher than two (+30%): one member is in memory at a time.
+    Members are ~70 MB full checkpoints so that holding them all would show (+200 MB)."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from conftest import make_tokenizer
+
+    tokenizer = make_tokenizer(chat_template=True)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=512, intermediate_size=1024, num_hidden_layers=6,
+                      num_attention_heads=8, num_key_value_heads=8, pad_token_id=tokenizer.pad_token_id,
+                      num_labels=1)
+    members = []
+    for i in range(5):
+        torch.manual_seed(0)
+        model = LlamaForSequenceClassification(cfg)
+        with torch.no_grad():
+            model.score.weight.add_(0.01 * i)  # fine-tunes of one init
+        model.save_pretrained(tmp_path / f"m{i}")
+        tokenizer.save_pretrained(tmp_path / f"m{i}")
+        members.append(str(tmp_path / f"m{i}"))
+    size = (tmp_path / "m0" / "model.safetensors").stat().st_size
+    assert size > 60e6
+    peaks = {}
+    for m in (2, 5):
+        run = subprocess.run([sys.executable, "-c", MEASURE, str(tmp_path / f"out{m}"), *members[:m]],
+                             capture_output=True, text=True, cwd=Path(__file__).parent.parent, check=True)
+        peaks[m] = int(run.stdout.split()[-1]) * 1024
+    assert peaks[5] <= 1.3 * peaks[2], {m: round(p / 1e6) for m, p in peaks.items()}
+    assert peaks[5] - peaks[2] < size, peaks

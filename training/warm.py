@@ -1,0 +1,214 @@
+"""WARM: weight-averaged reward models.
+
+`train_warm` fine-tunes M Bradley-Terry members from one init (same base, same head and
+adapter initialisation) that differ in data order and, optionally, learning rate; each is
+a plaudit folder in DIR/members/, together served as an ensemble (mean and spread).
+`merge` averages members' weights into one ordinary BT checkpoint: LoRA merged into the
+weights first (so the average moves the backbone's last blocks, not just a linear head,
+which would equal averaging predictions), in fp32, reading one member at a time so that
+peak memory is one accumulator plus one member whatever M is. Every tensor's name and
+shape is checked, and members must share their init (a fingerprint of the base weights).
+A greedy soup keeps a member only if held-out accuracy does not drop.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from rewardmodels import InputError, Item, ModelLoadError, load_scorer
+from rewardmodels.bt import load_classifier
+from rewardmodels.loading import read_metadata, resolve_path, write_metadata
+
+from .bt import BTConfig, train_bt
+from .data import PreferencePair
+from .evaluate import eval_pairs
+from .loop import normalization
+
+log = logging.getLogger(__name__)
+MEMBERS = "members"
+
+
+@dataclass
+class WarmConfig(BTConfig):
+    lr_spread: float = field(default=1.0, metadata={
+        "help": "member learning rates spread geometrically over [lr / F, lr * F] (1: all the same)"})
+
+
+def member_lrs(config: WarmConfig, members: int) -> list[float]:
+    if members == 1 or config.lr_spread == 1.0:
+        return [config.lr] * members
+    return [config.lr * config.lr_spread ** (2 * m / (members - 1) - 1) for m in range(members)]
+
+
+def train_warm(pairs: list[PreferencePair], out: str | Path, config: WarmConfig, members: int,
+               on_log: Callable[[dict], None] = lambda row: log.info("%s", row), data: str = "") -> dict:
+    """Train the members into out/members/ (an ensemble folder), then merge them into out."""
+    if members < 2:
+        raise InputError("members", f"WARM averages at least 2 members, got {members}")
+    out = Path(out)
+    names = [f"member-{m}" for m in range(members)]
+    summaries = []
+    for m, (name, lr) in enumerate(zip(names, member_lrs(config, members))):
+        member = replace(config, lr=lr, data_seed=config.seed * 1000 + m + 1)  # one init, its own data order
+        summaries.append(train_bt(pairs, out / MEMBERS / name, member,
+                                  on_log=lambda row, m=m: on_log({"member": m, **row}), data=data))
+    write_metadata(out / MEMBERS, {"kind": "ensemble", "members": names, "warm": {"data": data}})
+    report = merge([out / MEMBERS / n for n in names], out, calibration=pairs[:64])
+    return {**report, "training": [{"lr": s["config"]["lr"], "data_seed": s["config"]["data_seed"],
+                         "final_epoch": s["final_epoch"], "seconds": s["seconds"]} for s in summaries]}
+
+
+def fingerprint(directory: Path) -> str:
+    """Identity of a backbone's weights: sha256 of its safetensors files, streamed."""
+    digest = hashlib.sha256()
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise ModelLoadError(f"{directory}: no safetensors weights to fingerprint")
+    for file in files:
+        with open(file, "rb") as f:
+            while chunk := f.read(1 << 23):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+class Member:
+    """One ingredient of a merge: a plaudit adapter folder (merged into its base when read)
+    or a full BT checkpoint (read tensor by tensor)."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = resolve_path(directory)
+        self.metadata = read_metadata(self.directory)
+        if self.metadata.get("kind", "bt") != "bt":
+            raise ModelLoadError(f"{self.directory}: WARM merges BT reward models, this one is kind "
+                                 f"{self.metadata['kind']!r}")
+
+    def init(self) -> str:
+        """What the member was fine-tuned from, comparable across members."""
+        if "adapter" in self.metadata:
+            return f"base {self.metadata['base']!r} ({fingerprint(resolve_path(self.metadata['base']))})"
+        if "init" in self.metadata:
+            return self.metadata["init"]
+        config = json.loads((self.directory / "config.json").read_text())
+        keys = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size")
+        return "architecture " + ", ".join(f"{k}={config.get(k)}" for k in keys)
+
+    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, fp32 tensor) one at a time; an adapter folder is materialised once, merged."""
+        if "adapter" in self.metadata:
+            model, _ = load_classifier(self.directory, self.metadata, torch.float32)
+            for name, tensor in model.state_dict().items():
+                yield name, tensor.float()
+            return
+        files = sorted(self.directory.glob("*.safetensors"))
+        if not files:
+            raise ModelLoadError(f"{self.directory}: no safetensors weights (WARM merges safetensors checkpoints)")
+        for file in files:
+            with safe_open(str(file), "pt") as f:
+                for name in f.keys():
+                    yield name, f.get_tensor(name).float()
+
+    def write_skeleton(self, out: Path) -> None:
+        """Config and tokenizer for the merged checkpoint, taken from this member."""
+        from transformers import AutoConfig, AutoTokenizer
+
+        source = resolve_path(self.metadata["base"]) if "adapter" in self.metadata else self.directory
+        config = AutoConfig.from_pretrained(source, num_labels=1)
+        config.architectures = [config.architectures[0].replace("ForCausalLM", "ForSequenceClassification")]
+        config.save_pretrained(out)
+        AutoTokenizer.from_pretrained(source).save_pretrained(out)
+
+
+def check_inits(members: Sequence[Member]) -> str:
+    inits = [m.init() for m in members]
+    for m, init in zip(members, inits):
+        if init != inits[0]:
+            raise ModelLoadError(f"{m.directory} was fine-tuned from a different backbone than "
+                                 f"{members[0].directory} ({init} vs {inits[0]}); weight averaging only works "
+                                 "between fine-tunes of one init")
+    return inits[0]
+
+
+def average(members: Sequence[Member]) -> dict[str, torch.Tensor]:
+    """The fp32 mean of the members' weights, one member in memory at a time."""
+    total: dict[str, torch.Tensor] = {}
+    for i, member in enumerate(members):
+        seen = set()
+        for name, tensor in member.tensors():
+            if i == 0:
+                total[name] = tensor.clone()
+            elif name not in total:
+                raise ModelLoadError(f"{member.directory}: tensor {name!r} is not in {members[0].directory}")
+            elif total[name].shape != tensor.shape:
+                raise ModelLoadError(f"{member.directory}: tensor {name!r} has shape {tuple(tensor.shape)}, "
+                                     f"{members[0].directory} has {tuple(total[name].shape)}")
+            else:
+                total[name] += tensor
+            seen.add(name)
+            del tensor
+        if missing := sorted(set(total) - seen):
+            raise ModelLoadError(f"{member.directory}: lacks {len(missing)} tensors of {members[0].directory}, "
+                                 f"e.g. {missing[0]!r}")
+    for tensor in total.values():
+        tensor /= len(members)
+    return total
+
+
+def _write(state: dict[str, torch.Tensor], members: Sequence[Member], out: Path, metadata: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    members[0].write_skeleton(out)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"))
+    write_metadata(out, metadata)
+
+
+def _accuracy(state: dict[str, torch.Tensor], members: Sequence[Member], out: Path,
+              pairs: list[PreferencePair]) -> float:
+    _write(state, members, out, {"kind": "bt"})
+    return eval_pairs(load_scorer(out), pairs)["accuracy"]
+
+
+def merge(directories: Sequence[str | Path], out: str | Path, soup: list[PreferencePair] | None = None,
+          calibration: list[PreferencePair] | None = None) -> dict:
+    """Average the members into `out`, a plain BT checkpoint. With `soup` pairs, a greedy soup:
+    members in order of their own held-out accuracy, each kept only if the average of those
+    kept so far does not lose accuracy. Rewards are normalised on `calibration` (else on
+    `soup`) pairs when given, else with the members' mean normalisation."""
+    out = Path(out)
+    if len(directories) < 2:
+        raise InputError("members", f"a merge needs at least 2 members, got {len(directories)}")
+    members = [Member(d) for d in directories]
+    init = check_inits(members)
+    report: dict[str, Any] = {"members": [str(m.directory) for m in members], "init": init}
+    chosen = members
+    if soup:
+        trial = out.with_name(out.name + ".soup-trial")
+        own = [eval_pairs(load_scorer(m.directory), soup)["accuracy"] for m in members]
+        ranked = sorted(range(len(members)), key=lambda i: -own[i])
+        chosen, best = [members[ranked[0]]], own[ranked[0]]
+        for i in ranked[1:]:
+            accuracy = _accuracy(average(chosen + [members[i]]), members, trial, soup)
+            if accuracy >= best:
+                chosen, best = chosen + [members[i]], accuracy
+        shutil.rmtree(trial, ignore_errors=True)
+        report["soup"] = {"member_accuracy": own, "kept": [str(m.directory) for m in chosen], "accuracy": best}
+    state = average(chosen)
+    _write(state, members, out, {"kind": "bt", "warm": report})
+    calibration = calibration or soup
+    if calibration:
+        items = [Item(prompt=p.prompt, response=r) for p in calibration for r in (p.chosen, p.rejected)]
+        rewards = load_scorer(out).score(items).rewards  # raw: the metadata has no normalisation yet
+        norm = {**normalization(rewards), "source": f"raw rewards of {len(calibration)} pairs after merging"}
+    else:
+        norms = [m.metadata.get("normalization", {"mean": 0.0, "std": 1.0}) for m in members]
+        norm = {"mean": sum(n["mean"] for n in norms) / len(norms), "std": sum(n["std"] for n in norms) / len(norms),
+                "stored": True, "source": "mean of the members' normalisations (no pairs given)"}
+    write_metadata(out, {"kind": "bt", "normalization": norm, "init": init, "warm": report})
+    return report
