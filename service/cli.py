@@ -16,7 +16,7 @@ from rewardmodels.base import Prompt
 from training.bt import BTConfig, train_bt
 from training.data import read_pairs, read_steps
 from training.evaluate import eval_pairs, eval_steps
-from training.experiments import cyclic
+from training.experiments import cyclic, warm_noise
 from training.gpm import GPMConfig, train_gpm
 from training.humaneval import build_pairs, build_steps, write_jsonl
 from training.prm import PRMConfig, train_prm
@@ -134,6 +134,12 @@ def cmd_experiment_cyclic(args) -> None:
                             lora_layers=args.lora_layers, seed=args.seed), indent=2))
 
 
+def cmd_experiment_warm_noise(args) -> None:
+    print(json.dumps(warm_noise(args.out, args.train, args.test, members=args.members, flip=args.flip,
+                                limit=args.limit, test_limit=args.test_limit, epochs=args.epochs, lr=args.lr,
+                                lora_layers=args.lora_layers, base=args.base, seed=args.seed), indent=2))
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="plaudit", description="Reward models and judges behind one scoring API.")
     sub = top.add_subparsers(dest="command", required=True)
@@ -205,6 +211,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-layers", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=cmd_experiment_cyclic)
+    p = experiment.add_parser("warm-noise", help="members vs ensemble vs WARM average with flipped training labels")
+    p.add_argument("--train", required=True, help="clean JSONL pairs to train on (labels get flipped)")
+    p.add_argument("--test", required=True, help="clean held-out JSONL pairs")
+    p.add_argument("--out", default="runs/warm-noise")
+    p.add_argument("--members", type=int, default=3)
+    p.add_argument("--flip", type=float, default=0.25, help="fraction of training labels flipped")
+    p.add_argument("--limit", type=int, help="first N training pairs")
+    p.add_argument("--test-limit", type=int, help="first N held-out pairs")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lora-layers", type=int, default=8)
+    p.add_argument("--base", default="default")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=cmd_experiment_warm_noise)
     return top
 
 

@@ -25,7 +25,7 @@ def plaudit(*args: str, check: bool = True, timeout: float = 300) -> subprocess.
 @pytest.mark.parametrize("command", [[], ["serve"], ["score"], ["train", "bt"], ["train", "gpm"], ["train", "prm"],
                                      ["warm", "train"], ["warm", "merge"],
                                      ["data", "humaneval-pairs"], ["data", "humaneval-steps"], ["eval", "pairs"],
-                                     ["eval", "steps"], ["experiment", "cyclic"]])
+                                     ["eval", "steps"], ["experiment", "cyclic"], ["experiment", "warm-noise"]])
 def test_help(command):
     assert "usage: plaudit" in plaudit(*command, "--help").stdout
 

@@ -177,3 +177,25 @@ def test_merge_peak_memory_is_flat_in_the_number_of_members(tmp_path):
         peaks[m] = int(run.stdout.split()[-1]) * 1024
     assert peaks[5] <= 1.3 * peaks[2], {m: round(p / 1e6) for m, p in peaks.items()}
     assert peaks[5] - peaks[2] < size, peaks
+
+
+def test_flip_labels_swaps_exactly_the_asked_fraction():
+    from training.experiments import flip_labels
+
+    pairs = marker_pairs(20, seed=3)
+    noisy, flipped = flip_labels(pairs, 0.25, seed=0)
+    swapped = [(a.chosen, a.rejected) == (b.rejected, b.chosen) for a, b in zip(pairs, noisy)]
+    assert flipped == 5 == sum(swapped)
+    assert all((a.chosen, a.rejected) == (b.chosen, b.rejected) for a, b, s in zip(pairs, noisy, swapped) if not s)
+
+
+def test_warm_noise_experiment_reports_every_contender(tiny_base, tmp_path):
+    from training.experiments import warm_noise
+
+    for name, seed in (("train", 100), ("test", 999)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(p.model_dump_json() + "\n" for p in marker_pairs(16, seed)))
+    report = warm_noise(tmp_path / "run", tmp_path / "train.jsonl", tmp_path / "test.jsonl", members=2,
+                        epochs=2, lr=5e-3, lora_layers=1, base=str(tiny_base))
+    assert report["flipped"] == 4 and report["test_pairs"] == 16
+    assert set(report["accuracy"]) == {"member-0", "member-1", "ensemble", "warm"}
+    assert all(0.0 <= a <= 1.0 for a in report["accuracy"].values())
