@@ -9,7 +9,7 @@ import threading
 import uuid
 from typing import Iterable
 
-from rewardmodels import AGGREGATES, InputError, Item, Scorer, Steps, load_scorer
+from rewardmodels import AGGREGATES, InputError, Item, Scorer, Steps, UnsupportedOperation, load_scorer
 from rewardmodels.prm import DEFAULT_SEPARATOR, split_steps
 
 from .config import Limits, ServiceConfig
@@ -47,6 +47,10 @@ class ModelPool:
                 cfg = self.config.models[name]
                 self._scorers[name] = load_scorer(cfg.path, name=name, **cfg.load_options())
             return self._scorers[name]
+
+    def able_to(self, method: str) -> list[str]:
+        """Configured models whose family implements `method` (for errors that point the way)."""
+        return [n for n in self.config.models if getattr(type(self.get(n)), method) is not getattr(Scorer, method)]
 
     def describe(self) -> ModelsResponse:
         return ModelsResponse(models=[
@@ -115,7 +119,12 @@ def steps(pool: ModelPool, request: StepsRequest) -> StepsResponse:
         trace = request.steps
     check_limits(pool.config.limits, "steps", len(trace), _prompt_texts("prompt", request.prompt)
                  + [(f"steps[{i}]", s) for i, s in enumerate(trace)])
-    [result] = scorer.score_steps([Steps(prompt=request.prompt, steps=trace)])
+    try:
+        [result] = scorer.score_steps([Steps(prompt=request.prompt, steps=trace)])
+    except UnsupportedOperation as e:
+        able = pool.able_to("score_steps")
+        raise UnsupportedOperation("model", f"{str(e).removeprefix('model: ')}; configured models that can: "
+                                            f"{', '.join(able) or 'none'}") from None
     rewards = result.step_rewards
     return StepsResponse(model=scorer.name, steps=trace, step_rewards=rewards, truncated=result.truncated,
                          aggregates={name: combine(rewards) for name, combine in AGGREGATES.items()},

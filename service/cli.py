@@ -137,7 +137,8 @@ def cmd_experiment_cyclic(args) -> None:
 def cmd_experiment_warm_noise(args) -> None:
     print(json.dumps(warm_noise(args.out, args.train, args.test, members=args.members, flip=args.flip,
                                 limit=args.limit, test_limit=args.test_limit, epochs=args.epochs, lr=args.lr,
-                                lora_layers=args.lora_layers, base=args.base, seed=args.seed), indent=2))
+                                lora_layers=args.lora_layers, base=args.base, seed=args.seed,
+                                on_log=lambda row: print(json.dumps(row), file=sys.stderr, flush=True)), indent=2))
 
 
 def parser() -> argparse.ArgumentParser:

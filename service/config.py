@@ -1,8 +1,8 @@
 """The service's configuration: which models to serve under which names, and request limits.
 
 Read from the YAML named by `--config` or $PLAUDIT_CONFIG; without one, the embedded
-default model is served as `default`. Relative model paths are resolved against the
-YAML file's folder.
+default models are served: `default` (BT), `default-gpm` and `default-prm`. Relative
+model paths are resolved against the YAML file's folder.
 """
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from rewardmodels import Batching, ModelLoadError
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL_DIR = REPO / "models" / "default-bt"
+MODELS_DIR = REPO / "models"
+DEFAULT_MODEL_DIR = MODELS_DIR / "default-bt"
+DEFAULT_MODELS = {"default": DEFAULT_MODEL_DIR, "default-gpm": MODELS_DIR / "default-gpm",
+                  "default-prm": MODELS_DIR / "default-prm"}
 
 
 class ModelConfig(BaseModel):
@@ -53,7 +56,7 @@ class ServiceConfig(BaseModel):
 
 
 def default_config() -> ServiceConfig:
-    return ServiceConfig(models={"default": ModelConfig(path=str(DEFAULT_MODEL_DIR))})
+    return ServiceConfig(models={name: ModelConfig(path=str(path)) for name, path in DEFAULT_MODELS.items()})
 
 
 def load_config(path: str | os.PathLike | None = None) -> ServiceConfig:

@@ -14,25 +14,40 @@ import pytest
 
 from rewardmodels import Item, load_scorer
 from servers import REPO, running_service
-from service.config import DEFAULT_MODEL_DIR
-from training.data import read_pairs
-from training.evaluate import eval_pairs
-from training.humaneval import build_pairs
+from service.config import DEFAULT_MODEL_DIR, MODELS_DIR
+from training.data import read_pairs, read_steps
+from training.evaluate import eval_pairs, eval_steps
+from training.humaneval import build_pairs, build_steps
 
 pytestmark = pytest.mark.slow
 
 # Measured: 23 of these 24 held-out pairs (0.958); the computation is deterministic.
 # A model whose adapters or head failed to load sits near 0.5.
 DEFAULT_MODEL_FLOOR = 0.75
+# default-gpm, same pairs: measured 23 of 24.
+DEFAULT_GPM_FLOOR = 0.75
+# default-prm, 186 steps (16 bad) of 26 held-out records: measured step AUROC 0.82; an
+# untrained head sits near 0.5, "later lines are worse" gets 0.62 on the full test split.
+DEFAULT_PRM_AUROC_FLOOR = 0.70
+
+
+def heldout(records: list[dict], folder, read):
+    """The records of held-out problems, through the same reader as user data."""
+    path = folder / "heldout.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records if r["split"] == "test"))
+    return read(path)
 
 
 @pytest.fixture(scope="module")
 def heldout_pairs(tmp_path_factory):
     """Pairs from held-out HumanEval problems, rebuilt here (data is not committed)."""
-    records, _ = build_pairs(max_mutants_per_problem=2, limit=60)
-    path = tmp_path_factory.mktemp("data") / "heldout.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in records if r["split"] == "test"))
-    return read_pairs(path)
+    return heldout(build_pairs(max_mutants_per_problem=2, limit=60)[0], tmp_path_factory.mktemp("pairs"), read_pairs)
+
+
+@pytest.fixture(scope="module")
+def heldout_steps(tmp_path_factory):
+    """Step-labelled records of held-out problems, rebuilt here."""
+    return heldout(build_steps(max_records_per_problem=2, limit=40)[0], tmp_path_factory.mktemp("steps"), read_steps)
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +70,20 @@ def test_default_model_prefers_passing_code_on_heldout_problems(default_model, h
     assert report["accuracy"] >= DEFAULT_MODEL_FLOOR, report
 
 
+def test_default_gpm_prefers_passing_code_on_heldout_problems(heldout_pairs):
+    gpm = load_scorer(MODELS_DIR / "default-gpm")
+    assert gpm.kind == "gpm" and gpm.metadata["base"] == "default"
+    report = eval_pairs(gpm, heldout_pairs)
+    assert report["accuracy"] >= DEFAULT_GPM_FLOOR, report
+
+
+def test_default_prm_finds_bad_lines_on_heldout_problems(heldout_steps):
+    prm = load_scorer(MODELS_DIR / "default-prm")
+    assert prm.kind == "prm" and prm.metadata["separator"] == "\n"
+    report = eval_steps(prm, heldout_steps)
+    assert report["bad_steps"] > 5 and report["step_auroc"] >= DEFAULT_PRM_AUROC_FLOOR, report
+
+
 def test_make_serve_answers_the_readme_curl(default_model, tmp_path):
     item = {"prompt": "Write a Python function `add(a, b)` that returns the sum.",
             "response": "```python\ndef add(a, b):\n    return a + b\n```"}
@@ -64,7 +93,14 @@ def test_make_serve_answers_the_readme_curl(default_model, tmp_path):
         assert reply.json()["model"] == "default"
         assert reply.json()["rewards"] == pytest.approx(default_model.score([Item(**item)]).rewards, abs=1e-4)
         models = httpx.get(f"{url}/models").json()["models"]
-        assert [m["name"] for m in models] == ["default"]
+        assert [(m["name"], m["kind"]) for m in models] == [("default", "bt"), ("default-gpm", "gpm"),
+                                                          ("default-prm", "prm")]
+        ranked = httpx.post(f"{url}/rank", json={"model": "default-gpm", "prompt": item["prompt"], "matrix": True,
+                                                 "responses": [item["response"], item["response"].replace("+", "-")]})
+        assert ranked.status_code == 200 and len(ranked.json()["matrix"]) == 2
+        steps = httpx.post(f"{url}/steps", json={"model": "default-prm", "prompt": item["prompt"],
+                                                 "response": "def add(a, b):\n    return a + b\n"})
+        assert steps.status_code == 200 and len(steps.json()["step_rewards"]) == 2
         tree = psutil.Process(proc.pid)
         rss = sum(p.memory_info().rss for p in [tree, *tree.children(recursive=True)])
         assert rss < 2.5e9, f"service tree uses {rss / 1e9:.2f} GB resident"

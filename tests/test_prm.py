@@ -178,7 +178,7 @@ def test_steps_endpoint_both_forms_and_aggregates(trained_prm, tiny_bt):
     assert split.model == "prm" and len(split.id) == 32
     with pytest.raises(UnsupportedOperation) as err:
         steps_endpoint(pool, StepsRequest(model="bt", prompt="p", steps=["a"]))
-    assert "prm" in str(err.value)
+    assert "prm" in str(err.value) and str(err.value).endswith("configured models that can: prm")
 
 
 @pytest.mark.parametrize("body, message", [

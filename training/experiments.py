@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 import time
 from pathlib import Path
+from typing import Callable
 
 from rewardmodels import load_scorer
 from rewardmodels.base import Pair
@@ -73,7 +74,8 @@ def flip_labels(pairs: list[PreferencePair], fraction: float, seed: int) -> tupl
 
 def warm_noise(out: str | Path, train: str | Path, test: str | Path, members: int = 3, flip: float = 0.25,
                limit: int | None = None, test_limit: int | None = None, epochs: int = 1, lr: float = 1e-3,
-               lora_layers: int = 8, base: str = "default", seed: int = 0) -> dict:
+               lora_layers: int = 8, base: str = "default", seed: int = 0,
+               on_log: Callable[[dict], None] = lambda row: None) -> dict:
     """Train WARM members on label-noisy pairs; clean held-out accuracy of each member, of the
     prediction ensemble and of the weight average. The ensemble's margin on a pair is the mean
     of its members' margins (what the ensemble kind serves), so it reuses their forward passes."""
@@ -82,7 +84,7 @@ def warm_noise(out: str | Path, train: str | Path, test: str | Path, members: in
     noisy, flipped = flip_labels(clean, flip, seed)
     held_out = read_pairs(test)[:test_limit]
     config = WarmConfig(base=base, epochs=epochs, lr=lr, lora_layers=lora_layers, seed=seed)
-    warm = train_warm(noisy, out, config, members, on_log=lambda row: None, data=f"{train} ({flipped} flipped)")
+    warm = train_warm(noisy, out, config, members, on_log=on_log, data=f"{train} ({flipped} flipped)")
     pairs = [Pair(prompt=p.prompt, a=p.chosen, b=p.rejected) for p in held_out]
     names = [Path(m).name for m in warm["members"]]
     margins = {name: load_scorer(Path(out) / MEMBERS / name).compare(pairs).margins for name in names}
