@@ -53,9 +53,13 @@ class Scripted:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             self.authorization.append(request.headers.get("authorization"))
+        time.sleep(reply.delay_s)
+        # Out of flight before the answer leaves: once the client has it, it may send its next
+        # request, which must not meet this one's count.
+        with self._lock:
+            self.in_flight -= 1
+        body = json.dumps(OK_BODY if reply.status == 200 else {"error": f"scripted {reply.status}"}).encode()
         try:
-            time.sleep(reply.delay_s)
-            body = json.dumps(OK_BODY if reply.status == 200 else {"error": f"scripted {reply.status}"}).encode()
             request.send_response(reply.status)
             request.send_header("content-type", "application/json")
             request.send_header("content-length", str(len(body)))
@@ -63,9 +67,6 @@ class Scripted:
             request.wfile.write(body)
         except OSError:  # the client stopped waiting
             pass
-        finally:
-            with self._lock:
-                self.in_flight -= 1
 
     @contextlib.contextmanager
     def serving(self):
@@ -153,12 +154,15 @@ def test_concurrency_limit_seen_by_the_server():
     scripted = Scripted(Reply(200, delay_s=0.1))
 
     async def burst(url):
-        async with Backend(fast(url, concurrency=2)) as backend:
-            return await asyncio.gather(*[backend.chat(ASK) for _ in range(6)])
+        # A time limit far above the server's delay: a retry after a time-out would leave the
+        # abandoned request open on the server and blur what is measured.
+        async with Backend(fast(url, concurrency=2, timeout_s=10.0)) as backend:
+            return await asyncio.gather(*[backend.chat(ASK) for _ in range(6)]), backend.stats()
 
     with scripted.serving() as url:
-        completions = asyncio.run(burst(url))
+        completions, stats = asyncio.run(burst(url))
     assert [c.text for c in completions] == ["YES"] * 6
+    assert stats["retries"] == 0
     assert scripted.max_in_flight == 2
 
 
