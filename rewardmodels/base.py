@@ -68,24 +68,25 @@ class ModelLoadError(RuntimeError):
 
 @dataclass
 class Scores:
-    rewards: list[float]
+    rewards: list[float | None]  # None: a judge could not read its own answer (unscored, never the worst)
     truncated: list[bool]
     spread: list[float] | None = None  # an ensemble's disagreement (std of its members' rewards)
+    unscored: list[int] | None = None  # a judge's unreadable answers per item
 
 
 @dataclass
 class Comparison:
-    probabilities: list[float]
-    margins: list[float]
+    probabilities: list[float | None]
+    margins: list[float | None]
     truncated: list[bool]
 
 
 @dataclass
 class Ranking:
-    rewards: list[float]
-    order: list[int]
+    rewards: list[float | None]
+    order: list[int]  # best first; unscored responses last
     truncated: list[bool]
-    matrix: list[list[float]]  # P(i beats j)
+    matrix: list[list[float | None]]  # P(i beats j)
 
 
 @dataclass
@@ -100,6 +101,15 @@ AGGREGATES = {  # how a trace's step rewards become one reward; the caller choos
     "prod": math.prod,
     "last": lambda r: r[-1],
 }
+
+
+def _difference(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def best_first(rewards: Sequence[float | None]) -> list[int]:
+    """Indices by reward, highest first; unscored (None) last, in their given order."""
+    return sorted(range(len(rewards)), key=lambda i: (rewards[i] is None, -(rewards[i] or 0.0)))
 
 
 def sigmoid(x: float) -> float:
@@ -130,16 +140,16 @@ class Scorer(ABC):
         items += [Item(prompt=p.prompt, response=p.b) for p in pairs]
         scored = self.score(items)
         n = len(pairs)
-        margins = [scored.rewards[i] - scored.rewards[n + i] for i in range(n)]
+        margins = [_difference(scored.rewards[i], scored.rewards[n + i]) for i in range(n)]
         truncated = [scored.truncated[i] or scored.truncated[n + i] for i in range(n)]
-        return Comparison([sigmoid(m) for m in margins], margins, truncated)
+        return Comparison([None if m is None else sigmoid(m) for m in margins], margins, truncated)
 
     def rank(self, prompt: Prompt, responses: Sequence[str]) -> Ranking:
         """Best-of-N: rewards for every candidate and their order, best first."""
         scored = self.score([Item(prompt=prompt, response=r) for r in responses])
         r = scored.rewards
-        order = sorted(range(len(r)), key=lambda i: -r[i])
-        return Ranking(r, order, scored.truncated, [[sigmoid(a - b) for b in r] for a in r])
+        matrix = [[None if (m := _difference(a, b)) is None else sigmoid(m) for b in r] for a in r]
+        return Ranking(r, best_first(r), scored.truncated, matrix)
 
     def score_steps(self, traces: Sequence[Steps]) -> list[StepScores]:
         """A reward per step of each trace (process reward models)."""

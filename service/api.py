@@ -9,6 +9,9 @@ import threading
 import uuid
 from typing import Iterable
 
+from judges.base import Judge, JudgeRequest, JudgeResponse
+from judges.hub import BackendHub
+from judges.registry import METHODS, JudgeConfig, build_judge
 from rewardmodels import AGGREGATES, InputError, Item, Scorer, Steps, UnsupportedOperation, load_scorer
 from rewardmodels.prm import DEFAULT_SEPARATOR, split_steps
 
@@ -27,36 +30,60 @@ class LimitExceeded(InputError):
 
 
 class ModelPool:
-    """The configured models by name, each loaded once (at start-up in the service)."""
+    """The configured models and judges by name, each loaded once (at start-up in the service).
+    A bare judge method (`tick`, `pairwise`, `direct`) is a judge on the default backend."""
 
     def __init__(self, config: ServiceConfig):
         self.config = config
         self._scorers: dict[str, Scorer] = {}
         self._lock = threading.Lock()
+        self._hub: BackendHub | None = None
 
     def load_all(self) -> None:
-        for name in self.config.models:
+        for name in (*self.config.models, *self.config.judges):
             self.get(name)
 
-    def get(self, name: str | None) -> Scorer:
+    def get(self, name: str | None, field: str = "model") -> Scorer:
         name = name or self.config.default_model
-        if name not in self.config.models:
-            raise UnknownModel("model", f"unknown model {name!r}; configured: {', '.join(sorted(self.config.models))}")
         with self._lock:
             if name not in self._scorers:
-                cfg = self.config.models[name]
-                self._scorers[name] = load_scorer(cfg.path, name=name, **cfg.load_options())
+                self._scorers[name] = self._load(name, field)
             return self._scorers[name]
+
+    def _load(self, name: str, field: str) -> Scorer:
+        if name in self.config.models:
+            cfg = self.config.models[name]
+            return load_scorer(cfg.path, name=name, **cfg.load_options())
+        if name in self.config.judges or name in METHODS:
+            judge = self.config.judges.get(name) or JudgeConfig(method=name)
+            if self._hub is None:
+                self._hub = BackendHub(self.config.backends)
+            return build_judge(name, judge, self._hub, judge.backend or self.config.default_backend)
+        raise UnknownModel(field, f"unknown model or judge {name!r}; models: {', '.join(self.config.models)}; "
+                                  f"judges: {', '.join([*self.config.judges, *METHODS])}")
+
+    def judge(self, name: str | None) -> Judge:
+        scorer = self.get(self.config.judge_name(name), field="judge")
+        if not isinstance(scorer, Judge):
+            raise InputError("judge", f"{scorer.name!r} is a reward model ({scorer.kind}), not a judge; judges: "
+                                      f"{', '.join([*self.config.judges, *METHODS])}")
+        return scorer
 
     def able_to(self, method: str) -> list[str]:
         """Configured models whose family implements `method` (for errors that point the way)."""
         return [n for n in self.config.models if getattr(type(self.get(n)), method) is not getattr(Scorer, method)]
 
     def describe(self) -> ModelsResponse:
+        names = dict.fromkeys([*self.config.models, *self.config.judges, *self._scorers])
         return ModelsResponse(models=[
             ModelInfo(name=s.name, kind=s.kind, default=s.name == self.config.default_model, metadata=s.metadata,
                       stats=s.stats())
-            for s in (self.get(n) for n in self.config.models)])
+            for s in (self.get(n) for n in names)])
+
+    def close(self) -> None:
+        """Stops the judges' backends (the local llama.cpp server among them)."""
+        if self._hub is not None:
+            self._hub.close()
 
 
 def _ids(n: int) -> list[str]:
@@ -86,7 +113,7 @@ def score(pool: ModelPool, request: ScoreRequest) -> ScoreResponse:
     scorer = pool.get(request.model)
     result = scorer.score(request.items)
     return ScoreResponse(model=scorer.name, rewards=result.rewards, truncated=result.truncated,
-                         ids=_ids(len(request.items)), uncertainty=result.spread)
+                         ids=_ids(len(request.items)), uncertainty=result.spread, unscored=result.unscored)
 
 
 def compare(pool: ModelPool, request: CompareRequest) -> CompareResponse:
@@ -141,7 +168,18 @@ def get_reward(pool: ModelPool, request: GetRewardRequest) -> GetRewardResponse:
     logs = {"truncated": [float(t) for t in result.truncated]}
     if result.spread is not None:
         logs["reward_std"] = result.spread
-    return GetRewardResponse(rewards=result.rewards, scores=result.rewards, extra_logs=logs)
+    rewards = result.rewards
+    if isinstance(scorer, Judge):  # a trainer needs a number: the judge's neutral value, flagged
+        logs["unscored"] = [float(r is None) for r in rewards]
+        rewards = [scorer.unscored_reward if r is None else r for r in rewards]
+    return GetRewardResponse(rewards=rewards, scores=rewards, extra_logs=logs)
+
+
+def judge(pool: ModelPool, request: JudgeRequest) -> JudgeResponse:
+    check_limits(pool.config.limits, "responses", len(request.responses),
+                 _prompt_texts("instruction", request.instruction)
+                 + [(f"responses[{i}]", r) for i, r in enumerate(request.responses)])
+    return pool.judge(request.judge).run(request)
 
 
 def score_one(pool: ModelPool, model: str | None, prompt, response: str) -> ScoreResponse:

@@ -17,12 +17,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from judges.backends import BackendError
+from judges.local import LocalServerError
 from rewardmodels import InputError, ModelLoadError
 
 from . import api
 from .config import load_config
-from .schemas import (CompareRequest, CompareResponse, GetRewardRequest, GetRewardResponse, RankRequest,
-                      RankResponse, ScoreRequest, ScoreResponse, StepsRequest, StepsResponse)
+from .schemas import (CompareRequest, CompareResponse, GetRewardRequest, GetRewardResponse, JudgeRequest,
+                      JudgeResponse, RankRequest, RankResponse, ScoreRequest, ScoreResponse, StepsRequest,
+                      StepsResponse)
 
 log = logging.getLogger("plaudit")
 STATUS = {api.UnknownModel: 404, api.LimitExceeded: 413}
@@ -43,7 +46,7 @@ class Plaudit:
         try:
             self.pool = api.ModelPool(load_config())
             self.pool.load_all()  # a bad model directory fails here, at start-up, not on a request
-        except ModelLoadError as e:
+        except (ModelLoadError, LocalServerError) as e:
             # A configuration error, not a transient fault: stop the whole server rather than
             # let BentoML's arbiter (our parent) respawn this worker forever.
             log.critical("plaudit cannot start: %s", e)
@@ -61,6 +64,8 @@ class Plaudit:
             return await asyncio.get_running_loop().run_in_executor(self.threads, handler, self.pool, request)
         except InputError as e:
             return JSONResponse({"error": str(e), "field": e.field}, status_code=STATUS.get(type(e), 422))
+        except BackendError as e:  # the judge's LLM server failed after its retries: try again later
+            return JSONResponse({"error": str(e), "field": None}, status_code=503, headers={"Retry-After": "5"})
 
     @bentoml.api(route="/score", input_spec=ScoreRequest)
     async def score(self, **body: Any) -> ScoreResponse:
@@ -86,3 +91,8 @@ class Plaudit:
     async def get_reward(self, **body: Any) -> GetRewardResponse:
         """OpenRLHF's remote reward model contract; queries are tokenised without adding special tokens."""
         return await self._answer(api.get_reward, GetRewardRequest.model_construct(**body))
+
+    @bentoml.api(route="/judge", input_spec=JudgeRequest)
+    async def judge(self, **body: Any) -> JudgeResponse:
+        """A judge's full verdict: TICK's checklist and answers, a pairwise judge's two orders, a rating."""
+        return await self._answer(api.judge, JudgeRequest.model_construct(**body))

@@ -22,6 +22,9 @@ from training.humaneval import build_pairs, build_steps, write_jsonl
 from training.prm import PRMConfig, train_prm
 from training.warm import WarmConfig, merge, train_warm
 
+from judges import batch
+
+from . import api
 from .api import ModelPool, score_one
 from .config import ModelConfig, ServiceConfig, load_config
 
@@ -58,6 +61,28 @@ def cmd_score(args) -> None:
     pool, model = _pool(args.model, args.config)
     prompt = _prompt(args.prompt)
     print(score_one(pool, model, prompt, args.response).model_dump_json(indent=2))
+
+
+def cmd_judge(args) -> None:
+    if args.endpoint:
+        judge = batch.Endpoints(args.endpoint)
+        close = judge.close
+    else:
+        pool = ModelPool(load_config(args.config))
+        pool.judge(args.judge)  # an unknown judge fails here, and the backend starts before the clock
+        judge, close = (lambda request, index: api.judge(pool, request)), pool.close
+    try:
+        summary = batch.run(Path(args.input), Path(args.out), judge, judge_name=args.judge,
+                            concurrency=args.concurrency, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        # Every line in OUT is whole; leave now rather than wait for the requests in flight.
+        print(f"\nplaudit judge: interrupted; run the same command again to continue {args.out}", file=sys.stderr)
+        os._exit(130)
+    close()
+    print(json.dumps(summary, indent=2))
+    if summary["errors"] or summary["bad_lines"]:
+        sys.exit(f"plaudit judge: {summary['errors']} items failed and {summary['bad_lines']} input lines were bad "
+                 f"(see above); a re-run judges the failed items again")
 
 
 TRAINERS = {  # family: (config class, trainer, data reader, help)
@@ -158,6 +183,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config")
     p.set_defaults(run=cmd_score)
 
+    p = sub.add_parser("judge", help="judge a JSONL file of items (resumable): one result line per item")
+    p.add_argument("input", help='JSONL, one item a line: {"id", "instruction", "response"} or "responses": [a, b]')
+    p.add_argument("-o", "--out", required=True, help="JSONL results; re-running continues where it stopped")
+    p.add_argument("--judge", help="a configured judge or a method: tick, pairwise, direct (default: the default "
+                                   "judge)")
+    p.add_argument("--endpoint", action="append", help="a running plaudit service's URL, instead of judging in "
+                                                       "this process; repeat to shard items across several")
+    p.add_argument("--concurrency", type=int, default=8, help="items in flight")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--config")
+    p.set_defaults(run=cmd_judge)
+
     train = sub.add_parser("train", help="train a reward model").add_subparsers(dest="family", required=True)
     for family, (config_class, _, _, help_text) in TRAINERS.items():
         p = train.add_parser(family, help=help_text)
@@ -231,6 +268,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for chatty in ("httpx", "httpx2"):  # one line per request would bury the progress bar
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()

@@ -1,8 +1,10 @@
-"""The service's configuration: which models to serve under which names, and request limits.
+"""The service's configuration: which models and judges to serve under which names, the
+judges' backends, and request limits.
 
 Read from the YAML named by `--config` or $PLAUDIT_CONFIG; without one, the embedded
-default models are served: `default` (BT), `default-gpm` and `default-prm`. Relative
-model paths are resolved against the YAML file's folder.
+default models are served: `default` (BT), `default-gpm` and `default-prm`, and the judge
+`local` (TICK on the packaged SmolLM2 through llama.cpp's server). Relative model paths
+are resolved against the YAML file's folder.
 """
 from __future__ import annotations
 
@@ -12,6 +14,9 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from judges.hub import BackendSpec
+from judges.local import LocalBackendConfig
+from judges.registry import METHODS, JudgeConfig
 from rewardmodels import Batching, ModelLoadError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,21 +47,45 @@ class Limits(BaseModel):
     max_chars: int = Field(default=32000, gt=0, description="characters per prompt or response text")
 
 
+LOCAL_BACKEND = "local"
+
+
 class ServiceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     models: dict[str, ModelConfig]
     default_model: str = "default"
+    judges: dict[str, JudgeConfig] = {}
+    default_judge: str | None = None  # for POST /judge without a name: this, else the first judge, else tick
+    # Where judges send their questions. `local` (llama.cpp on the packaged SmolLM2) is always
+    # there unless redefined; it starts only when a judge uses it.
+    backends: dict[str, BackendSpec] = {}
+    default_backend: str = LOCAL_BACKEND  # for judges without a backend, and bare method names
     limits: Limits = Limits()
 
     @model_validator(mode="after")
-    def _default_is_configured(self):
+    def _names_are_consistent(self):
+        self.backends = {LOCAL_BACKEND: LocalBackendConfig(local=True), **self.backends}
         if self.default_model not in self.models:
             raise ValueError(f"default_model {self.default_model!r} is not among models: {sorted(self.models)}")
+        if self.default_backend not in self.backends:
+            raise ValueError(f"default_backend {self.default_backend!r} is not among backends: {sorted(self.backends)}")
+        for name, judge in self.judges.items():
+            if name in self.models or name in METHODS:
+                raise ValueError(f"judges.{name}: the name is taken by a model or a judge method")
+            if judge.backend is not None and judge.backend not in self.backends:
+                raise ValueError(f"judges.{name}.backend: {judge.backend!r} is not among backends: "
+                                 f"{sorted(self.backends)}")
+        if self.default_judge is not None and self.default_judge not in {*self.judges, *METHODS}:
+            raise ValueError(f"default_judge {self.default_judge!r} is neither a configured judge nor a method")
         return self
+
+    def judge_name(self, name: str | None) -> str:
+        return name or self.default_judge or next(iter(self.judges), "tick")
 
 
 def default_config() -> ServiceConfig:
-    return ServiceConfig(models={name: ModelConfig(path=str(path)) for name, path in DEFAULT_MODELS.items()})
+    return ServiceConfig(models={name: ModelConfig(path=str(path)) for name, path in DEFAULT_MODELS.items()},
+                         judges={"local": JudgeConfig(method="tick", backend=LOCAL_BACKEND)})
 
 
 def load_config(path: str | os.PathLike | None = None) -> ServiceConfig:

@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from judges.base import JudgeRequest, JudgeResponse
 from rewardmodels import Item, Pair
 from rewardmodels.base import Prompt
 
@@ -26,12 +27,16 @@ class ScoreRequest(Request):
 
 class ScoreResponse(BaseModel):
     model: str
-    rewards: list[float] = Field(description="one reward per item, in request order")
+    rewards: list[float | None] = Field(description="one reward per item, in request order; null: a judge "
+                                                    "could not read its own answer")
     truncated: list[bool] = Field(description="whether the item's prompt was cut to fit max_length")
     ids: list[str] = Field(description="an id per item, for feedback on it later")
     uncertainty: list[float] | None = Field(default=None, description=(
         "ensemble models only: the standard deviation of the members' rewards per item (the reward is "
         "their mean)"))
+    unscored: list[int] | None = Field(default=None, description=(
+        "judges only: per item, the questions whose answer could not be read; an item with none read "
+        "has reward null (unscored, never the worst score)"))
 
 
 class CompareRequest(Request):
@@ -40,8 +45,9 @@ class CompareRequest(Request):
 
 class CompareResponse(BaseModel):
     model: str
-    probabilities: list[float] = Field(description="P(a beats b) per pair")
-    margins: list[float] = Field(description="reward(a) - reward(b) per pair")
+    probabilities: list[float | None] = Field(description="P(a beats b) per pair; null when a judge could not "
+                                                          "read its answer")
+    margins: list[float | None] = Field(description="reward(a) - reward(b) per pair (a pairwise judge: P - 0.5)")
     truncated: list[bool]
     ids: list[str]
 
@@ -54,10 +60,10 @@ class RankRequest(Request):
 
 class RankResponse(BaseModel):
     model: str
-    rewards: list[float]
-    order: list[int] = Field(description="indices into responses, best first")
+    rewards: list[float | None]
+    order: list[int] = Field(description="indices into responses, best first; unscored ones last")
     truncated: list[bool]
-    matrix: list[list[float]] | None = Field(default=None, description="P(i beats j), when asked for")
+    matrix: list[list[float | None]] | None = Field(default=None, description="P(i beats j), when asked for")
 
 
 class StepsRequest(Request):
@@ -103,7 +109,9 @@ class GetRewardRequest(BaseModel):
 class GetRewardResponse(BaseModel):
     rewards: list[float]
     scores: list[float]
-    extra_logs: dict[str, list[float]]
+    extra_logs: dict[str, list[float]] = Field(description=(
+        "per query: truncated (1/0); ensembles: reward_std; judges: unscored (1 where the judge's answer "
+        "could not be read and the reward is the judge's neutral value)"))
 
 
 class ModelInfo(BaseModel):
@@ -117,3 +125,8 @@ class ModelInfo(BaseModel):
 
 class ModelsResponse(BaseModel):
     models: list[ModelInfo]
+
+
+__all__ = ["CompareRequest", "CompareResponse", "GetRewardRequest", "GetRewardResponse", "JudgeRequest",
+           "JudgeResponse", "ModelInfo", "ModelsResponse", "RankRequest", "RankResponse", "ScoreRequest",
+           "ScoreResponse", "StepsRequest", "StepsResponse"]

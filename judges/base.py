@@ -1,0 +1,203 @@
+"""The judge scorer: an LLM reads responses and answers questions about them.
+
+A judge is a `Scorer` like any reward model, so `/score`, `/compare`, `/rank` and
+`/get_reward` work with a judge's name; `judge()` returns the full detail (`POST /judge`,
+`plaudit judge`). A method (TICK, pairwise, direct) is one module that implements
+`judge()` and says how its verdicts become rewards.
+
+An answer that cannot be read is retried (at temperature 1.0, as prometheus-eval does),
+then left unscored and counted: never a NO, never the worst score.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import string
+from abc import abstractmethod
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Literal, Sequence, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rewardmodels.base import InputError, Item, Prompt, Scorer, Scores
+
+from .backends import Completion
+from .hub import BackendHub
+
+PROMPTS = Path(__file__).resolve().parent / "prompts"
+T = TypeVar("T")
+
+
+# ---- what a judge is asked and what it answers (the API's and the CLI's schemas) ----
+
+class JudgeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    judge: str | None = Field(default=None, description=(
+        "a configured judge, or a bare method (tick, pairwise, direct) on the default backend; "
+        "the default judge when absent"))
+    instruction: Prompt
+    responses: list[str] = Field(min_length=1, description="the responses to judge; exactly two for pairwise")
+    checklist: list[str] | None = Field(default=None, min_length=1, max_length=8, description=(
+        "TICK only: YES/NO questions to use instead of generating them"))
+
+
+class Answer(BaseModel):
+    question: str
+    answer: Literal["YES", "NO"] | None = Field(description="null when the judge's answer could not be read")
+    p_yes: float | None = Field(description="P(YES)/(P(YES)+P(NO)) from logprobs, else 1 or 0 from the text")
+
+
+class Verdict(BaseModel):
+    """One response's verdict; the fields of the judge's method are filled."""
+
+    reward: float | None = Field(description="what /score returns for it; null when unscored")
+    unscored: int = Field(0, description="questions (or orders) whose answer could not be read")
+    pass_rate: float | None = Field(None, description="TICK: fraction of scored questions answered YES")
+    mean_p_yes: float | None = Field(None, description="TICK: mean P(YES) over scored questions")
+    answers: list[Answer] | None = Field(None, description="TICK: one per checklist question")
+    rating: float | None = Field(None, description="direct: the judge's 1-10 rating")
+
+
+class PairVerdict(BaseModel):
+    probability: float | None = Field(description=(
+        "P(first beats second), both orders averaged; 0.5 when the orders disagree; null if neither was read"))
+    orders: list[float | None] = Field(description="P(first beats second) as read with the responses as given, "
+                                                   "then swapped")
+    consistent: bool | None = Field(description="both orders prefer the same response; null if one was unread")
+
+
+class JudgeResponse(BaseModel):
+    judge: str
+    method: str
+    checklist: list[str] | None = None
+    checklist_source: Literal["generated", "cache", "caller"] | None = None
+    results: list[Verdict]
+    comparison: PairVerdict | None = None
+
+
+# ---- reading an answer ----
+
+_TURN = re.compile(r"^<!-- (system|user|assistant) -->\n", re.MULTILINE)
+
+
+def render(template: str, **values: str) -> list[dict[str, str]]:
+    """The prompt file `prompts/<template>.md` as chat messages, its $names filled in. A file is
+    one user message, or turns each headed by `<!-- role -->` (few-shot examples that a small
+    model follows far better than a description)."""
+    text = (PROMPTS / f"{template}.md").read_text()
+    parts = _TURN.split(text)
+    turns = list(zip(parts[1::2], parts[2::2])) if len(parts) > 1 else [("user", text)]
+    return [{"role": role, "content": string.Template(content).substitute(values).strip()} for role, content in turns]
+
+
+def prompt_text(prompt: Prompt) -> str:
+    """An instruction as the judge reads it: the text, or the conversation one turn a paragraph."""
+    if isinstance(prompt, str):
+        return prompt
+    if len(prompt) == 1:
+        return prompt[0].content
+    return "\n\n".join(f"{m.role}: {m.content}" for m in prompt)
+
+
+def _first_word(text: str) -> str:
+    match = re.search(r"[A-Za-z0-9]+", text)
+    return match.group(0).upper() if match else ""
+
+
+def read_choice(completion: Completion, labels: tuple[str, str]) -> float | None:
+    """P(labels[0]) / (P(labels[0]) + P(labels[1])) from the first token's logprobs when both
+    or either is among them, else 1 or 0 from the answer's first word; None when neither says."""
+    if completion.top_logprobs:
+        mass = dict.fromkeys(labels, 0.0)
+        for token, logprob in completion.top_logprobs.items():
+            word = token.strip().upper()
+            if word in mass:
+                mass[word] += math.exp(logprob)
+        total = sum(mass.values())
+        if total > 0:
+            return mass[labels[0]] / total
+    word = _first_word(completion.text)
+    for label, p in zip(labels, (1.0, 0.0)):
+        if word == label or (len(label) > 1 and word.startswith(label)):
+            return p
+    return None
+
+
+# ---- the judge scorer ----
+
+class Judge(Scorer):
+    kind = "judge"
+    method: ClassVar[str]
+    labels: ClassVar[tuple[str, str]] = ("YES", "NO")
+    unscored_reward: ClassVar[float]  # /get_reward's value for an unscored item (flagged in extra_logs)
+
+    def __init__(self, name: str, hub: BackendHub, backend: str, *, logprobs: bool = True, parse_retries: int = 2,
+                 **options: Any):
+        self.hub = hub
+        self.backend = hub.backend(backend)
+        self.logprobs = logprobs
+        self.parse_retries = parse_retries
+        self.counts: Counter[str] = Counter()
+        super().__init__(name, {"method": self.method, "backend": backend, "judge_model": hub.identity(backend),
+                                "logprobs": logprobs, "parse_retries": parse_retries, **options})
+
+    @abstractmethod
+    async def judge(self, request: JudgeRequest) -> JudgeResponse:
+        """The full verdict on the request's responses."""
+
+    async def ask(self, messages: list[dict[str, str]], read: Callable[[Completion], T | None], *,
+                  max_tokens: int | None = None, logprobs: bool = False) -> T | None:
+        """`read` of the judge's answer; an unreadable answer is asked again at temperature 1.0,
+        up to `parse_retries` times, then None (the caller leaves it unscored)."""
+        for attempt in range(1 + self.parse_retries):
+            completion = await self.backend.chat(messages, max_tokens=max_tokens, logprobs=logprobs and self.logprobs,
+                                                 temperature=None if attempt == 0 else 1.0)
+            if (value := read(completion)) is not None:
+                return value
+            self.counts["parse_retries" if attempt < self.parse_retries else "unreadable"] += 1
+        return None
+
+    async def choose(self, messages: list[dict[str, str]]) -> float | None:
+        """P(labels[0]) against labels[1] for one question; None when unreadable."""
+        return await self.ask(messages, lambda c: read_choice(c, self.labels), max_tokens=4, logprobs=True)
+
+    def run(self, request: JudgeRequest) -> JudgeResponse:
+        """`judge()` from synchronous code (the service's request threads, the CLI)."""
+        return self.hub.run(self.judge(request))
+
+    # The Scorer questions, answered through judge(): one call per prompt, prompts concurrently.
+    def _judge_groups(self, items: Sequence[Item]) -> tuple[list[list[int]], list[JudgeResponse]]:
+        groups: dict[str, list[int]] = {}
+        for i, item in enumerate(items):
+            groups.setdefault(Item(prompt=item.prompt, response="").model_dump_json(), []).append(i)
+        indices = list(groups.values())
+        requests = [JudgeRequest(judge=self.name, instruction=items[g[0]].prompt,
+                                 responses=[items[i].response for i in g]) for g in indices]
+        return indices, self.hub.run(_gather(self.judge(r) for r in requests))
+
+    def score(self, items: Sequence[Item]) -> Scores:
+        rewards: list[float | None] = [None] * len(items)
+        unscored = [0] * len(items)
+        for group, response in zip(*self._judge_groups(items)):
+            for i, verdict in zip(group, response.results):
+                rewards[i], unscored[i] = verdict.reward, verdict.unscored
+        return Scores(rewards, [False] * len(items), unscored=unscored)
+
+    def score_texts(self, texts: Sequence[str], prompts: Sequence[str] | None = None) -> Scores:
+        """OpenRLHF's queries are prompt + response: the judge needs them apart, so each query
+        must start with its prompt."""
+        if prompts is None:
+            raise InputError("prompts", f"judge {self.name!r} needs `prompts` to tell each query's response apart")
+        for i, (text, prompt) in enumerate(zip(texts, prompts)):
+            if not text.startswith(prompt):
+                raise InputError(f"query[{i}]", "does not start with its prompt (prompts[{i}])")
+        return self.score([Item(prompt=p, response=t[len(p):]) for t, p in zip(texts, prompts)])
+
+    def stats(self) -> dict[str, Any]:
+        return {**self.counts, "backend": self.backend.stats()}
+
+
+async def _gather(coroutines) -> list[Any]:
+    return await asyncio.gather(*coroutines)

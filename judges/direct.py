@@ -1,0 +1,36 @@
+"""Direct-score judge: the LLM rates each response from 1 to 10 on its own.
+
+The baseline that TICK is measured against (TICK's paper: checklists raise agreement with
+people over direct scoring). The rating is the first integer of the answer; an answer
+without one in 1..10 is retried, then unscored.
+"""
+from __future__ import annotations
+
+import asyncio
+import re
+
+from .base import Judge, JudgeRequest, JudgeResponse, Verdict, prompt_text, render
+
+LOW, HIGH = 1, 10
+
+
+def parse_rating(text: str) -> int | None:
+    match = re.search(r"\d+", text)
+    value = int(match.group(0)) if match else None
+    return value if value is not None and LOW <= value <= HIGH else None
+
+
+class DirectJudge(Judge):
+    method = "direct"
+    unscored_reward = (LOW + HIGH) / 2
+
+    async def _rate(self, instruction: str, response: str) -> int | None:
+        return await self.ask(render("direct", instruction=instruction, response=response),
+                              lambda c: parse_rating(c.text), max_tokens=4)
+
+    async def judge(self, request: JudgeRequest) -> JudgeResponse:
+        instruction = prompt_text(request.instruction)
+        ratings = await asyncio.gather(*[self._rate(instruction, r) for r in request.responses])
+        results = [Verdict(reward=r, rating=r, unscored=int(r is None)) for r in ratings]
+        self.counts["unscored"] += sum(r is None for r in ratings)
+        return JudgeResponse(judge=self.name, method=self.method, results=results)

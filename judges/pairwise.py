@@ -1,0 +1,73 @@
+"""Pairwise judge: which of two responses follows the instruction better, asked in both orders.
+
+LLM judges favour a position (CodeJudgeBench), so every pair is read as given and swapped.
+P(first beats second) is the mean of the two readings when they agree; when they disagree
+the verdict is a tie (0.5) and the pair counts as inconsistent. With K > 2 responses each
+is compared with every other and its reward is its mean P(win): K(K-1) judge calls.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Sequence
+
+from rewardmodels.base import Comparison, InputError, Pair
+
+from .base import Judge, JudgeRequest, JudgeResponse, PairVerdict, Verdict, prompt_text, render
+
+
+def combine(as_given: float | None, swapped: float | None) -> PairVerdict:
+    """One verdict from the two readings, each P(first beats second)."""
+    read = [p for p in (as_given, swapped) if p is not None]
+    if len(read) < 2:
+        return PairVerdict(probability=read[0] if read else None, orders=[as_given, swapped], consistent=None)
+    consistent = (as_given - 0.5) * (swapped - 0.5) > 0
+    return PairVerdict(probability=sum(read) / 2 if consistent else 0.5, orders=[as_given, swapped],
+                       consistent=consistent)
+
+
+class PairwiseJudge(Judge):
+    method = "pairwise"
+    labels = ("A", "B")
+    unscored_reward = 0.5
+
+    async def _pair(self, instruction: str, first: str, second: str) -> PairVerdict:
+        as_given, swapped = await asyncio.gather(
+            self.choose(render("pairwise", instruction=instruction, first=first, second=second)),
+            self.choose(render("pairwise", instruction=instruction, first=second, second=first)))
+        verdict = combine(as_given, None if swapped is None else 1.0 - swapped)
+        self.counts["pairs"] += 1
+        self.counts["inconsistent"] += verdict.consistent is False
+        self.counts["unscored_orders"] += (as_given is None) + (swapped is None)
+        return verdict
+
+    async def judge(self, request: JudgeRequest) -> JudgeResponse:
+        k = len(request.responses)
+        if k < 2:
+            raise InputError("responses", f"a pairwise judge compares two or more responses, got {k}")
+        instruction = prompt_text(request.instruction)
+        pairs = list(itertools.combinations(range(k), 2))
+        verdicts = await asyncio.gather(*[self._pair(instruction, request.responses[i], request.responses[j])
+                                          for i, j in pairs])
+        wins: list[list[float]] = [[] for _ in range(k)]
+        unread = [0] * k
+        for (i, j), v in zip(pairs, verdicts):
+            for who, p in ((i, v.probability), (j, None if v.probability is None else 1.0 - v.probability)):
+                if p is None:
+                    unread[who] += 1
+                else:
+                    wins[who].append(p)
+        results = [Verdict(reward=sum(w) / len(w) if w else None, unscored=u) for w, u in zip(wins, unread)]
+        return JudgeResponse(judge=self.name, method=self.method, results=results,
+                             comparison=verdicts[0] if k == 2 else None)
+
+    def compare(self, pairs: Sequence[Pair]) -> Comparison:
+        """Each pair judged directly, in both orders."""
+        verdicts = self.hub.run(_gather_pairs(self, pairs))
+        probabilities = [v.probability for v in verdicts]
+        margins = [None if p is None else p - 0.5 for p in probabilities]
+        return Comparison(probabilities, margins, [False] * len(pairs))
+
+
+async def _gather_pairs(judge: PairwiseJudge, pairs: Sequence[Pair]) -> list[PairVerdict]:
+    return await asyncio.gather(*[judge._pair(prompt_text(p.prompt), p.a, p.b) for p in pairs])

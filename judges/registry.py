@@ -1,0 +1,45 @@
+"""Judge methods and how to build a judge: adding a method is one module plus one line here."""
+from __future__ import annotations
+
+import importlib
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .base import Judge
+from .hub import BackendHub
+
+METHODS: dict[str, str] = {
+    "tick": "judges.tick:TickJudge",
+    "pairwise": "judges.pairwise:PairwiseJudge",
+    "direct": "judges.direct:DirectJudge",
+}
+
+
+class JudgeConfig(BaseModel):
+    """A judge: a method on a backend."""
+
+    model_config = ConfigDict(extra="forbid")
+    method: str
+    backend: str | None = None  # a name under `backends`; the default backend when absent
+    logprobs: bool = True  # ask for the first token's logprobs (P(YES) vs P(NO)) where the server gives them
+    parse_retries: int = Field(2, ge=0)  # re-asks (at temperature 1.0) of an answer that cannot be read
+    checklist_dir: str | None = None  # tick: where checklists are kept (default: the plaudit cache)
+
+    @field_validator("method")
+    @classmethod
+    def _known(cls, method: str) -> str:
+        if method not in METHODS:
+            raise ValueError(f"unknown judge method {method!r}; known: {', '.join(METHODS)}")
+        return method
+
+    @model_validator(mode="after")
+    def _checklists_for_tick(self):
+        if self.checklist_dir is not None and self.method != "tick":
+            raise ValueError("checklist_dir is for tick judges")
+        return self
+
+
+def build_judge(name: str, config: JudgeConfig, hub: BackendHub, backend: str) -> Judge:
+    module, _, attr = METHODS[config.method].partition(":")
+    options = config.model_dump(exclude={"method", "backend"}, exclude_none=True)
+    return getattr(importlib.import_module(module), attr)(name, hub, backend, **options)
