@@ -3,12 +3,10 @@ the real local llama.cpp server with the packaged SmolLM2 (tests marked `slow`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import httpx
 import pytest
@@ -16,7 +14,7 @@ from pydantic import ValidationError
 
 from judges.backends import Backend, BackendConfig, BackendError
 from judges.local import LocalServer, LocalServerError
-from servers import free_port
+from servers import free_port, http_server, send_json
 
 ASK = [{"role": "user", "content": "Is the sky blue? Answer YES or NO."}]
 OK_BODY = {  # an OpenAI chat completion; the first token's alternatives hold two that print alike
@@ -58,39 +56,10 @@ class Scripted:
         # request, which must not meet this one's count.
         with self._lock:
             self.in_flight -= 1
-        body = json.dumps(OK_BODY if reply.status == 200 else {"error": f"scripted {reply.status}"}).encode()
-        try:
-            request.send_response(reply.status)
-            request.send_header("content-type", "application/json")
-            request.send_header("content-length", str(len(body)))
-            request.end_headers()
-            request.wfile.write(body)
-        except OSError:  # the client stopped waiting
-            pass
+        send_json(request, reply.status, OK_BODY if reply.status == 200 else {"error": f"scripted {reply.status}"})
 
-    @contextlib.contextmanager
     def serving(self):
-        scripted = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                scripted._handle(self)
-
-            def log_message(self, *args):
-                pass
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        backstop = threading.Timer(self.lifetime_s, server.shutdown)
-        backstop.daemon = True
-        backstop.start()
-        try:
-            yield f"http://127.0.0.1:{server.server_port}"
-        finally:
-            backstop.cancel()
-            server.shutdown()
-            server.server_close()
+        return http_server(self._handle, self.lifetime_s)
 
 
 def fast(url: str, **overrides) -> BackendConfig:

@@ -1,0 +1,198 @@
+"""`plaudit judge` over JSONL: resumable after errors, torn lines and kill -9; sharded across
+services; and `POST /judge` on a real BentoML server whose judges talk to a scripted LLM."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from judges import batch
+from service import api
+from service.config import ModelConfig, ServiceConfig
+from servers import REPO, Fail, FakeLLM, http_server, running_service, send_json
+
+PLAUDIT = str(Path(sys.executable).with_name("plaudit"))
+
+
+def rating_llm(fail_on: set[str]):
+    """A direct judge's LLM: rates a response by its length, fails with 500 on chosen responses."""
+    def respond(messages):
+        response = messages[-1]["content"].split("Response:\n", 1)[1].split("\n\nAnswer", 1)[0]
+        if response in fail_on:
+            raise Fail(500)
+        return str(min(10, len(response)))
+    return respond
+
+
+def write_items(path: Path, n: int, bad: bool = False) -> Path:
+    lines = [json.dumps({"id": f"item-{i}", "instruction": f"Say {i} words.", "response": "x" * (1 + i % 9)})
+             for i in range(n)]
+    if bad:
+        lines[2:2] = ["{not json", json.dumps({"id": "no-response", "instruction": "Hi."})]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def ids_in(out: Path) -> Counter:
+    return Counter(json.loads(line)["id"] for line in out.read_text().splitlines())
+
+
+def config_yaml(tmp_path: Path, tiny_bt: Path, url: str) -> Path:
+    path = tmp_path / "plaudit.yaml"
+    path.write_text(yaml.safe_dump({
+        "models": {"tiny": {"path": str(tiny_bt)}}, "default_model": "tiny",
+        "backends": {"fake": {"url": url, "timeout_s": 5, "max_retries": 1, "backoff_s": 0.01}},
+        "default_backend": "fake", "judges": {"rater": {"method": "direct"}}}))
+    return path
+
+
+def in_process(pool: api.ModelPool):
+    return lambda request, index: api.judge(pool, request)
+
+
+def test_errors_are_retried_by_the_next_run_and_every_item_lands_once(tmp_path, tiny_bt):
+    items = write_items(tmp_path / "in.jsonl", 12, bad=True)
+    out = tmp_path / "out.jsonl"
+    fail_on = {"xxx"}  # items 2 and 11
+    llm = FakeLLM(rating_llm(fail_on))
+    with llm.serving() as url:
+        pool = api.ModelPool(ServiceConfig(models={"tiny": ModelConfig(path=str(tiny_bt))}, default_model="tiny",
+                                           backends={"fake": {"url": url, "max_retries": 0}}, default_backend="fake"))
+        first = batch.run(items, out, in_process(pool), judge_name="direct", concurrency=4, progress=False)
+        assert (first["judged"], first["errors"], first["bad_lines"]) == (12, 2, 2)
+        assert first["bad_line_examples"][0].startswith("line 3:")
+        assert "line 4: " in first["bad_line_examples"][1] and "response" in first["bad_line_examples"][1]
+        assert sum(1 for line in out.read_text().splitlines() if "error" in json.loads(line)) == 2
+        fail_on.clear()
+        asked = len(llm.bodies)
+        second = batch.run(items, out, in_process(pool), judge_name="direct", concurrency=4, progress=False)
+        pool.close()
+    assert len(llm.bodies) - asked == 2  # only the two failed items again
+    assert (second["skipped"], second["judged"], second["errors"]) == (10, 2, 0)
+    assert ids_in(out) == Counter({f"item-{i}": 1 for i in range(12)})
+    assert second["results"] == 12 and second["reward"]["max"] == 9
+    assert json.loads(batch.summary_path(out).read_text()) == second
+
+
+def test_a_torn_last_line_is_dropped_and_judged_again(tmp_path, tiny_bt):
+    items = write_items(tmp_path / "in.jsonl", 4)
+    out = tmp_path / "out.jsonl"
+    with FakeLLM(rating_llm(set())).serving() as url:
+        pool = api.ModelPool(ServiceConfig(models={"tiny": ModelConfig(path=str(tiny_bt))}, default_model="tiny",
+                                           backends={"fake": {"url": url}}, default_backend="fake"))
+        batch.run(items, out, in_process(pool), judge_name="direct", progress=False)
+        lines = out.read_text().splitlines(keepends=True)
+        out.write_text("".join(lines[:3]) + lines[3][:25])  # killed in the middle of the last write
+        again = batch.run(items, out, in_process(pool), judge_name="direct", progress=False)
+        pool.close()
+    assert again["judged"] == 1 and ids_in(out) == Counter({f"item-{i}": 1 for i in range(4)})
+
+
+def test_kill_9_mid_run_then_rerun_yields_every_item_exactly_once(tmp_path, tiny_bt):
+    items = write_items(tmp_path / "in.jsonl", 30)
+    out = tmp_path / "out.jsonl"
+    llm = FakeLLM(rating_llm(set()), delay_s=0.15)
+    with llm.serving() as url:
+        args = [PLAUDIT, "judge", str(items), "-o", str(out), "--judge", "rater", "--concurrency", "2",
+                "--no-progress", "--config", str(config_yaml(tmp_path, tiny_bt, url))]
+        run = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (not out.exists() or len(out.read_bytes().splitlines()) < 5):
+            time.sleep(0.05)
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait()
+        written = len(out.read_text().splitlines())
+        assert 5 <= written < 30, "the kill must land mid-run"
+        done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout)
+    assert summary["skipped"] + summary["judged"] == 30 and summary["skipped"] >= 5
+    assert ids_in(out) == Counter({f"item-{i}": 1 for i in range(30)})
+
+
+def test_items_are_sharded_across_endpoints(tmp_path):
+    seen: dict[int, int] = {0: 0, 1: 0}
+
+    def stand_in(shard: int, status: int):
+        def handle(request):
+            body = json.loads(request.rfile.read(int(request.headers["content-length"])))
+            seen[shard] += 1
+            verdict = {"judge": body.get("judge") or "tick", "method": "direct",
+                       "results": [{"reward": 5.0, "rating": 5.0} for _ in body["responses"]]}
+            send_json(request, status, verdict if status == 200 else {"error": "overloaded"})
+        return handle
+
+    items = write_items(tmp_path / "in.jsonl", 10)
+    out = tmp_path / "out.jsonl"
+    with http_server(stand_in(0, 200)) as a, http_server(stand_in(1, 200)) as b:
+        endpoints = batch.Endpoints([a, b])
+        summary = batch.run(items, out, endpoints, judge_name="direct", progress=False)
+        endpoints.close()
+    assert seen == {0: 5, 1: 5} and summary["errors"] == 0 and summary["reward"]["mean"] == 5.0
+    with http_server(stand_in(0, 503)) as a:
+        endpoints = batch.Endpoints([a])
+        summary = batch.run(write_items(tmp_path / "more.jsonl", 3), tmp_path / "more-out.jsonl", endpoints,
+                            judge_name="direct", progress=False)
+        endpoints.close()
+    assert summary["errors"] == 3 and "HTTP 503" in summary["error_examples"][0]
+
+
+@pytest.fixture(scope="module")
+def judge_service(tiny_bt, tmp_path_factory):
+    """A real BentoML server whose judges ask a scripted LLM (which fails on cue)."""
+    tmp = tmp_path_factory.mktemp("judge-service")
+    fail_on: set[str] = set()
+    with FakeLLM(rating_llm(fail_on)).serving() as url:
+        with running_service(config_yaml(tmp, tiny_bt, url), tmp) as (service_url, _):
+            yield service_url, fail_on, tmp
+
+
+def test_judge_endpoint_and_judges_as_models_over_http(judge_service):
+    url, _, _ = judge_service
+    body = {"judge": "rater", "instruction": "Say hi.", "responses": ["hi", "hello there"]}
+    answer = httpx.post(f"{url}/judge", json=body, timeout=60)
+    assert answer.status_code == 200, answer.text
+    assert [r["rating"] for r in answer.json()["results"]] == [2, 10]
+    scored = httpx.post(f"{url}/score", json={"model": "rater", "items": [
+        {"prompt": "Say hi.", "response": "hey"}]}, timeout=60).json()
+    assert scored["rewards"] == [3.0] and scored["unscored"] == [0]
+    models = {m["name"]: m for m in httpx.get(f"{url}/models").json()["models"]}
+    assert models["rater"]["kind"] == "judge" and models["rater"]["metadata"]["method"] == "direct"
+    unknown = httpx.post(f"{url}/judge", json={**body, "judge": "nobody"}, timeout=60)
+    assert unknown.status_code == 404 and unknown.json()["field"] == "judge"
+    not_a_judge = httpx.post(f"{url}/judge", json={**body, "judge": "tiny"}, timeout=60)
+    assert not_a_judge.status_code == 422 and "not a judge" in not_a_judge.json()["error"]
+    empty = httpx.post(f"{url}/judge", json={**body, "responses": []}, timeout=60)
+    assert empty.status_code == 400 and "responses" in empty.text
+
+
+def test_backend_failure_is_a_503_with_retry_after(judge_service):
+    url, fail_on, _ = judge_service
+    fail_on.add("boom")
+    try:
+        answer = httpx.post(f"{url}/judge", json={"judge": "rater", "instruction": "Say hi.", "responses": ["boom"]},
+                            timeout=60)
+    finally:
+        fail_on.clear()
+    assert answer.status_code == 503 and answer.headers["retry-after"] == "5"
+    assert "HTTP 500" in answer.json()["error"]
+
+
+def test_batch_cli_against_a_running_service(judge_service, tmp_path):
+    url, _, _ = judge_service
+    items = write_items(tmp_path / "in.jsonl", 6)
+    out = tmp_path / "out.jsonl"
+    done = subprocess.run([PLAUDIT, "judge", str(items), "-o", str(out), "--judge", "rater", "--endpoint", url,
+                           "--no-progress"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert ids_in(out) == Counter({f"item-{i}": 1 for i in range(6)})
+    assert json.loads(done.stdout)["reward"]["max"] == 6
