@@ -27,7 +27,9 @@ class ChecklistStore:
 
     def __init__(self, directory: str | os.PathLike | None = None):
         self.directory = Path(directory) if directory else default_dir()
-        self.counts: Counter[str] = Counter()  # generated, cache (hits), failed
+        # generated, failed (generations that gave no checklist), cache (hits), shared (waited for
+        # another caller's generation)
+        self.counts: Counter[str] = Counter()
         self._memory: dict[str, list[str]] = {}
         self._pending: dict[str, asyncio.Future[list[str] | None]] = {}
 
@@ -47,7 +49,7 @@ class ChecklistStore:
             return questions, "cache"
         if key in self._pending:  # another caller is generating it: share that one
             questions = await asyncio.shield(self._pending[key])
-            self.counts["cache" if questions else "failed"] += 1
+            self.counts["shared"] += 1
             return questions, "cache"
         future = self._pending[key] = asyncio.get_running_loop().create_future()
         try:

@@ -94,7 +94,12 @@ def test_make_serve_answers_the_readme_curl(default_model, tmp_path):
         assert reply.json()["rewards"] == pytest.approx(default_model.score([Item(**item)]).rewards, abs=1e-4)
         models = httpx.get(f"{url}/models").json()["models"]
         assert [(m["name"], m["kind"]) for m in models] == [("default", "bt"), ("default-gpm", "gpm"),
-                                                          ("default-prm", "prm")]
+                                                          ("default-prm", "prm"), ("local", "judge")]
+        judged = httpx.post(f"{url}/judge", json={"instruction": item["prompt"], "responses": [item["response"]]},
+                            timeout=120)
+        assert judged.status_code == 200, judged.text
+        assert judged.json()["judge"] == "local" and judged.json()["method"] == "tick"
+        assert 2 <= len(judged.json()["checklist"]) <= 8
         ranked = httpx.post(f"{url}/rank", json={"model": "default-gpm", "prompt": item["prompt"], "matrix": True,
                                                  "responses": [item["response"], item["response"].replace("+", "-")]})
         assert ranked.status_code == 200 and len(ranked.json()["matrix"]) == 2
@@ -114,3 +119,4 @@ def test_bentoml_build_offline(tmp_path):
     src = next((tmp_path / "bentos" / "plaudit").glob("*/src"))
     assert (src / "models" / "default-bt" / "adapter.safetensors").exists()
     assert (src / "service" / "app.py").exists()
+    assert (src / "judges" / "prompts" / "tick_checklist.md").exists()

@@ -3,9 +3,11 @@ retries and unscored answers; the real llama.cpp server with the packaged SmolLM
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from judges.backends import BackendError, Completion
@@ -262,3 +264,11 @@ def test_real_pairwise_and_direct_on_smollm2(real_pool):
         "def add(a, b):\n    return a + b"]))
     assert rated.results[0].rating is None or 1 <= rated.results[0].rating <= 10
     assert real_pool.judge("direct").backend.stats()["max_in_flight"] <= 4
+
+
+def test_the_readme_backend_example_is_a_valid_config():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("Judge with a real model behind", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = ServiceConfig.model_validate(yaml.safe_load(block))
+    assert config.judge_name(None) == "checklist" and config.backends["tgi"].concurrency == 32
+    assert set(config.backends) == {"local", "tgi"}
