@@ -15,6 +15,8 @@ from rewardmodels.base import Comparison, InputError, Pair
 
 from .base import Judge, JudgeRequest, JudgeResponse, PairVerdict, Verdict, prompt_text, render
 
+DEFAULT_QUESTION = "Which response follows the instruction better?"
+
 
 def combine(as_given: float | None, swapped: float | None) -> PairVerdict:
     """One verdict from the two readings, each P(first beats second)."""
@@ -31,10 +33,11 @@ class PairwiseJudge(Judge):
     labels = ("A", "B")
     unscored_reward = 0.5
 
-    async def _pair(self, instruction: str, first: str, second: str) -> PairVerdict:
+    async def _pair(self, instruction: str, first: str, second: str, criterion: str | None = None) -> PairVerdict:
+        question = criterion or DEFAULT_QUESTION
         as_given, swapped = await asyncio.gather(
-            self.choose(render("pairwise", instruction=instruction, first=first, second=second)),
-            self.choose(render("pairwise", instruction=instruction, first=second, second=first)))
+            self.choose(render("pairwise", instruction=instruction, first=first, second=second, question=question)),
+            self.choose(render("pairwise", instruction=instruction, first=second, second=first, question=question)))
         verdict = combine(as_given, None if swapped is None else 1.0 - swapped)
         self.counts["pairs"] += 1
         self.counts["inconsistent"] += verdict.consistent is False
@@ -70,4 +73,4 @@ class PairwiseJudge(Judge):
 
 
 async def _gather_pairs(judge: PairwiseJudge, pairs: Sequence[Pair]) -> list[PairVerdict]:
-    return await asyncio.gather(*[judge._pair(prompt_text(p.prompt), p.a, p.b) for p in pairs])
+    return await asyncio.gather(*[judge._pair(prompt_text(p.prompt), p.a, p.b, p.criterion) for p in pairs])

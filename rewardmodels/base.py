@@ -40,6 +40,9 @@ class Pair(BaseModel):
     prompt: Prompt
     a: str
     b: str
+    criterion: str | None = Field(default=None, description=(
+        "what 'better' means here, e.g. 'Which code runs faster?'; read by models that take one (a "
+        "code preference model, a pairwise judge), ignored by reward models"))
 
 
 class Steps(BaseModel):

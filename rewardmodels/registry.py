@@ -13,6 +13,7 @@ KINDS: dict[str, str] = {
     "gpm": "rewardmodels.gpm:GPM",
     "prm": "rewardmodels.prm:ProcessRewardModel",
     "ensemble": "rewardmodels.ensemble:Ensemble",
+    "codepref": "rewardmodels.codepref:CodePreference",
 }
 
 

@@ -14,7 +14,9 @@ from pydantic import TypeAdapter, ValidationError
 from rewardmodels import InputError, ModelLoadError
 from rewardmodels.base import Prompt
 from training.bt import BTConfig, train_bt
-from training.data import read_pairs, read_steps
+from training.codepref import CodePrefConfig, train_codepref
+from training.codeprefbench import LongerWins, build_tasks, eval_codepref
+from training.data import read_codepref, read_pairs, read_steps
 from training.evaluate import eval_pairs, eval_steps
 from training.experiments import cyclic, warm_noise
 from training.gpm import GPMConfig, train_gpm
@@ -91,6 +93,9 @@ TRAINERS = {  # family: (config class, trainer, data reader, help)
     "gpm": (GPMConfig, train_gpm, read_pairs, "general preference representation model on the same pairs"),
     "prm": (PRMConfig, train_prm, read_steps,
             "process reward model on TRL step labels (prompt, completions, labels)"),
+    "codepref": (CodePrefConfig, train_codepref, read_codepref,
+                 "code preference model (CodeFavor): A or B from the LM's logits; classification records "
+                 "(instruction, code_a, code_b, criterion, answer) or TRL pairs, both orders"),
 }
 
 
@@ -152,6 +157,24 @@ def cmd_eval_pairs(args) -> None:
 def cmd_eval_steps(args) -> None:
     pool, model = _pool(args.model, args.config)
     print(json.dumps(eval_steps(pool.get(model), read_steps(args.data)), indent=2))
+
+
+def cmd_data_codeprefbench(args) -> None:
+    tasks, stats = build_tasks(limit=args.limit, workers=args.workers)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    write_jsonl(tasks, args.out)
+    print(json.dumps({**stats, "out": str(args.out)}, indent=2))
+
+
+def cmd_eval_codepref(args) -> None:
+    tasks = [json.loads(line) for line in Path(args.tasks).read_text().splitlines() if line.strip()]
+    tasks = [t for t in tasks if not args.criteria or t["criteria"] in args.criteria][:args.limit]
+    if args.model == "longer-wins":
+        scorer = LongerWins()
+    else:
+        pool, model = _pool(args.model, args.config)
+        scorer = pool.get(model)
+    print(json.dumps(eval_codepref(scorer, tasks), indent=2))
 
 
 def cmd_experiment_cyclic(args) -> None:
@@ -228,6 +251,13 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--limit", type=int, help="only the first N problems")
         p.set_defaults(run=cmd_data)
 
+    p = data.add_parser("codeprefbench", help="CodePrefBench-style tasks with verified ground truth: correctness "
+                                              "(HumanEval mutants), efficiency (timed), security (bandit)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--limit", type=int, help="only the first N HumanEval problems for correctness tasks")
+    p.add_argument("--workers", type=int, default=2)
+    p.set_defaults(run=cmd_data_codeprefbench)
+
     evaluate = sub.add_parser("eval", help="evaluate a model").add_subparsers(dest="what", required=True)
     p = evaluate.add_parser("pairs", help="accuracy and mean margin on preference pairs")
     p.add_argument("--model", help="a configured model name or a model directory (default: the default model)")
@@ -239,6 +269,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--config")
     p.set_defaults(run=cmd_eval_steps)
+    p = evaluate.add_parser("codepref", help="accuracy per criterion on CodePrefBench-format tasks, both orders")
+    p.add_argument("--tasks", required=True, help="JSONL: task_id, instruction, choices[2], gt_choice, criteria")
+    p.add_argument("--model", help="a configured model or judge, a model directory, or the baseline longer-wins")
+    p.add_argument("--criteria", action="append", help="only tasks of this criterion (repeatable)")
+    p.add_argument("--limit", type=int, help="only the first N tasks (after --criteria)")
+    p.add_argument("--config")
+    p.set_defaults(run=cmd_eval_codepref)
     experiment = sub.add_parser("experiment", help="documented experiments").add_subparsers(dest="name", required=True)
     p = experiment.add_parser("cyclic", help="BT vs GPM on rock-paper-scissors preferences")
     p.add_argument("--out", default="runs/cyclic", help="where the two trained models go")

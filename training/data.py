@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -22,6 +22,7 @@ class PreferencePair(BaseModel):
     prompt: Prompt
     chosen: str
     rejected: str
+    criterion: str | None = None  # what made chosen better (CodeFavor data carries one)
 
     @field_validator("chosen", "rejected", mode="before")
     @classmethod
@@ -45,6 +46,17 @@ class StepRecord(BaseModel):
         if len(self.labels) != len(self.completions):
             raise ValueError(f"{len(self.labels)} labels for {len(self.completions)} completions (steps)")
         return self
+
+
+class CodePrefRecord(BaseModel):
+    """CodeFavor's classification form: which of two programs better meets the criterion."""
+
+    model_config = ConfigDict(extra="ignore")
+    instruction: Prompt
+    code_a: str
+    code_b: str
+    criterion: str | None = None
+    answer: Literal["A", "B"]
 
 
 Record = TypeVar("Record", bound=BaseModel)
@@ -76,3 +88,18 @@ def read_pairs(path: str | Path) -> list[PreferencePair]:
 
 def read_steps(path: str | Path) -> list[StepRecord]:
     return read_records(path, StepRecord)
+
+
+def read_codepref(path: str | Path) -> list[CodePrefRecord]:
+    """Classification records as they are; TRL preference pairs (with an optional criterion)
+    become two records, one per order."""
+    with open(path, encoding="utf-8") as f:
+        first = next((line for line in f if line.strip()), "{}")
+    try:
+        is_pairs = "chosen" in json.loads(first)
+    except json.JSONDecodeError:
+        is_pairs = False  # read_records names the line
+    if not is_pairs:
+        return read_records(path, CodePrefRecord)
+    return [CodePrefRecord(instruction=p.prompt, code_a=a, code_b=b, criterion=p.criterion, answer=answer)
+            for p in read_pairs(path) for a, b, answer in ((p.chosen, p.rejected, "A"), (p.rejected, p.chosen, "B"))]
