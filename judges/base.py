@@ -83,10 +83,15 @@ _TURN = re.compile(r"^<!-- (system|user|assistant) -->\n", re.MULTILINE)
 
 
 def render(template: str, **values: str) -> list[dict[str, str]]:
-    """The prompt file `prompts/<template>.md` as chat messages, its $names filled in. A file is
-    one user message, or turns each headed by `<!-- role -->` (few-shot examples that a small
-    model follows far better than a description)."""
-    text = (PROMPTS / f"{template}.md").read_text()
+    """The judges' prompt file `prompts/<template>.md` as chat messages (see `render_file`)."""
+    return render_file(PROMPTS / f"{template}.md", **values)
+
+
+def render_file(path: Path, **values: str) -> list[dict[str, str]]:
+    """A prompt template file as chat messages, its $names filled in. A file is one user
+    message, or turns each headed by `<!-- role -->` (few-shot examples that a small model
+    follows far better than a description)."""
+    text = path.read_text()
     parts = _TURN.split(text)
     turns = list(zip(parts[1::2], parts[2::2])) if len(parts) > 1 else [("user", text)]
     return [{"role": role, "content": string.Template(content).substitute(values).strip()} for role, content in turns]

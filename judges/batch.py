@@ -20,7 +20,7 @@ from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -128,29 +128,30 @@ class LineWriter:
         os.close(self._fd)
 
 
-def run(inputs: Path, out: Path, judge: JudgeFn, *, judge_name: str | None, concurrency: int = 8,
-        progress: bool = True) -> dict[str, Any]:
-    """Judge every unfinished item of `inputs` into `out`; the summary (also written beside `out`)."""
-    read = read_items(inputs)
-    for bad in read.bad_lines:
-        print(f"plaudit judge: {inputs}: {bad} (skipped)", file=sys.stderr)
+Task = Callable[[], dict[str, Any]]  # one item's work: its result record
+
+
+def run_resumable(work: Sequence[tuple[str, Task]], out: Path, *, concurrency: int = 8, progress: bool = True,
+                  label: str = "judging") -> tuple[int, list[str]]:
+    """Run every (id key, task) not finished in `out`, `concurrency` at a time, appending
+    `{"id", "result"}` or `{"id", "error"}` as each ends: (items skipped as done, errors)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     done = finished(out)
-    todo = [(i, key, item) for i, (key, item) in enumerate(read.items) if key not in done]
+    todo = [(key, task) for key, task in work if key not in done]
     errors: list[str] = []
     writer = LineWriter(out)
-    columns = (TextColumn("judging"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
                TextColumn("{task.fields[rate]} items/s"), TimeRemainingColumn())
     # Not `with`: on Ctrl-C the queued items are cancelled instead of waited for.
-    pool = ThreadPoolExecutor(concurrency, thread_name_prefix="judge")
+    pool = ThreadPoolExecutor(concurrency, thread_name_prefix="batch")
     with Progress(*columns, disable=not progress, transient=False) as bar:
-        task = bar.add_task("judging", total=len(todo), rate="-")
-        pending: dict[Future, tuple[str, BatchItem]] = {}
+        bar_task = bar.add_task(label, total=len(todo), rate="-")
+        pending: dict[Future, str] = {}
         queue = iter(todo)
 
         def refill() -> None:
-            for index, key, item in queue:
-                pending[pool.submit(judge, item.request(judge_name), index)] = (key, item)
+            for key, task in queue:
+                pending[pool.submit(task)] = key
                 if len(pending) >= concurrency * 2:
                     return
 
@@ -159,24 +160,38 @@ def run(inputs: Path, out: Path, judge: JudgeFn, *, judge_name: str | None, conc
             while pending:
                 finished_now, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished_now:
-                    key, item = pending.pop(future)
-                    record_id = json.loads(key)
+                    key = pending.pop(future)
                     try:
-                        writer.write({"id": record_id, "result": future.result().model_dump(mode="json")})
+                        writer.write({"id": json.loads(key), "result": future.result()})
                     except (InputError, RuntimeError, OSError) as e:  # backend or endpoint failures, refused input
                         errors.append(f"id {key}: {e}")
-                        writer.write({"id": record_id, "error": str(e)})
-                    bar.advance(task)
+                        writer.write({"id": json.loads(key), "error": str(e)})
+                    bar.advance(bar_task)
                     elapsed = bar.tasks[0].elapsed or 0
-                    bar.update(task, rate=f"{bar.tasks[0].completed / elapsed:.2f}" if elapsed else "-")
+                    bar.update(bar_task, rate=f"{bar.tasks[0].completed / elapsed:.2f}" if elapsed else "-")
                 refill()
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
     pool.shutdown(cancel_futures=True)
     writer.close()
-    summary = summarise(out, items=len(read.items), skipped=len(done & {k for k, _ in read.items}),
-                        judged=len(todo), errors=errors, bad_lines=read.bad_lines)
+    return len(work) - len(todo), errors
+
+
+def run(inputs: Path, out: Path, judge: JudgeFn, *, judge_name: str | None, concurrency: int = 8,
+        progress: bool = True) -> dict[str, Any]:
+    """Judge every unfinished item of `inputs` into `out`; the summary (also written beside `out`)."""
+    read = read_items(inputs)
+    for bad in read.bad_lines:
+        print(f"plaudit judge: {inputs}: {bad} (skipped)", file=sys.stderr)
+
+    def task(request: JudgeRequest, index: int) -> Task:
+        return lambda: judge(request, index).model_dump(mode="json")
+
+    work = [(key, task(item.request(judge_name), i)) for i, (key, item) in enumerate(read.items)]
+    skipped, errors = run_resumable(work, out, concurrency=concurrency, progress=progress)
+    summary = summarise(out, items=len(read.items), skipped=skipped, judged=len(work) - skipped, errors=errors,
+                        bad_lines=read.bad_lines)
     summary_path(out).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 

@@ -20,11 +20,13 @@ from training.data import read_codepref, read_pairs, read_steps
 from training.evaluate import eval_pairs, eval_steps
 from training.experiments import cyclic, warm_noise
 from training.gpm import GPMConfig, train_gpm
-from training.humaneval import build_pairs, build_steps, write_jsonl
+from training.humaneval import build_pairs, build_steps, load_problems, write_jsonl
 from training.prm import PRMConfig, train_prm
 from training.warm import WarmConfig, merge, train_warm
 
 from judges import batch
+from judges.hub import BackendHub
+from training import codefavor
 
 from . import api
 from .api import ModelPool, score_one
@@ -85,6 +87,50 @@ def cmd_judge(args) -> None:
     if summary["errors"] or summary["bad_lines"]:
         sys.exit(f"plaudit judge: {summary['errors']} items failed and {summary['bad_lines']} input lines were bad "
                  f"(see above); a re-run judges the failed items again")
+
+
+def _backends(config: str | None) -> tuple[BackendHub, str]:
+    cfg = load_config(config)
+    return BackendHub(cfg.backends), cfg.default_backend
+
+
+def _synthesise(args, make_work) -> None:
+    hub, default = _backends(args.config)
+    try:
+        work = make_work(hub, default)
+        report = codefavor.run_stage(work, Path(args.out), args.concurrency, not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"\nplaudit codefavor: interrupted; run the same command again to continue {args.out}", file=sys.stderr)
+        os._exit(130)
+    hub.close()
+    print(json.dumps(report, indent=2))
+    if report["errors"]:
+        sys.exit(f"plaudit codefavor: {report['errors']} records failed (backend errors); a re-run retries them")
+
+
+def cmd_codefavor_commits(args) -> None:
+    def work(hub: BackendHub, default: str):
+        name = args.backend or default
+        backend, model = hub.backend(name), hub.identity(name)
+        return [(json.dumps(c.sha), lambda c=c: hub.run(codefavor.commit_instruct(backend, model, c)))
+                for c in codefavor.mine_commits(args.repo, args.limit, args.max_changed_lines)]
+    _synthesise(args, work)
+
+
+def cmd_codefavor_critic(args) -> None:
+    if args.tasks == "humaneval":
+        tasks = [{"task_id": p["task_id"], "instruction": f"Complete this Python function:\n{p['prompt']}"}
+                 for p in load_problems()]
+    else:
+        tasks = [json.loads(line) for line in Path(args.tasks).read_text().splitlines() if line.strip()]
+    tasks = tasks[:args.limit]
+
+    def work(hub: BackendHub, default: str):
+        weak, critic = args.weak or default, args.critic or default
+        models = {"weak": hub.identity(weak), "critic": hub.identity(critic)}
+        pair = hub.backend(weak), hub.backend(critic)
+        return [(json.dumps(t["task_id"]), lambda t=t: hub.run(codefavor.critic_evol(*pair, models, t))) for t in tasks]
+    _synthesise(args, work)
 
 
 TRAINERS = {  # family: (config class, trainer, data reader, help)
@@ -217,6 +263,26 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--config")
     p.set_defaults(run=cmd_judge)
+
+    codefavor_cmd = sub.add_parser("codefavor", help="synthetic code preference data (CodeFavor), resumable"
+                                   ).add_subparsers(dest="stage", required=True)
+    p = codefavor_cmd.add_parser("commits", help="Commit-Instruct: pairs from the commits of a local git repository")
+    p.add_argument("--repo", required=True, help="a git repository on disk")
+    p.add_argument("--limit", type=int, help="only the newest N commits")
+    p.add_argument("--max-changed-lines", type=int, default=30, help="larger diffs are not focused enough")
+    p.add_argument("--backend", help="the LLM (a backend of the config; default: the default backend, local)")
+    p.set_defaults(run=cmd_codefavor_commits)
+    p = codefavor_cmd.add_parser("critic", help="Critic-Evol: a weak model attempts, a critic improves")
+    p.add_argument("--tasks", required=True, help='JSONL of {"task_id", "instruction"}, or "humaneval"')
+    p.add_argument("--limit", type=int, help="only the first N tasks")
+    p.add_argument("--weak", help="backend of the weak model (default: the default backend)")
+    p.add_argument("--critic", help="backend of the critic (default: the default backend)")
+    p.set_defaults(run=cmd_codefavor_critic)
+    for p in codefavor_cmd.choices.values():
+        p.add_argument("--out", required=True, help="JSONL records; OUT.pairwise.jsonl and OUT.trl.jsonl beside it")
+        p.add_argument("--concurrency", type=int, default=4, help="records in flight")
+        p.add_argument("--no-progress", action="store_true")
+        p.add_argument("--config", help="YAML naming the backends (default: the local llama.cpp server)")
 
     train = sub.add_parser("train", help="train a reward model").add_subparsers(dest="family", required=True)
     for family, (config_class, _, _, help_text) in TRAINERS.items():
