@@ -7,10 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
+import yaml
 
 from conftest import tiny_training
 from rewardmodels import InputError, Item, Pair, load_scorer
+from servers import running_service
 from training.codepref import CodePrefConfig, train_codepref
 from training.codeprefbench import LongerWins, efficiency_tasks, eval_codepref, security_tasks
 from training.data import CodePrefRecord, read_codepref
@@ -110,3 +113,18 @@ def test_cli_builds_tasks_and_evaluates_a_trained_model(trained, tmp_path):
         assert report.returncode == 0, report.stderr[-2000:]
         result = json.loads(report.stdout)
         assert list(result["by_criteria"]) == ["security"] and result["tasks"] == stats["security_kept"]
+
+
+def test_served_over_http_with_a_criterion(trained, tmp_path):
+    config = tmp_path / "plaudit.yaml"
+    config.write_text(yaml.safe_dump({"models": {"prefer": {"path": str(trained[0])}}, "default_model": "prefer"}))
+    local = load_scorer(trained[0])
+    with running_service(config, tmp_path) as (url, _):
+        pair = {"prompt": ADD, "a": GOOD, "b": BAD, "criterion": "Which code adds?"}
+        compared = httpx.post(f"{url}/compare", json={"pairs": [pair]}, timeout=60).json()
+        assert compared["probabilities"] == pytest.approx(local.compare([Pair(**pair)]).probabilities, abs=1e-5)
+        ranked = httpx.post(f"{url}/rank", json={"prompt": ADD, "responses": [BAD, GOOD], "matrix": True},
+                            timeout=60).json()
+        assert ranked["order"] == [1, 0] and ranked["matrix"][0][1] == pytest.approx(1 - ranked["matrix"][1][0])
+        alone = httpx.post(f"{url}/score", json={"items": [{"prompt": ADD, "response": GOOD}]}, timeout=60)
+        assert alone.status_code == 422 and "two or more" in alone.json()["error"]
