@@ -128,6 +128,15 @@ class Scorer(ABC):
         self.name = name
         self.metadata = metadata
 
+    @property
+    def temperature(self) -> float:
+        """Fitted by `plaudit calibrate` on held-out pairs and stored in the metadata; 1 when not."""
+        return float(self.metadata.get("calibration", {}).get("temperature", 1.0))
+
+    def probability(self, margin: float | None) -> float | None:
+        """P(a beats b) from a preference logit, calibrated: sigmoid(margin / temperature)."""
+        return None if margin is None else sigmoid(margin / self.temperature)
+
     @abstractmethod
     def score(self, items: Sequence[Item]) -> Scores:
         """One reward per (prompt, response), independent of what else is in the call."""
@@ -145,13 +154,13 @@ class Scorer(ABC):
         n = len(pairs)
         margins = [_difference(scored.rewards[i], scored.rewards[n + i]) for i in range(n)]
         truncated = [scored.truncated[i] or scored.truncated[n + i] for i in range(n)]
-        return Comparison([None if m is None else sigmoid(m) for m in margins], margins, truncated)
+        return Comparison([self.probability(m) for m in margins], margins, truncated)
 
     def rank(self, prompt: Prompt, responses: Sequence[str]) -> Ranking:
         """Best-of-N: rewards for every candidate and their order, best first."""
         scored = self.score([Item(prompt=prompt, response=r) for r in responses])
         r = scored.rewards
-        matrix = [[None if (m := _difference(a, b)) is None else sigmoid(m) for b in r] for a in r]
+        matrix = [[self.probability(_difference(a, b)) for b in r] for a in r]
         return Ranking(r, best_first(r), scored.truncated, matrix)
 
     def score_steps(self, traces: Sequence[Steps]) -> list[StepScores]:

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .base import Comparison, InputError, Item, ModelLoadError, Pair, Prompt, Ranking, Scores, best_first, sigmoid
+from .base import Comparison, InputError, Item, ModelLoadError, Pair, Prompt, Ranking, Scores, best_first
 from .batcher import BatchedScorer
 from .encoding import Batching, _plain, encode_text, last_token_states, prompt_text
 from .loading import choose_device, read_metadata, resolve_path
@@ -81,15 +81,14 @@ class CodePreference(BatchedScorer):
         return encode_text(self.tokenizer, text, self.max_length)
 
     def compare(self, pairs: Sequence[Pair]) -> Comparison:
-        """P(a beats b): the mean of sigmoid(logit_A - logit_B) read as given and swapped."""
+        """P(a beats b) = sigmoid(margin), the margin being logit_A - logit_B read as given and
+        swapped, averaged: swapping a and b gives exactly 1 - P."""
         encoded = [self.encode(p.prompt, *codes, p.criterion) for p in pairs for codes in ((p.a, p.b), (p.b, p.a))]
         rows = self.run(encoded, "pairs")
         margins = [float((rows[2 * i][0] - rows[2 * i][1]) + (rows[2 * i + 1][1] - rows[2 * i + 1][0])) / 2
                    for i in range(len(pairs))]
-        probabilities = [(sigmoid(float(rows[2 * i][0] - rows[2 * i][1]))
-                          + sigmoid(float(rows[2 * i + 1][1] - rows[2 * i + 1][0]))) / 2 for i in range(len(pairs))]
         truncated = [encoded[2 * i][1] or encoded[2 * i + 1][1] for i in range(len(pairs))]
-        return Comparison(probabilities, margins, truncated)
+        return Comparison([self.probability(m) for m in margins], margins, truncated)
 
     def _round_robin(self, prompt: Prompt, responses: Sequence[str]) -> tuple[list[list[float]], list[bool]]:
         """P(i beats j) for every pair of responses, and whether any comparison of i was cut."""

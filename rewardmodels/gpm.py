@@ -146,7 +146,8 @@ class GPM(BatchedScorer):
         prompt_of, texts = self._prompts(items)
         v, gates, cut = self._embed_items(items, prompt_of, texts)
         logits = preference(v[:n], v[n:], gates[prompt_of[:n]]) / self.tau
-        return Comparison(torch.sigmoid(logits).tolist(), logits.tolist(), [cut[i] or cut[n + i] for i in range(n)])
+        return Comparison(torch.sigmoid(logits / self.temperature).tolist(), logits.tolist(),
+                          [cut[i] or cut[n + i] for i in range(n)])
 
     def _table(self, v: torch.Tensor, gates: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
         """The K x K preference logits and each response's mean logit against the others."""
@@ -159,7 +160,7 @@ class GPM(BatchedScorer):
         v, gates, cut = self._embed_items(items, [0] * len(items), [prompt_text(self.tokenizer, prompt)])
         logits, rewards = self._table(v, gates[0])
         order = sorted(range(len(responses)), key=lambda i: -rewards[i])
-        return Ranking(rewards, order, cut, torch.sigmoid(logits).tolist())
+        return Ranking(rewards, order, cut, torch.sigmoid(logits / self.temperature).tolist())
 
     @staticmethod
     def _groups(prompt_of: Sequence[int], field: str) -> list[list[int]]:

@@ -11,9 +11,11 @@ from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
 
-from rewardmodels import InputError, ModelLoadError
+from rewardmodels import InputError, ModelLoadError, load_scorer
+from rewardmodels.loading import resolve_path
 from rewardmodels.base import Prompt
 from training.bt import BTConfig, train_bt
+from training.calibration import calibrate
 from training.codepref import CodePrefConfig, train_codepref
 from training.codeprefbench import LongerWins, build_tasks, eval_codepref
 from training.data import read_codepref, read_pairs, read_steps
@@ -223,6 +225,14 @@ def cmd_eval_codepref(args) -> None:
     print(json.dumps(eval_codepref(scorer, tasks), indent=2))
 
 
+def cmd_calibrate(args) -> None:
+    cfg = load_config(args.config)
+    directory = resolve_path(cfg.models[args.model].path if args.model in cfg.models else args.model)
+    report = calibrate(load_scorer(directory), directory, read_pairs(args.data), data=str(args.data),
+                       png=Path(args.png) if args.png else None, write=not args.dry_run)
+    print(json.dumps(report, indent=2))
+
+
 def cmd_experiment_cyclic(args) -> None:
     print(json.dumps(cyclic(args.out, base=args.base, prompts=args.prompts, epochs=args.epochs, lr=args.lr,
                             lora_layers=args.lora_layers, seed=args.seed), indent=2))
@@ -263,6 +273,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--config")
     p.set_defaults(run=cmd_judge)
+
+    p = sub.add_parser("calibrate", help="fit a temperature on held-out pairs and store it in the model's metadata")
+    p.add_argument("--model", required=True, help="a model directory, or a configured model's name")
+    p.add_argument("--data", required=True, help="held-out TRL preference pairs (prompt, chosen, rejected)")
+    p.add_argument("--png", help="write a reliability diagram (before and after) to this PNG file")
+    p.add_argument("--dry-run", action="store_true", help="report only; leave the model's metadata as it is")
+    p.add_argument("--config")
+    p.set_defaults(run=cmd_calibrate)
 
     codefavor_cmd = sub.add_parser("codefavor", help="synthetic code preference data (CodeFavor), resumable"
                                    ).add_subparsers(dest="stage", required=True)
