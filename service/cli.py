@@ -114,7 +114,7 @@ def cmd_codefavor_commits(args) -> None:
     def work(hub: BackendHub, default: str):
         name = args.backend or default
         backend, model = hub.backend(name), hub.identity(name)
-        return [(json.dumps(c.sha), lambda c=c: hub.run(codefavor.commit_instruct(backend, model, c)))
+        return [(json.dumps(c.sha), lambda c=c: hub.run(codefavor.commit_instruct(backend, model, c, args.llm_code)))
                 for c in codefavor.mine_commits(args.repo, args.limit, args.max_changed_lines)]
     _synthesise(args, work)
 
@@ -289,6 +289,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="only the newest N commits")
     p.add_argument("--max-changed-lines", type=int, default=30, help="larger diffs are not focused enough")
     p.add_argument("--backend", help="the LLM (a backend of the config; default: the default backend, local)")
+    p.add_argument("--llm-code", action="store_true", help="the LLM rewrites the before and after code as "
+                                                             "self-contained solutions (default: the commit's own)")
     p.set_defaults(run=cmd_codefavor_commits)
     p = codefavor_cmd.add_parser("critic", help="Critic-Evol: a weak model attempts, a critic improves")
     p.add_argument("--tasks", required=True, help='JSONL of {"task_id", "instruction"}, or "humaneval"')

@@ -62,6 +62,8 @@ def scripted(fail_on: set[str]):
             return "Write a function that tells whether a number is positive."
         if "Write one short question" in text:
             return "Which code handles zero correctly?"
+        if "Rewrite this code" in text:
+            return f"```python\n{text.split('```python', 1)[1].split('```', 1)[0].strip()}\n# rewritten\n```"
         if "Answer with the Python code only" in text and "reviewer" not in text:
             return f"```python\n{POSITIVE}```"
         if "have a flaw" in text:
@@ -122,6 +124,17 @@ def test_commit_instruct_is_resumable_and_exports_both_forms(repo, tmp_path):
     trl = [json.loads(line) for line in out.with_name("commits.trl.jsonl").read_text().splitlines()]
     assert {t["criterion"] for t in trl} == {"Which code handles zero correctly?"}
     assert all("x > 0" in t["chosen"] or "value > 0" in t["chosen"] for t in trl[:1])
+
+
+def test_commit_instruct_can_have_the_llm_rewrite_the_code(repo, tmp_path):
+    out = tmp_path / "commits.jsonl"
+    with FakeLLM(scripted(set())).serving() as url:
+        report = json.loads(plaudit("codefavor", "commits", "--repo", str(repo), "--out", str(out), "--llm-code",
+                                    "--no-progress", "--config", str(config(tmp_path, url))).stdout)
+    assert report["kept"] == 2
+    kept = [r["result"] for r in map(json.loads, out.read_text().splitlines()) if r["result"]["kept"]]
+    assert all(r["code_source"] == "llm" and r["naive_code"].endswith("# rewritten") for r in kept)
+    assert all(r["old_code"] != r["naive_code"] for r in kept)  # the commit's own code is kept beside
 
 
 def test_critic_evol_then_train_and_evaluate(tiny_base, tmp_path):

@@ -122,9 +122,11 @@ async def _yes(backend: Backend, messages: list[dict[str, str]]) -> float | None
     return read_choice(completion, ("YES", "NO"))
 
 
-async def commit_instruct(backend: Backend, model: str, commit: MinedCommit) -> dict[str, Any]:
+async def commit_instruct(backend: Backend, model: str, commit: MinedCommit, llm_code: bool = False
+                          ) -> dict[str, Any]:
     """One commit through Commit-Instruct: explain, decide, then write instruction and criterion.
-    The naive and improved code are the commit's own before and after."""
+    The naive and improved code are the commit's own before and after, or, with `llm_code`,
+    the LLM's self-contained rewrites of them (the paper's way; worth it with a strong model)."""
     record: dict[str, Any] = {"stage": "commit-instruct", "model": model, "commit": commit.sha, "path": commit.path,
                               "message": commit.message, "old_code": commit.old_code, "new_code": commit.new_code}
     if commit.dropped:
@@ -143,8 +145,15 @@ async def commit_instruct(backend: Backend, model: str, commit: MinedCommit) -> 
     record.update(instruction=instruction, criterion=criterion)
     if why := _unusable(instruction, criterion):
         return {**record, "kept": False, "dropped": why}
-    return {**record, "kept": True, "instruction": instruction, "criterion": criterion,
-            "naive_code": commit.old_code, "improved_code": commit.new_code}
+    naive, improved = commit.old_code, commit.new_code
+    if llm_code:
+        naive, improved = [code_of((await backend.chat(_prompt("commit_rewrite", instruction=instruction, code=code),
+                                                       max_tokens=400)).text) for code in (naive, improved)]
+        if not naive or naive == improved:
+            return {**record, "kept": False, "dropped": "the rewritten versions are empty or equal",
+                    "naive_code": naive, "improved_code": improved}
+    return {**record, "kept": True, "code_source": "llm" if llm_code else "commit", "naive_code": naive,
+            "improved_code": improved}
 
 
 async def critic_evol(weak: Backend, critic: Backend, models: dict[str, str], task: dict[str, str]) -> dict[str, Any]:
