@@ -28,6 +28,7 @@ from training.warm import WarmConfig, merge, train_warm
 
 from judges import batch
 from judges.hub import BackendHub
+from judges.registry import METHODS
 from training import codefavor
 
 from . import api
@@ -36,9 +37,10 @@ from .config import ModelConfig, ServiceConfig, load_config
 
 
 def _pool(model: str | None, config: str | None):
-    """Configured models by name; a model given as a directory is served alone."""
+    """Configured models and judges by name (a bare judge method too); a model given as a
+    directory is served alone."""
     cfg = load_config(config)
-    if model and model not in cfg.models:
+    if model and model not in cfg.models and model not in cfg.judges and model not in METHODS:
         name = Path(model).name or model
         cfg = ServiceConfig(models={name: ModelConfig(path=model)}, default_model=name)
         model = None

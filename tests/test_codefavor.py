@@ -177,3 +177,15 @@ def test_commit_instruct_with_the_real_local_model(repo, tmp_path):
             assert record["instruction"] and record["criterion"].endswith("?")
         elif "explanation" in record:  # reached the LLM: its answers are kept, whatever it decided
             assert record["explanation"] and (record["p_improvement"] is None or 0 <= record["p_improvement"] <= 1)
+
+
+def test_eval_codepref_takes_a_judge_by_method_name(tmp_path):
+    """A judge whose answers cannot be read leaves both orders undecided: 0.5 each, counted."""
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text(json.dumps({"task_id": "b1", "instruction": "Write is_positive.", "criteria": "correctness",
+                                 "choices": [POSITIVE.replace(">=", ">"), POSITIVE], "gt_choice": 0}) + "\n")
+    with FakeLLM(scripted(set())).serving() as url:
+        result = json.loads(plaudit("eval", "codepref", "--tasks", str(bench), "--model", "pairwise",
+                                    "--config", str(config(tmp_path, url))).stdout)
+    assert result["model"] == "pairwise" and result["by_criteria"]["correctness"] == {
+        "accuracy": 0.5, "comparisons": 2, "undecided": 2}
