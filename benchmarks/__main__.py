@@ -15,7 +15,7 @@ from rewardmodels.loading import choose_device
 from service.api import ModelPool
 from service.config import load_config
 
-from . import gpm_rank, judge_batch, warm_merge
+from . import gpm_rank, judge_batch, monitoring_overhead, warm_merge
 
 OUT = Path(__file__).resolve().parent / "out" / "latest.json"
 TARGETS = {  # key: (what, target, met)
@@ -25,6 +25,8 @@ TARGETS = {  # key: (what, target, met)
                                          lambda v: v == 1),
     "judge_batch_vs_backend": ("plaudit judge vs the backend's own questions/s, same concurrency", ">= 0.8",
                                lambda v: v >= 0.8),
+    "monitoring_overhead_pct": ("monitoring's share of a one-item /score request (worst case), %", "< 2",
+                                lambda v: v < 2),
 }
 
 
@@ -36,6 +38,7 @@ def main() -> None:
     results.update(gpm_rank.run(pool.get("default-gpm"), pool.get("default")))
     results.update(warm_merge.run())
     results.update(judge_batch.run())
+    results.update(monitoring_overhead.run(pool))
     results["seconds"] = round(time.time() - start, 1)
     print(f"{'benchmark':58} {'measured':>10}  {'target':>8}  met")
     for key, (what, target, met) in TARGETS.items():

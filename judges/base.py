@@ -75,6 +75,7 @@ class JudgeResponse(BaseModel):
     checklist_source: Literal["generated", "cache", "caller"] | None = None
     results: list[Verdict]
     comparison: PairVerdict | None = None
+    ids: list[str] | None = Field(None, description="an id per response, for feedback on it later (the service)")
 
 
 # ---- reading an answer ----
@@ -153,15 +154,18 @@ class Judge(Scorer):
         """The full verdict on the request's responses."""
 
     async def ask(self, messages: list[dict[str, str]], read: Callable[[Completion], T | None], *,
-                  max_tokens: int | None = None, logprobs: bool = False) -> T | None:
+                  max_tokens: int | None = None, logprobs: bool = False, answer: bool = True) -> T | None:
         """`read` of the judge's answer; an unreadable answer is asked again at temperature 1.0,
-        up to `parse_retries` times, then None (the caller leaves it unscored)."""
+        up to `parse_retries` times, then None (the caller leaves it unscored). Counted in
+        `answers` and `unscored` unless `answer` is false (a checklist is not an answer)."""
+        self.counts["answers"] += answer
         for attempt in range(1 + self.parse_retries):
             completion = await self.backend.chat(messages, max_tokens=max_tokens, logprobs=logprobs and self.logprobs,
                                                  temperature=None if attempt == 0 else 1.0)
             if (value := read(completion)) is not None:
                 return value
-            self.counts["parse_retries" if attempt < self.parse_retries else "unreadable"] += 1
+            self.counts["parse_retries"] += attempt < self.parse_retries
+        self.counts["unscored"] += answer
         return None
 
     async def choose(self, messages: list[dict[str, str]]) -> float | None:
@@ -199,6 +203,11 @@ class Judge(Scorer):
             if not text.startswith(prompt):
                 raise InputError(f"query[{i}]", "does not start with its prompt (prompts[{i}])")
         return self.score([Item(prompt=p, response=t[len(p):]) for t, p in zip(texts, prompts)])
+
+    def p_good(self, reward: float | None) -> float | None:
+        """The reward on the 0..1 scale of a probability: TICK's mean P(YES) and a pairwise
+        judge's P(win) are already; `direct` rescales its 1..10 rating."""
+        return reward
 
     def stats(self) -> dict[str, Any]:
         return {**self.counts, "backend": self.backend.stats()}

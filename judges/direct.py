@@ -24,6 +24,9 @@ class DirectJudge(Judge):
     method = "direct"
     unscored_reward = (LOW + HIGH) / 2
 
+    def p_good(self, reward: float | None) -> float | None:
+        return None if reward is None else (reward - LOW) / (HIGH - LOW)
+
     async def _rate(self, instruction: str, response: str) -> int | None:
         return await self.ask(render("direct", instruction=instruction, response=response),
                               lambda c: parse_rating(c.text), max_tokens=4)
@@ -32,5 +35,4 @@ class DirectJudge(Judge):
         instruction = prompt_text(request.instruction)
         ratings = await asyncio.gather(*[self._rate(instruction, r) for r in request.responses])
         results = [Verdict(reward=r, rating=r, unscored=int(r is None)) for r in ratings]
-        self.counts["unscored"] += sum(r is None for r in ratings)
         return JudgeResponse(judge=self.name, method=self.method, results=results)

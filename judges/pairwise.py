@@ -41,7 +41,6 @@ class PairwiseJudge(Judge):
         verdict = combine(as_given, None if swapped is None else 1.0 - swapped)
         self.counts["pairs"] += 1
         self.counts["inconsistent"] += verdict.consistent is False
-        self.counts["unscored_orders"] += (as_given is None) + (swapped is None)
         return verdict
 
     async def judge(self, request: JudgeRequest) -> JudgeResponse:

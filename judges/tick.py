@@ -42,7 +42,8 @@ class TickJudge(Judge):
         self.metadata["checklist_dir"] = str(self.store.directory)
 
     async def _generate(self, instruction: str) -> list[str] | None:
-        return await self.ask(render("tick_checklist", instruction=instruction), lambda c: parse_checklist(c.text))
+        return await self.ask(render("tick_checklist", instruction=instruction), lambda c: parse_checklist(c.text),
+                              answer=False)
 
     async def judge(self, request: JudgeRequest) -> JudgeResponse:
         instruction = prompt_text(request.instruction)
@@ -60,8 +61,6 @@ class TickJudge(Judge):
         p_yes = await asyncio.gather(*asked)
         n = len(questions)
         results = [self._verdict(questions, p_yes[i * n:(i + 1) * n]) for i in range(len(request.responses))]
-        self.counts["questions"] += len(p_yes)
-        self.counts["unscored"] += sum(r.unscored for r in results)
         return JudgeResponse(judge=self.name, method=self.method, checklist=questions, checklist_source=source,
                              results=results)
 

@@ -133,6 +133,11 @@ class Scorer(ABC):
         """Fitted by `plaudit calibrate` on held-out pairs and stored in the metadata; 1 when not."""
         return float(self.metadata.get("calibration", {}).get("temperature", 1.0))
 
+    def p_good(self, reward: float | None) -> float | None:
+        """P(this response is good) as the model sees it, for calibration against feedback:
+        sigmoid(reward / temperature) for a reward model; families on a 0..1 scale override."""
+        return self.probability(reward)
+
     def probability(self, margin: float | None) -> float | None:
         """P(a beats b) from a preference logit, calibrated: sigmoid(margin / temperature)."""
         return None if margin is None else sigmoid(margin / self.temperature)

@@ -10,6 +10,7 @@ which is item-independent, so the scores of one request never depend on another'
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import Future
 from typing import Any, Callable, Sequence
 
@@ -21,13 +22,18 @@ from .encoding import Batching, run_batched
 Seqs = Sequence[Sequence[int]]
 
 
+# Told of every forward call: (sequences it carried, each caller's seconds in the queue).
+BatchObserver = Callable[[int, list[float]], None]
+
+
 class ForwardBatcher:
     def __init__(self, run: Callable[[Seqs], list[torch.Tensor]], name: str = "model"):
         self._run = run
-        self._pending: list[tuple[Seqs, Future]] = []
+        self._pending: list[tuple[Seqs, Future, float]] = []
         self._ready = threading.Condition()
         self.batches = 0  # forward calls made, and the sequences they carried: how well requests merge
         self.sequences = 0
+        self.observers: list[BatchObserver] = []  # e.g. the service's metrics
         threading.Thread(target=self._loop, name=f"forward-{name}", daemon=True).start()
 
     def __call__(self, seqs: Seqs) -> list[torch.Tensor]:
@@ -35,7 +41,7 @@ class ForwardBatcher:
             return []
         done: Future = Future()
         with self._ready:
-            self._pending.append((seqs, done))
+            self._pending.append((seqs, done, time.monotonic()))
             self._ready.notify()
         return done.result()
 
@@ -45,17 +51,20 @@ class ForwardBatcher:
                 while not self._pending:
                     self._ready.wait()
                 calls, self._pending = self._pending, []
-            merged = [s for seqs, _ in calls for s in seqs]
+            started = time.monotonic()
+            merged = [s for seqs, _, _ in calls for s in seqs]
             try:
                 rows = self._run(merged)
             except BaseException as e:  # the callers see the error; the worker lives on
-                for _, done in calls:
+                for _, done, _ in calls:
                     done.set_exception(e)
                 continue
             self.batches += 1
             self.sequences += len(merged)
+            for observe in self.observers:
+                observe(len(merged), [started - queued for _, _, queued in calls])
             start = 0
-            for seqs, done in calls:
+            for seqs, done, _ in calls:
                 done.set_result(rows[start:start + len(seqs)])
                 start += len(seqs)
 

@@ -52,6 +52,10 @@ class ProcessRewardModel(ClassifierScorer):
     per_token = True
     defaults = {"separator": DEFAULT_SEPARATOR, "aggregate": "min"}
 
+    def p_good(self, reward: float | None) -> float | None:
+        """A PRM's reward is an aggregate of P(good step): already a probability."""
+        return reward
+
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.separator, self.aggregate = self.metadata["separator"], self.metadata["aggregate"]

@@ -62,6 +62,10 @@ class ModelPool:
         raise UnknownModel(field, f"unknown model or judge {name!r}; models: {', '.join(self.config.models)}; "
                                   f"judges: {', '.join([*self.config.judges, *METHODS])}")
 
+    def loaded(self) -> list[str]:
+        with self._lock:
+            return list(self._scorers)
+
     def judge(self, name: str | None) -> Judge:
         scorer = self.get(self.config.judge_name(name), field="judge")
         if not isinstance(scorer, Judge):
@@ -133,7 +137,7 @@ def rank(pool: ModelPool, request: RankRequest) -> RankResponse:
     scorer = pool.get(request.model)
     result = scorer.rank(request.prompt, request.responses)
     return RankResponse(model=scorer.name, rewards=result.rewards, order=result.order, truncated=result.truncated,
-                        matrix=result.matrix if request.matrix else None)
+                        matrix=result.matrix if request.matrix else None, ids=_ids(len(request.responses)))
 
 
 def steps(pool: ModelPool, request: StepsRequest) -> StepsResponse:
@@ -172,14 +176,16 @@ def get_reward(pool: ModelPool, request: GetRewardRequest) -> GetRewardResponse:
     if isinstance(scorer, Judge):  # a trainer needs a number: the judge's neutral value, flagged
         logs["unscored"] = [float(r is None) for r in rewards]
         rewards = [scorer.unscored_reward if r is None else r for r in rewards]
-    return GetRewardResponse(rewards=rewards, scores=rewards, extra_logs=logs)
+    return GetRewardResponse(rewards=rewards, scores=rewards, extra_logs=logs, ids=_ids(len(rewards)))
 
 
 def judge(pool: ModelPool, request: JudgeRequest) -> JudgeResponse:
     check_limits(pool.config.limits, "responses", len(request.responses),
                  _prompt_texts("instruction", request.instruction)
                  + [(f"responses[{i}]", r) for i, r in enumerate(request.responses)])
-    return pool.judge(request.judge).run(request)
+    response = pool.judge(request.judge).run(request)
+    response.ids = _ids(len(response.results))
+    return response
 
 
 def score_one(pool: ModelPool, model: str | None, prompt, response: str) -> ScoreResponse:

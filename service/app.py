@@ -8,6 +8,7 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
@@ -23,9 +24,10 @@ from rewardmodels import InputError, ModelLoadError
 
 from . import api
 from .config import load_config
-from .schemas import (CompareRequest, CompareResponse, GetRewardRequest, GetRewardResponse, JudgeRequest,
-                      JudgeResponse, RankRequest, RankResponse, ScoreRequest, ScoreResponse, StepsRequest,
-                      StepsResponse)
+from .monitoring import Monitor
+from .schemas import (CompareRequest, CompareResponse, FeedbackRequest, FeedbackResponse, GetRewardRequest,
+                      GetRewardResponse, JudgeRequest, JudgeResponse, RankRequest, RankResponse, ScoreRequest,
+                      ScoreResponse, StepsRequest, StepsResponse)
 
 log = logging.getLogger("plaudit")
 STATUS = {api.UnknownModel: 404, api.LimitExceeded: 413}
@@ -56,43 +58,74 @@ class Plaudit:
             os.kill(os.getppid(), signal.SIGTERM)
             raise
         read_only.state.pool = self.pool
+        self.monitor = Monitor(self.pool.config.monitoring)
+        for name in self.pool.loaded():
+            forward = getattr(self.pool.get(name), "forward", None)  # models that batch their forward passes
+            if forward is not None:
+                forward.observers.append(self.monitor.batch_observer(name))
         # One thread per in-flight request, so concurrent requests meet in the model's batcher.
         self.threads = ThreadPoolExecutor(max_workers=128, thread_name_prefix="request")
 
-    async def _answer(self, handler: Callable[[api.ModelPool, Any], Any], request: Any) -> Any:
+    def _model_label(self, name: str | None) -> str:
+        """A configured or loaded name for the metrics' `model` label, never what a user typed."""
+        name = name or self.pool.config.default_model
+        return name if name in self.pool.loaded() else "unknown"
+
+    async def _answer(self, endpoint: str, handler: Callable[[api.ModelPool, Any], Any], request: Any,
+                      model: str | None) -> Any:
+        started = time.perf_counter()
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.threads, handler, self.pool, request)
+            response = await asyncio.get_running_loop().run_in_executor(self.threads, handler, self.pool, request)
         except InputError as e:
+            self._failed(endpoint, model, "client_error", type(e).__name__, started)
             return JSONResponse({"error": str(e), "field": e.field}, status_code=STATUS.get(type(e), 422))
         except BackendError as e:  # the judge's LLM server failed after its retries: try again later
+            self._failed(endpoint, model, "backend_error", "BackendError", started)
             return JSONResponse({"error": str(e), "field": None}, status_code=503, headers={"Retry-After": "5"})
+        except Exception:
+            self._failed(endpoint, model, "server_error", "internal", started)
+            raise
+        scorer = self.pool.get(getattr(response, "model", None) or getattr(response, "judge", None) or model)
+        items = self.monitor.answered(endpoint, scorer, request, response)
+        self.monitor.request(endpoint, scorer.name, "ok", time.perf_counter() - started, items)
+        return response
+
+    def _failed(self, endpoint: str, model: str | None, outcome: str, kind: str, started: float) -> None:
+        self.monitor.request(endpoint, self._model_label(model), outcome, time.perf_counter() - started)
+        self.monitor.error(endpoint, kind)
 
     @bentoml.api(route="/score", input_spec=ScoreRequest)
     async def score(self, **body: Any) -> ScoreResponse:
         """One reward per (prompt, response) item."""
-        return await self._answer(api.score, ScoreRequest.model_construct(**body))
+        return await self._answer("score", api.score, ScoreRequest.model_construct(**body), body.get("model"))
 
     @bentoml.api(route="/compare", input_spec=CompareRequest)
     async def compare(self, **body: Any) -> CompareResponse:
         """P(a beats b) and the reward margin per pair."""
-        return await self._answer(api.compare, CompareRequest.model_construct(**body))
+        return await self._answer("compare", api.compare, CompareRequest.model_construct(**body), body.get("model"))
 
     @bentoml.api(route="/rank", input_spec=RankRequest)
     async def rank(self, **body: Any) -> RankResponse:
         """Rewards for K responses to one prompt and their order, best first (best-of-N)."""
-        return await self._answer(api.rank, RankRequest.model_construct(**body))
+        return await self._answer("rank", api.rank, RankRequest.model_construct(**body), body.get("model"))
 
     @bentoml.api(route="/steps", input_spec=StepsRequest)
     async def steps(self, **body: Any) -> StepsResponse:
         """A reward per reasoning step, and their min, mean, product and last (process reward models)."""
-        return await self._answer(api.steps, StepsRequest.model_construct(**body))
+        return await self._answer("steps", api.steps, StepsRequest.model_construct(**body), body.get("model"))
 
     @bentoml.api(route="/get_reward", input_spec=GetRewardRequest)
     async def get_reward(self, **body: Any) -> GetRewardResponse:
         """OpenRLHF's remote reward model contract; queries are tokenised without adding special tokens."""
-        return await self._answer(api.get_reward, GetRewardRequest.model_construct(**body))
+        return await self._answer("get_reward", api.get_reward, GetRewardRequest.model_construct(**body), body.get("model"))
 
     @bentoml.api(route="/judge", input_spec=JudgeRequest)
     async def judge(self, **body: Any) -> JudgeResponse:
         """A judge's full verdict: TICK's checklist and answers, a pairwise judge's two orders, a rating."""
-        return await self._answer(api.judge, JudgeRequest.model_construct(**body))
+        request = JudgeRequest.model_construct(**body)
+        return await self._answer("judge", api.judge, request, self.pool.config.judge_name(request.judge))
+
+    @bentoml.api(route="/feedback", input_spec=FeedbackRequest)
+    async def feedback(self, **body: Any) -> FeedbackResponse:
+        """Labels for predictions served earlier (by their ids): calibration is measured against them."""
+        return self.monitor.feedback(FeedbackRequest.model_construct(**body))

@@ -47,6 +47,17 @@ class Limits(BaseModel):
     max_chars: int = Field(default=32000, gt=0, description="characters per prompt or response text")
 
 
+class MonitoringConfig(BaseModel):
+    """Sizes of the online monitoring's windows (`service/monitoring.py`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    reward_window: int = Field(1000, ge=10, description="rewards per model for mean, std, length bias and drift")
+    feedback_window: int = Field(1000, ge=10, description="labelled predictions per model for ECE, Brier, accuracy")
+    max_pending: int = Field(200_000, ge=1, description="remembered ids awaiting feedback; the oldest go first")
+    pending_ttl_s: float = Field(86_400, gt=0, description="how long an id waits for its feedback")
+    update_interval_s: float = Field(1.0, ge=0, description="how often the reward window's gauges are recomputed")
+
+
 LOCAL_BACKEND = "local"
 
 
@@ -61,6 +72,7 @@ class ServiceConfig(BaseModel):
     backends: dict[str, BackendSpec] = {}
     default_backend: str = LOCAL_BACKEND  # for judges without a backend, and bare method names
     limits: Limits = Limits()
+    monitoring: MonitoringConfig = MonitoringConfig()
 
     @model_validator(mode="after")
     def _names_are_consistent(self):

@@ -2,7 +2,7 @@
 its OpenAPI document, and what the CLI prints."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -64,6 +64,7 @@ class RankResponse(BaseModel):
     order: list[int] = Field(description="indices into responses, best first; unscored ones last")
     truncated: list[bool]
     matrix: list[list[float | None]] | None = Field(default=None, description="P(i beats j), when asked for")
+    ids: list[str] = Field(description="an id per response, for feedback on it later")
 
 
 class StepsRequest(Request):
@@ -109,9 +110,28 @@ class GetRewardRequest(BaseModel):
 class GetRewardResponse(BaseModel):
     rewards: list[float]
     scores: list[float]
+    ids: list[str] = Field(description="an id per query, for feedback on it later (POST /feedback)")
     extra_logs: dict[str, list[float]] = Field(description=(
         "per query: truncated (1/0); ensembles: reward_std; judges: unscored (1 where the judge's answer "
         "could not be read and the reward is the judge's neutral value)"))
+
+
+class Feedback(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1, description="an id from a scoring answer")
+    label: Literal[0, 1] = Field(description="for a pair: 1 if a won; for an item: 1 if it was good (correct)")
+
+
+class FeedbackRequest(BaseModel):
+    """Labels for predictions served earlier, from a verifier or from people."""
+
+    model_config = ConfigDict(extra="forbid")
+    items: list[Feedback] = Field(min_length=1)
+
+
+class FeedbackResponse(BaseModel):
+    accepted: int
+    unknown: list[str] = Field(description="ids never served, already labelled, or expired; nothing else failed")
 
 
 class ModelInfo(BaseModel):
@@ -127,6 +147,6 @@ class ModelsResponse(BaseModel):
     models: list[ModelInfo]
 
 
-__all__ = ["CompareRequest", "CompareResponse", "GetRewardRequest", "GetRewardResponse", "JudgeRequest",
+__all__ = ["CompareRequest", "CompareResponse", "FeedbackRequest", "FeedbackResponse", "GetRewardRequest", "GetRewardResponse", "JudgeRequest",
            "JudgeResponse", "ModelInfo", "ModelsResponse", "RankRequest", "RankResponse", "ScoreRequest",
            "ScoreResponse", "StepsRequest", "StepsResponse"]

@@ -506,17 +506,21 @@ def test_forward_batcher_merges_threads_and_routes_rows():
     """16 concurrent callers share forward passes, and each gets exactly its own rows back."""
     run = GatedRun()
     batcher = ForwardBatcher(run, "test")
+    observed: list[tuple[int, list[float]]] = []
+    batcher.observers.append(lambda sequences, waits: observed.append((sequences, waits)))
     # thread k sends k % 4 + 1 rows whose content identifies it
     requests = [[[k, j, 100 + k] for j in range(k % 4 + 1)] for k in range(16)]
     threads, results = submit_all(batcher, requests)
     total = sum(map(len, requests))
     # the first forward pass is held open until every thread has queued its request
-    wait_until(lambda: run.calls and run.calls[0] + sum(len(s) for s, _ in batcher._pending) == total)
+    wait_until(lambda: run.calls and run.calls[0] + sum(len(s) for s, _, _ in batcher._pending) == total)
     run.gate.set()
     for t in threads:
         t.join(10)
     assert batcher.batches < 16 and batcher.batches == len(run.calls) == 2
     assert batcher.sequences == total == sum(run.calls)
+    assert [n for n, _ in observed] == run.calls  # the metrics see every forward call ...
+    assert sum(len(waits) for _, waits in observed) == 16 and all(w >= 0 for _, ws in observed for w in ws)
     for k, rows in results.items():
         assert not isinstance(rows, Exception), rows
         assert len(rows) == len(requests[k])

@@ -64,7 +64,7 @@ def test_get_reward_openrlhf_contract(service, local):
         [{"role": "user", "content": ITEMS[0]["prompt"]}, {"role": "assistant", "content": ITEMS[0]["response"]}],
         tokenize=False)
     body = service.post("/get_reward", json={"query": [text], "prompts": [ITEMS[0]["prompt"]], "labels": ["x"]}).json()
-    assert set(body) == {"rewards", "scores", "extra_logs"}
+    assert set(body) == {"rewards", "scores", "extra_logs", "ids"} and len(body["ids"]) == 1  # ids: for /feedback
     # already templated: no special tokens added again, so it equals /score on the same item
     assert body["rewards"][0] == pytest.approx(local.score([Item.model_validate(ITEMS[0])]).rewards[0], abs=1e-5)
 

@@ -1,0 +1,270 @@
+"""Online monitoring, exported as Prometheus metrics on BentoML's `/metrics`.
+
+Per model, over fixed-size windows (memory does not grow with traffic): the reward
+distribution, its correlation with response length (length bias) and its drift from a
+reference window (the first rewards served); calibration against feedback (ECE, Brier,
+accuracy); for judges, unscored answers, pairwise order inconsistency and where
+checklists came from. Plus the serving figures: requests, items, latency, errors by
+kind, forward batch sizes and queue wait.
+
+Every scoring answer carries ids; the probability the model gave each is remembered
+(bounded, oldest first out, with a time limit) so that `POST /feedback` can label it
+later. Label values are model names from the config and fixed endpoint names: never user
+text. Metric objects are made in the worker, after BentoML has set up Prometheus's
+multiprocess mode, which is why `prometheus_client` is imported late.
+"""
+from __future__ import annotations
+
+import bisect
+import math
+import statistics
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from judges.base import Judge, JudgeResponse
+from rewardmodels import Scorer
+
+from .config import MonitoringConfig
+from .schemas import (CompareResponse, FeedbackRequest, FeedbackResponse, GetRewardResponse, RankResponse,
+                      ScoreResponse, StepsResponse)
+
+BINS = 10
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+REWARD_BUCKETS = (-4, -3, -2, -1, -0.5, 0, 0.25, 0.5, 0.75, 1, 2, 3, 4, 6, 8, 10)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    """The Prometheus metrics. Gauges report the most recent value of live workers."""
+
+    def __init__(self, registry: Any = None) -> None:
+        """`registry` for tests; the service registers in the default one, which BentoML exports."""
+        import prometheus_client as pc  # late: BentoML sets PROMETHEUS_MULTIPROC_DIR in the worker first
+
+        where = {"registry": registry} if registry is not None else {}
+
+        def counter(name: str, doc: str, labels=("model",)):
+            return pc.Counter(name, doc, labels, **where)
+
+        def histogram(name: str, doc: str, labels, buckets):
+            return pc.Histogram(name, doc, labels, buckets=buckets, **where)
+
+        def gauge(name: str, doc: str):
+            return pc.Gauge(name, doc, ["model"], multiprocess_mode="livemostrecent", **where)
+
+        self.requests = counter("plaudit_requests", "requests answered", ["endpoint", "model", "outcome"])
+        self.latency = histogram("plaudit_request_duration_seconds", "time to answer a request",
+                                 ["endpoint", "model"], LATENCY_BUCKETS)
+        self.items = counter("plaudit_items", "items, pairs, responses or traces scored", ["endpoint", "model"])
+        self.errors = counter("plaudit_errors", "requests that failed, by kind", ["endpoint", "kind"])
+        self.batch_size = histogram("plaudit_forward_batch_size", "sequences per merged forward call", ["model"],
+                                    BATCH_BUCKETS)
+        self.queue_wait = histogram("plaudit_queue_wait_seconds", "time a request's sequences waited for the model",
+                                    ["model"], LATENCY_BUCKETS)
+        self.reward = histogram("plaudit_reward", "rewards served", ["model"], REWARD_BUCKETS)
+        self.reward_mean = gauge("plaudit_reward_mean", "mean reward over the window")
+        self.reward_std = gauge("plaudit_reward_std", "standard deviation of the reward over the window")
+        self.length_corr = gauge("plaudit_reward_length_correlation",
+                                 "Pearson correlation of reward with response length (characters) over the window")
+        self.drift = gauge("plaudit_reward_drift", "Kolmogorov-Smirnov distance between the window's rewards and "
+                                                   "the reference window (the first rewards served)")
+        self.feedback = counter("plaudit_feedback", "labels received for served predictions", ["model", "kind"])
+        self.feedback_unmatched = counter("plaudit_feedback_unmatched", "labels for unknown or expired ids", [])
+        self.ece = gauge("plaudit_calibration_ece", "expected calibration error (10 bins) over the feedback window")
+        self.brier = gauge("plaudit_calibration_brier", "Brier score over the feedback window")
+        self.accuracy = gauge("plaudit_calibration_accuracy", "share of labelled predictions on the right side of 0.5")
+        self.labelled = gauge("plaudit_calibration_window_size", "labelled predictions in the feedback window")
+        self.judge_answers = counter("plaudit_judge_answers", "questions, pair orders or ratings a judge asked")
+        self.judge_unscored = counter("plaudit_judge_unscored", "judge answers that could not be read")
+        self.judge_pairs = counter("plaudit_judge_pairs", "pairs a pairwise judge read in both orders")
+        self.judge_inconsistent = counter("plaudit_judge_inconsistent", "pairs whose two orders disagreed")
+        self.judge_checklists = counter("plaudit_judge_checklists", "checklists by source", ["model", "source"])
+
+
+@dataclass
+class Window:
+    """One model's recent rewards and labelled predictions."""
+
+    size: int
+    feedback_size: int
+    rewards: deque = field(init=False)
+    reference: list[float] = field(default_factory=list)  # sorted, the first `size` rewards
+    labelled: deque = field(init=False)
+    updated: float = 0.0
+
+    def __post_init__(self):
+        self.rewards = deque(maxlen=self.size)  # (reward, response length)
+        self.labelled = deque(maxlen=self.feedback_size)  # (probability, label)
+
+    def add(self, reward: float, length: int) -> None:
+        self.rewards.append((reward, length))
+        if len(self.reference) < self.size:
+            bisect.insort(self.reference, reward)
+
+
+def ks_distance(a: list[float], b: list[float]) -> float:
+    """The largest gap between the empirical distribution functions of two sorted samples."""
+    i = j = 0
+    gap = 0.0
+    while i < len(a) and j < len(b):
+        x = min(a[i], b[j])
+        while i < len(a) and a[i] <= x:
+            i += 1
+        while j < len(b) and b[j] <= x:
+            j += 1
+        gap = max(gap, abs(i / len(a) - j / len(b)))
+    return gap
+
+
+def pearson(xs: list[float], ys: list[float]) -> float:
+    if len(xs) < 3 or statistics.pstdev(xs) == 0 or statistics.pstdev(ys) == 0:
+        return 0.0
+    return statistics.correlation(xs, ys)
+
+
+def calibration(labelled: list[tuple[float, int]]) -> dict[str, float]:
+    n = len(labelled)
+    bins: list[list[tuple[float, int]]] = [[] for _ in range(BINS)]
+    for p, y in labelled:
+        bins[min(int(p * BINS), BINS - 1)].append((p, y))
+    ece = sum(len(b) / n * abs(sum(p for p, _ in b) / len(b) - sum(y for _, y in b) / len(b)) for b in bins if b)
+    return {"ece": ece, "brier": sum((p - y) ** 2 for p, y in labelled) / n,
+            "accuracy": sum((p > 0.5) == bool(y) for p, y in labelled) / n}
+
+
+class Monitor:
+    """What the service tells about each answer, turned into windows and metrics."""
+
+    def __init__(self, config: MonitoringConfig, metrics: Metrics | None = None):
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self._windows: dict[str, Window] = {}
+        self._pending: OrderedDict[str, tuple[str, str, float, float]] = OrderedDict()  # id -> model, kind, p, time
+        self._judge_seen: dict[str, dict[str, int]] = {}
+        self._lock = threading.Lock()
+
+    def window(self, model: str) -> Window:
+        if model not in self._windows:
+            self._windows[model] = Window(self.config.reward_window, self.config.feedback_window)
+        return self._windows[model]
+
+    # ---- serving ----
+
+    def request(self, endpoint: str, model: str, outcome: str, seconds: float, items: int = 0) -> None:
+        self.metrics.requests.labels(endpoint, model, outcome).inc()
+        self.metrics.latency.labels(endpoint, model).observe(seconds)
+        if items:
+            self.metrics.items.labels(endpoint, model).inc(items)
+
+    def error(self, endpoint: str, kind: str) -> None:
+        self.metrics.errors.labels(endpoint, kind).inc()
+
+    def batch_observer(self, model: str) -> Callable[[int, list[float]], None]:
+        def observe(sequences: int, waits: list[float]) -> None:
+            self.metrics.batch_size.labels(model).observe(sequences)
+            for wait in waits:
+                self.metrics.queue_wait.labels(model).observe(wait)
+        return observe
+
+    # ---- what was served ----
+
+    def answered(self, endpoint: str, scorer: Scorer, request: Any, response: Any) -> int:
+        """Record an answer's rewards and remember its predictions; the number of items."""
+        model = scorer.name
+        if isinstance(response, ScoreResponse):
+            lengths = [len(item.response) for item in request.items]
+            self._rewards(model, response.rewards, lengths)
+            self._remember(model, "item", response.ids, [scorer.p_good(r) for r in response.rewards])
+        elif isinstance(response, CompareResponse):
+            self._remember(model, "pair", response.ids, response.probabilities)
+        elif isinstance(response, RankResponse):
+            self._rewards(model, response.rewards, [len(r) for r in request.responses])
+            self._remember(model, "item", response.ids, [scorer.p_good(r) for r in response.rewards])
+        elif isinstance(response, StepsResponse):
+            self._remember(model, "item", [response.id], [response.aggregates["min"]])
+        elif isinstance(response, GetRewardResponse):
+            self._rewards(model, response.rewards, [len(q) for q in request.query])
+            self._remember(model, "item", response.ids, [scorer.p_good(r) for r in response.rewards])
+        elif isinstance(response, JudgeResponse):
+            rewards = [v.reward for v in response.results]
+            self._rewards(model, rewards, [len(r) for r in request.responses])
+            self._remember(model, "item", response.ids, [scorer.p_good(r) for r in rewards])
+        if isinstance(scorer, Judge):
+            self._judge(model, scorer.stats())
+        return len(getattr(response, "rewards", None) or getattr(response, "probabilities", None)
+                   or getattr(response, "results", None) or [1])
+
+    def _rewards(self, model: str, rewards: list[float | None], lengths: list[int]) -> None:
+        with self._lock:
+            window = self.window(model)
+            for reward, length in zip(rewards, lengths):
+                if reward is not None and math.isfinite(reward):
+                    self.metrics.reward.labels(model).observe(reward)
+                    window.add(reward, length)
+            if time.monotonic() - window.updated >= self.config.update_interval_s:
+                window.updated = time.monotonic()
+                self._reward_gauges(model, window)
+
+    def _reward_gauges(self, model: str, window: Window) -> None:
+        rewards = [r for r, _ in window.rewards]
+        m = self.metrics
+        m.reward_mean.labels(model).set(statistics.fmean(rewards))
+        m.reward_std.labels(model).set(statistics.pstdev(rewards))
+        m.length_corr.labels(model).set(pearson(rewards, [float(n) for _, n in window.rewards]))
+        m.drift.labels(model).set(ks_distance(sorted(rewards), window.reference))
+
+    def _remember(self, model: str, kind: str, ids: list[str], probabilities: list[float | None]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for i, p in zip(ids, probabilities):
+                if p is not None:
+                    self._pending[i] = (model, kind, p, now)
+            while len(self._pending) > self.config.max_pending:
+                self._pending.popitem(last=False)
+
+    def _judge(self, model: str, stats: dict[str, Any]) -> None:
+        """A judge's own counters, as increments since the last look."""
+        now = {"answers": stats.get("answers", 0), "unscored": stats.get("unscored", 0),
+               "pairs": stats.get("pairs", 0), "inconsistent": stats.get("inconsistent", 0),
+               **{f"checklist:{k}": v for k, v in stats.get("checklists", {}).items()}}
+        with self._lock:
+            seen = self._judge_seen.setdefault(model, {})
+            deltas = {k: v - seen.get(k, 0) for k, v in now.items()}
+            seen.update(now)
+        m = self.metrics
+        for key, counter in (("answers", m.judge_answers), ("unscored", m.judge_unscored),
+                             ("pairs", m.judge_pairs), ("inconsistent", m.judge_inconsistent)):
+            if deltas[key] > 0:
+                counter.labels(model).inc(deltas[key])
+        for key, delta in deltas.items():
+            if key.startswith("checklist:") and delta > 0:
+                m.judge_checklists.labels(model, key.partition(":")[2]).inc(delta)
+
+    # ---- feedback ----
+
+    def feedback(self, request: FeedbackRequest) -> FeedbackResponse:
+        now = time.monotonic()
+        unknown, touched = [], set()
+        with self._lock:
+            for entry in request.items:
+                found = self._pending.pop(entry.id, None)
+                if found is None or now - found[3] > self.config.pending_ttl_s:
+                    unknown.append(entry.id)
+                    continue
+                model, kind, p, _ = found
+                self.window(model).labelled.append((p, entry.label))
+                self.metrics.feedback.labels(model, kind).inc()
+                touched.add(model)
+            for model in touched:
+                labelled = list(self._windows[model].labelled)
+                result = calibration(labelled)
+                self.metrics.ece.labels(model).set(result["ece"])
+                self.metrics.brier.labels(model).set(result["brier"])
+                self.metrics.accuracy.labels(model).set(result["accuracy"])
+                self.metrics.labelled.labels(model).set(len(labelled))
+        if unknown:
+            self.metrics.feedback_unmatched.inc(len(unknown))
+        return FeedbackResponse(accepted=len(request.items) - len(unknown), unknown=unknown)

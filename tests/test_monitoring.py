@@ -1,0 +1,209 @@
+"""Online monitoring: windows and feedback in-process; /feedback and /metrics over a real BentoML
+server; the Prometheus deploy files with promtool; and, in `slow`, a real Prometheus scraping a
+running plaudit: every dashboard panel returns data, and an alert fires on bad calibration."""
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+
+from service.config import MonitoringConfig
+from service.monitoring import Metrics, Monitor, calibration, ks_distance
+from service.schemas import FeedbackRequest
+from servers import REPO, FakeLLM, free_port, running_service
+
+DEPLOY = REPO / "deploy"
+needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None,
+                                    reason="promtool missing (make test installs Debian's prometheus)")
+
+
+def monitor(**config) -> Monitor:
+    return Monitor(MonitoringConfig(**{"update_interval_s": 0, **config}), Metrics(CollectorRegistry()))
+
+
+def test_ks_distance_and_calibration():
+    assert ks_distance([1, 2, 3], [1, 2, 3]) == 0.0
+    assert ks_distance([1, 2, 3], [4, 5, 6]) == 1.0
+    first, second = random.Random(0), random.Random(1)
+    same = ks_distance(sorted(first.gauss(0, 1) for _ in range(2000)), sorted(second.gauss(0, 1) for _ in range(2000)))
+    shifted = ks_distance(sorted(first.gauss(0, 1) for _ in range(2000)),
+                          sorted(second.gauss(1, 1) for _ in range(2000)))
+    assert same < 0.06 and 0.3 < shifted < 0.45  # N(0,1) vs N(1,1): 2 * Phi(0.5) - 1 = 0.38
+    perfect = calibration([(0.9, 1)] * 9 + [(0.9, 0)])
+    assert perfect["ece"] == pytest.approx(0.0) and perfect["accuracy"] == 0.9
+    assert calibration([(0.9, 0)] * 10)["ece"] == pytest.approx(0.9)
+
+
+def test_windows_and_pending_ids_stay_bounded():
+    m = monitor(reward_window=50, feedback_window=20, max_pending=100)
+    for i in range(1000):
+        m._rewards("tiny", [float(i)], [i])
+        m._remember("tiny", "item", [f"id-{i}"], [0.7])
+    window = m.window("tiny")
+    assert len(window.rewards) == 50 and len(window.reference) == 50 and len(m._pending) == 100
+    assert window.reference[-1] == 49.0  # the reference is the first rewards, not the latest
+    answer = m.feedback(FeedbackRequest(items=[{"id": "id-0", "label": 1}, {"id": "id-999", "label": 1}]))
+    assert answer.accepted == 1 and answer.unknown == ["id-0"]  # id-0 was evicted long ago
+    again = m.feedback(FeedbackRequest(items=[{"id": "id-999", "label": 0}]))
+    assert again.unknown == ["id-999"]  # labelled once
+
+
+def test_expired_ids_are_reported_not_fatal():
+    m = monitor(pending_ttl_s=0.05)
+    m._remember("tiny", "pair", ["a"], [0.8])
+    time.sleep(0.1)
+    assert m.feedback(FeedbackRequest(items=[{"id": "a", "label": 1}])).unknown == ["a"]
+
+
+@needs_promtool
+def test_deploy_files_pass_promtool():
+    for args in (["check", "config", "prometheus/prometheus.yml"], ["check", "rules", "prometheus/alerts.yml"],
+                 ["test", "rules", "prometheus/alerts.test.yml"]):
+        run = subprocess.run(["promtool", *args], cwd=DEPLOY, capture_output=True, text=True)
+        assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_dashboard_panels_each_have_a_query():
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "plaudit.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert len(exprs) == len(dashboard["panels"]) >= 15 and all("plaudit_" in e for e in exprs)
+
+
+# ---- over HTTP ----
+
+def judge_llm(messages):
+    """TICK questions (one of them never answered readably) and a pairwise judge biased to A."""
+    text = messages[-1]["content"]
+    if messages[0]["role"] == "system":
+        return "1. Is it short?\n2. Is it polite?"
+    if "Response A:" in text:
+        return "A", {"A": -0.1, "B": -2.5}
+    if "polite" in text:
+        return "Perhaps."
+    return "YES", {"YES": -0.2, "NO": -1.7}
+
+
+@pytest.fixture(scope="module")
+def monitored(tiny_bt, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("monitored")
+    with FakeLLM(judge_llm).serving() as llm_url:
+        config = tmp / "plaudit.yaml"
+        config.write_text(yaml.safe_dump({
+            "models": {"tiny": {"path": str(tiny_bt)}}, "default_model": "tiny",
+            "backends": {"fake": {"url": llm_url, "max_retries": 0}}, "default_backend": "fake",
+            "judges": {"checklist": {"method": "tick", "checklist_dir": str(tmp / "checklists"), "parse_retries": 0},
+                       "arena": {"method": "pairwise"}},
+            "monitoring": {"update_interval_s": 0}}))
+        with running_service(config, tmp) as (url, _):
+            with httpx.Client(base_url=url, timeout=60) as client:
+                yield client
+
+
+def traffic(client: httpx.Client, pairs: int = 60) -> list[dict]:
+    """A bit of everything; returns the /compare answers' (id, probability)."""
+    items = [{"prompt": "Say hi.", "response": "hi" * (1 + i % 7)} for i in range(16)]
+    assert client.post("/score", json={"items": items}).status_code == 200
+    assert client.post("/rank", json={"prompt": "Say hi.", "responses": ["hi", "hello there"]}).status_code == 200
+    assert client.post("/get_reward", json={"query": ["Say hi. hi", "Say hi. hello"]}).status_code == 200
+    assert client.post("/steps", json={"prompt": "x", "steps": ["a"]}).status_code == 422  # a BT model has no steps
+    for _ in range(2):  # generated, then from the cache
+        assert client.post("/judge", json={"judge": "checklist", "instruction": "Greet me.",
+                                           "responses": ["hi", "hello"]}).status_code == 200
+    assert client.post("/judge", json={"judge": "arena", "instruction": "Greet me.",
+                                       "responses": ["hi", "hello"]}).status_code == 200
+    compared = client.post("/compare", json={"pairs": [{"prompt": "Say hi.", "a": "hi" * (1 + i % 5), "b": "yo"}
+                                                       for i in range(pairs)]}).json()
+    return list(zip(compared["ids"], compared["probabilities"]))
+
+
+def test_feedback_and_metrics_over_http(monitored):
+    served = traffic(monitored, pairs=4)
+    labels = [{"id": i, "label": int(p > 0.5)} for i, p in served] + [{"id": "never-served", "label": 1}]
+    answer = monitored.post("/feedback", json={"items": labels}).json()
+    assert answer == {"accepted": 4, "unknown": ["never-served"]}
+    assert monitored.post("/feedback", json={"items": [{"id": "x", "label": 3}]}).status_code == 400
+    text = monitored.get("/metrics").text
+    for name in ("plaudit_requests_total", "plaudit_calibration_ece", "plaudit_reward_drift",
+                 "plaudit_forward_batch_size_bucket", "plaudit_judge_unscored_total", "plaudit_judge_checklists_total"):
+        assert name in text, name
+    assert 'plaudit_errors_total{endpoint="steps",kind="UnsupportedOperation"}' in text
+    if shutil.which("promtool"):
+        lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+        assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+# ---- a real Prometheus ----
+
+@contextlib.contextmanager
+def prometheus(tmp: Path, target: str, rules: Path):
+    port = free_port()
+    config = tmp / "prometheus.yml"
+    config.write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"}, "rule_files": [str(rules)],
+        "scrape_configs": [{"job_name": "plaudit", "static_configs": [{"targets": [target]}]}]}))
+    log = open(tmp / "prometheus.log", "w")
+    proc = subprocess.Popen(["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp / 'tsdb'}",
+                             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.3)
+        else:
+            raise RuntimeError((tmp / "prometheus.log").read_text()[-2000:])
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()
+
+
+def query(url: str, expr: str) -> list:
+    answer = httpx.get(f"{url}/api/v1/query", params={"query": expr}, timeout=10).json()
+    assert answer["status"] == "success", answer
+    return answer["data"]["result"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus missing (make test installs it)")
+def test_real_prometheus_sees_every_panel_and_fires_on_bad_calibration(monitored, tmp_path):
+    rules = tmp_path / "alerts.yml"  # the real rules, their `for:` shortened so the test need not wait minutes
+    rules.write_text((DEPLOY / "prometheus" / "alerts.yml").read_text().replace("for: 10m", "for: 0s")
+                     .replace("for: 15m", "for: 0s").replace("for: 5m", "for: 0s"))
+    target = str(monitored.base_url).removeprefix("http://").rstrip("/")
+    with prometheus(tmp_path, target, rules) as url:
+        deadline = time.monotonic() + 60  # Prometheus's service discovery takes ~5 s before the first scrape
+        while not query(url, 'up{job="plaudit"} == 1') and time.monotonic() < deadline:
+            time.sleep(0.5)
+        served = traffic(monitored)
+        time.sleep(3)
+        served += traffic(monitored)
+        # Calibration made bad on purpose: every label contradicts the prediction.
+        labels = [{"id": i, "label": int(p < 0.5)} for i, p in served]
+        assert monitored.post("/feedback", json={"items": labels}).json()["accepted"] == len(served)
+        time.sleep(4)
+        dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "plaudit.json").read_text())
+        empty = [p["title"] for p in dashboard["panels"] for t in p["targets"]
+                 if not any(r["value"][1] != "NaN" for r in query(url, t["expr"]))]
+        assert not empty, f"panels without data: {empty}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            firing = {a["labels"]["alertname"] for a in
+                      httpx.get(f"{url}/api/v1/alerts", timeout=10).json()["data"]["alerts"] if a["state"] == "firing"}
+            if {"PlauditCalibrationDegraded", "PlauditJudgeUnscoredRateHigh"} <= firing:
+                break
+            time.sleep(1)
+        assert "PlauditCalibrationDegraded" in firing, firing
+        assert "PlauditJudgeUnscoredRateHigh" in firing  # half the checklist's answers are never readable
