@@ -54,7 +54,11 @@ class Completion:
     attempts: int  # 1 when the first try succeeded
 
 
-class BackendError(RuntimeError):
+class BackendUnavailable(RuntimeError):
+    """No answer could be had from a judge's backend (the service answers 503 and Retry-After)."""
+
+
+class BackendError(BackendUnavailable):
     """A backend gave no completion: a refused request at once, a transient failure after the last retry."""
 
     def __init__(self, url: str, cause: str, attempts: int, status: int | None = None):

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rewardmodels.base import InputError, Item, Prompt, Scorer, Scores
 
-from .backends import Completion
+from .backends import BackendError, BackendUnavailable, Completion
 from .hub import BackendHub
 
 PROMPTS = Path(__file__).resolve().parent / "prompts"
@@ -58,6 +58,8 @@ class Verdict(BaseModel):
     mean_p_yes: float | None = Field(None, description="TICK: mean P(YES) over scored questions")
     answers: list[Answer] | None = Field(None, description="TICK: one per checklist question")
     rating: float | None = Field(None, description="direct: the judge's 1-10 rating")
+    error: str | None = Field(None, description=(
+        "the judge's backend failed for this response after its retries (reward null): retry it later"))
 
 
 class PairVerdict(BaseModel):
@@ -66,6 +68,7 @@ class PairVerdict(BaseModel):
     orders: list[float | None] = Field(description="P(first beats second) as read with the responses as given, "
                                                    "then swapped")
     consistent: bool | None = Field(description="both orders prefer the same response; null if one was unread")
+    error: str | None = Field(None, description="the judge's backend failed for this pair after its retries")
 
 
 class JudgeResponse(BaseModel):
@@ -172,9 +175,23 @@ class Judge(Scorer):
         """P(labels[0]) against labels[1] for one question; None when unreadable."""
         return await self.ask(messages, lambda c: read_choice(c, self.labels), max_tokens=4, logprobs=True)
 
+    async def settle(self, *awaitables: Any) -> list[Any]:
+        """All of `awaitables` run to their end (none left running), then the first backend
+        failure among them is raised: the caller turns it into one item's error."""
+        done = await asyncio.gather(*awaitables, return_exceptions=True)
+        for outcome in done:
+            if isinstance(outcome, BaseException):
+                if isinstance(outcome, BackendError):
+                    self.counts["backend_errors"] += 1
+                raise outcome
+        return done
+
     def run(self, request: JudgeRequest) -> JudgeResponse:
-        """`judge()` from synchronous code (the service's request threads, the CLI)."""
-        return self.hub.run(self.judge(request))
+        """`judge()` from synchronous code (the service's request threads, the CLI). When the
+        backend failed for every response there is nothing to answer: BackendError (a 503)."""
+        response = self.hub.run(self.judge(request))
+        raise_if_all_failed([v.error for v in response.results])
+        return response
 
     # The Scorer questions, answered through judge(): one call per prompt, prompts concurrently.
     def _judge_groups(self, items: Sequence[Item]) -> tuple[list[list[int]], list[JudgeResponse]]:
@@ -189,10 +206,12 @@ class Judge(Scorer):
     def score(self, items: Sequence[Item]) -> Scores:
         rewards: list[float | None] = [None] * len(items)
         unscored = [0] * len(items)
+        errors: list[str | None] = [None] * len(items)
         for group, response in zip(*self._judge_groups(items)):
             for i, verdict in zip(group, response.results):
-                rewards[i], unscored[i] = verdict.reward, verdict.unscored
-        return Scores(rewards, [False] * len(items), unscored=unscored)
+                rewards[i], unscored[i], errors[i] = verdict.reward, verdict.unscored, verdict.error
+        raise_if_all_failed(errors)
+        return Scores(rewards, [False] * len(items), unscored=unscored, errors=errors)
 
     def score_texts(self, texts: Sequence[str], prompts: Sequence[str] | None = None) -> Scores:
         """OpenRLHF's queries are prompt + response: the judge needs them apart, so each query
@@ -215,3 +234,9 @@ class Judge(Scorer):
 
 async def _gather(coroutines) -> list[Any]:
     return await asyncio.gather(*coroutines)
+
+
+def raise_if_all_failed(errors: Sequence[str | None]) -> None:
+    """Some items judged: answer them, the failed ones flagged. None judged: the request failed."""
+    if errors and all(errors):
+        raise BackendUnavailable(f"the judge's backend failed for every item; first: {errors[0]}")

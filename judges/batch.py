@@ -28,6 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressC
 
 from rewardmodels.base import InputError, Prompt
 
+from .backends import BackendUnavailable
 from .base import JudgeRequest, JudgeResponse
 
 JudgeFn = Callable[[JudgeRequest, int], JudgeResponse]  # (request, item index) -> verdict; index picks a shard
@@ -186,7 +187,13 @@ def run(inputs: Path, out: Path, judge: JudgeFn, *, judge_name: str | None, conc
         print(f"plaudit judge: {inputs}: {bad} (skipped)", file=sys.stderr)
 
     def task(request: JudgeRequest, index: int) -> Task:
-        return lambda: judge(request, index).model_dump(mode="json")
+        def judged() -> dict[str, Any]:
+            response = judge(request, index)
+            failed = [v.error for v in response.results if v.error]
+            if failed:  # a partly judged item is an error too, so the next run judges it whole
+                raise BackendUnavailable(f"{len(failed)} of {len(response.results)} responses failed: {failed[0]}")
+            return response.model_dump(mode="json")
+        return judged
 
     work = [(key, task(item.request(judge_name), i)) for i, (key, item) in enumerate(read.items)]
     skipped, errors = run_resumable(work, out, concurrency=concurrency, progress=progress)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 
+from .backends import BackendError
 from .base import Judge, JudgeRequest, JudgeResponse, Verdict, prompt_text, render
 
 LOW, HIGH = 1, 10
@@ -27,12 +28,15 @@ class DirectJudge(Judge):
     def p_good(self, reward: float | None) -> float | None:
         return None if reward is None else (reward - LOW) / (HIGH - LOW)
 
-    async def _rate(self, instruction: str, response: str) -> int | None:
-        return await self.ask(render("direct", instruction=instruction, response=response),
-                              lambda c: parse_rating(c.text), max_tokens=4)
+    async def _rate(self, instruction: str, response: str) -> Verdict:
+        try:
+            [rating] = await self.settle(self.ask(render("direct", instruction=instruction, response=response),
+                                                  lambda c: parse_rating(c.text), max_tokens=4))
+        except BackendError as e:  # this response only
+            return Verdict(reward=None, error=str(e))
+        return Verdict(reward=rating, rating=rating, unscored=int(rating is None))
 
     async def judge(self, request: JudgeRequest) -> JudgeResponse:
         instruction = prompt_text(request.instruction)
-        ratings = await asyncio.gather(*[self._rate(instruction, r) for r in request.responses])
-        results = [Verdict(reward=r, rating=r, unscored=int(r is None)) for r in ratings]
+        results = await asyncio.gather(*[self._rate(instruction, r) for r in request.responses])
         return JudgeResponse(judge=self.name, method=self.method, results=results)

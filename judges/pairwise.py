@@ -13,7 +13,8 @@ from typing import Sequence
 
 from rewardmodels.base import Comparison, InputError, Pair
 
-from .base import Judge, JudgeRequest, JudgeResponse, PairVerdict, Verdict, prompt_text, render
+from .backends import BackendError
+from .base import Judge, JudgeRequest, JudgeResponse, PairVerdict, Verdict, prompt_text, raise_if_all_failed, render
 
 DEFAULT_QUESTION = "Which response follows the instruction better?"
 
@@ -35,9 +36,12 @@ class PairwiseJudge(Judge):
 
     async def _pair(self, instruction: str, first: str, second: str, criterion: str | None = None) -> PairVerdict:
         question = criterion or DEFAULT_QUESTION
-        as_given, swapped = await asyncio.gather(
-            self.choose(render("pairwise", instruction=instruction, first=first, second=second, question=question)),
-            self.choose(render("pairwise", instruction=instruction, first=second, second=first, question=question)))
+        try:
+            as_given, swapped = await self.settle(
+                self.choose(render("pairwise", instruction=instruction, first=first, second=second, question=question)),
+                self.choose(render("pairwise", instruction=instruction, first=second, second=first, question=question)))
+        except BackendError as e:  # this pair only
+            return PairVerdict(probability=None, orders=[None, None], consistent=None, error=str(e))
         verdict = combine(as_given, None if swapped is None else 1.0 - swapped)
         self.counts["pairs"] += 1
         self.counts["inconsistent"] += verdict.consistent is False
@@ -53,22 +57,29 @@ class PairwiseJudge(Judge):
                                           for i, j in pairs])
         wins: list[list[float]] = [[] for _ in range(k)]
         unread = [0] * k
+        failed: list[str | None] = [None] * k
         for (i, j), v in zip(pairs, verdicts):
             for who, p in ((i, v.probability), (j, None if v.probability is None else 1.0 - v.probability)):
-                if p is None:
+                if v.error is not None:
+                    failed[who] = failed[who] or v.error
+                elif p is None:
                     unread[who] += 1
                 else:
                     wins[who].append(p)
-        results = [Verdict(reward=sum(w) / len(w) if w else None, unscored=u) for w, u in zip(wins, unread)]
+        # A response with a failed comparison is flagged; its reward comes from the pairs that were read.
+        results = [Verdict(reward=sum(w) / len(w) if w else None, unscored=u, error=e)
+                   for w, u, e in zip(wins, unread, failed)]
         return JudgeResponse(judge=self.name, method=self.method, results=results,
                              comparison=verdicts[0] if k == 2 else None)
 
     def compare(self, pairs: Sequence[Pair]) -> Comparison:
         """Each pair judged directly, in both orders."""
         verdicts = self.hub.run(_gather_pairs(self, pairs))
+        errors = [v.error for v in verdicts]
+        raise_if_all_failed(errors)
         probabilities = [v.probability for v in verdicts]
         margins = [None if p is None else p - 0.5 for p in probabilities]
-        return Comparison(probabilities, margins, [False] * len(pairs))
+        return Comparison(probabilities, margins, [False] * len(pairs), errors=errors)
 
 
 async def _gather_pairs(judge: PairwiseJudge, pairs: Sequence[Pair]) -> list[PairVerdict]:

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 from rewardmodels.base import Prompt, Ranking
 
+from .backends import BackendError
 from .base import Answer, Judge, JudgeRequest, JudgeResponse, Verdict, prompt_text, render
 from .checklists import ChecklistStore
 
@@ -50,19 +51,29 @@ class TickJudge(Judge):
         if request.checklist:
             questions, source = request.checklist, "caller"
         else:
-            questions, source = await self.store.get(self.metadata["judge_model"], instruction,
-                                                     lambda: self._generate(instruction))
+            try:
+                questions, source = await self.store.get(self.metadata["judge_model"], instruction,
+                                                         lambda: self._generate(instruction))
+            except BackendError as e:  # no checklist, so no response can be judged
+                self.counts["backend_errors"] += 1
+                return JudgeResponse(judge=self.name, method=self.method, checklist=[], checklist_source=None,
+                                     results=[Verdict(reward=None, error=str(e)) for _ in request.responses])
         if questions is None:  # no usable checklist: every response unscored, none failed
             self.counts["checklist_failures"] += 1
             return JudgeResponse(judge=self.name, method=self.method, checklist=[], checklist_source=source,
                                  results=[Verdict(reward=None, unscored=0) for _ in request.responses])
-        asked = [self.choose(render("tick_answer", instruction=instruction, response=response, question=q))
-                 for response in request.responses for q in questions]
-        p_yes = await asyncio.gather(*asked)
-        n = len(questions)
-        results = [self._verdict(questions, p_yes[i * n:(i + 1) * n]) for i in range(len(request.responses))]
+        results = await asyncio.gather(*[self._answer_all(instruction, r, questions) for r in request.responses])
         return JudgeResponse(judge=self.name, method=self.method, checklist=questions, checklist_source=source,
                              results=results)
+
+    async def _answer_all(self, instruction: str, response: str, questions: list[str]) -> Verdict:
+        """One response's questions, asked concurrently; a backend failure fails this response only."""
+        try:
+            p_yes = await self.settle(*[self.choose(render("tick_answer", instruction=instruction, response=response,
+                                                           question=q)) for q in questions])
+        except BackendError as e:
+            return Verdict(reward=None, error=str(e))
+        return self._verdict(questions, p_yes)
 
     @staticmethod
     def _verdict(questions: list[str], p_yes: Sequence[float | None]) -> Verdict:

@@ -75,6 +75,7 @@ class Scores:
     truncated: list[bool]
     spread: list[float] | None = None  # an ensemble's disagreement (std of its members' rewards)
     unscored: list[int] | None = None  # a judge's unreadable answers per item
+    errors: list[str | None] | None = None  # a judge's backend failure per item (its reward is None)
 
 
 @dataclass
@@ -82,6 +83,7 @@ class Comparison:
     probabilities: list[float | None]
     margins: list[float | None]
     truncated: list[bool]
+    errors: list[str | None] | None = None  # a judge's backend failure per pair (its probability is None)
 
 
 @dataclass

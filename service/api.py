@@ -117,7 +117,8 @@ def score(pool: ModelPool, request: ScoreRequest) -> ScoreResponse:
     scorer = pool.get(request.model)
     result = scorer.score(request.items)
     return ScoreResponse(model=scorer.name, rewards=result.rewards, truncated=result.truncated,
-                         ids=_ids(len(request.items)), uncertainty=result.spread, unscored=result.unscored)
+                         ids=_ids(len(request.items)), uncertainty=result.spread, unscored=result.unscored,
+                         errors=result.errors)
 
 
 def compare(pool: ModelPool, request: CompareRequest) -> CompareResponse:
@@ -127,7 +128,7 @@ def compare(pool: ModelPool, request: CompareRequest) -> CompareResponse:
     scorer = pool.get(request.model)
     result = scorer.compare(request.pairs)
     return CompareResponse(model=scorer.name, probabilities=result.probabilities, margins=result.margins,
-                           truncated=result.truncated, ids=_ids(len(request.pairs)))
+                           truncated=result.truncated, ids=_ids(len(request.pairs)), errors=result.errors)
 
 
 def rank(pool: ModelPool, request: RankRequest) -> RankResponse:
@@ -174,7 +175,9 @@ def get_reward(pool: ModelPool, request: GetRewardRequest) -> GetRewardResponse:
         logs["reward_std"] = result.spread
     rewards = result.rewards
     if isinstance(scorer, Judge):  # a trainer needs a number: the judge's neutral value, flagged
-        logs["unscored"] = [float(r is None) for r in rewards]
+        errors = result.errors or [None] * len(rewards)
+        logs["unscored"] = [float(r is None and e is None) for r, e in zip(rewards, errors)]
+        logs["error"] = [float(e is not None) for e in errors]
         rewards = [scorer.unscored_reward if r is None else r for r in rewards]
     return GetRewardResponse(rewards=rewards, scores=rewards, extra_logs=logs, ids=_ids(len(rewards)))
 

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from judges.backends import BackendError
+from judges.backends import BackendUnavailable
 from judges.local import LocalServerError
 from rewardmodels import InputError, ModelLoadError
 
@@ -79,7 +79,7 @@ class Plaudit:
         except InputError as e:
             self._failed(endpoint, model, "client_error", type(e).__name__, started)
             return JSONResponse({"error": str(e), "field": e.field}, status_code=STATUS.get(type(e), 422))
-        except BackendError as e:  # the judge's LLM server failed after its retries: try again later
+        except BackendUnavailable as e:  # the judge's LLM server failed every item after its retries
             self._failed(endpoint, model, "backend_error", "BackendError", started)
             return JSONResponse({"error": str(e), "field": None}, status_code=503, headers={"Retry-After": "5"})
         except Exception:

@@ -37,6 +37,9 @@ class ScoreResponse(BaseModel):
     unscored: list[int] | None = Field(default=None, description=(
         "judges only: per item, the questions whose answer could not be read; an item with none read "
         "has reward null (unscored, never the worst score)"))
+    errors: list[str | None] | None = Field(default=None, description=(
+        "judges only: per item, why the judge's backend gave no answer after its retries (reward null; "
+        "retry the item later); when every item failed the request answers 503 instead"))
 
 
 class CompareRequest(Request):
@@ -50,6 +53,8 @@ class CompareResponse(BaseModel):
     margins: list[float | None] = Field(description="reward(a) - reward(b) per pair (a pairwise judge: P - 0.5)")
     truncated: list[bool]
     ids: list[str]
+    errors: list[str | None] | None = Field(default=None, description=(
+        "pairwise judges only: per pair, why the judge's backend gave no answer (probability null)"))
 
 
 class RankRequest(Request):
@@ -113,7 +118,8 @@ class GetRewardResponse(BaseModel):
     ids: list[str] = Field(description="an id per query, for feedback on it later (POST /feedback)")
     extra_logs: dict[str, list[float]] = Field(description=(
         "per query: truncated (1/0); ensembles: reward_std; judges: unscored (1 where the judge's answer "
-        "could not be read and the reward is the judge's neutral value)"))
+        "could not be read and the reward is the judge's neutral value) and error (1 where the judge's "
+        "backend failed for it and the reward is the neutral value)"))
 
 
 class Feedback(BaseModel):

@@ -83,6 +83,23 @@ def test_errors_are_retried_by_the_next_run_and_every_item_lands_once(tmp_path, 
     assert json.loads(batch.summary_path(out).read_text()) == second
 
 
+def test_a_partly_failed_item_is_an_error_and_judged_whole_next_run(tmp_path, tiny_bt):
+    items = tmp_path / "in.jsonl"
+    items.write_text(json.dumps({"id": "pair", "instruction": "Say hi.", "responses": ["xxx", "yy"]}) + "\n")
+    out = tmp_path / "out.jsonl"
+    fail_on = {"xxx"}
+    with FakeLLM(rating_llm(fail_on)).serving() as url:
+        pool = api.ModelPool(ServiceConfig(models={"tiny": ModelConfig(path=str(tiny_bt))}, default_model="tiny",
+                                           backends={"fake": {"url": url, "max_retries": 0}}, default_backend="fake"))
+        first = batch.run(items, out, in_process(pool), judge_name="direct", progress=False)
+        fail_on.clear()
+        second = batch.run(items, out, in_process(pool), judge_name="direct", progress=False)
+        pool.close()
+    assert first["errors"] == 1 and "1 of 2 responses failed" in first["error_examples"][0]
+    assert (second["judged"], second["errors"], second["reward"]["max"]) == (1, 0, 3)
+    assert ids_in(out) == Counter({"pair": 1})
+
+
 def test_a_torn_last_line_is_dropped_and_judged_again(tmp_path, tiny_bt):
     items = write_items(tmp_path / "in.jsonl", 4)
     out = tmp_path / "out.jsonl"
@@ -175,14 +192,22 @@ def test_judge_endpoint_and_judges_as_models_over_http(judge_service):
     assert empty.status_code == 400 and "responses" in empty.text
 
 
-def test_backend_failure_is_a_503_with_retry_after(judge_service):
+def test_backend_failure_fails_its_items_and_a_503_when_all_failed(judge_service):
     url, fail_on, _ = judge_service
     fail_on.add("boom")
     try:
-        answer = httpx.post(f"{url}/judge", json={"judge": "rater", "instruction": "Say hi.", "responses": ["boom"]},
-                            timeout=60)
+        body = {"judge": "rater", "instruction": "Say hi.", "responses": ["boom", "hello there"]}
+        partly = httpx.post(f"{url}/judge", json=body, timeout=60)
+        scored = httpx.post(f"{url}/score", json={"model": "rater", "items": [
+            {"prompt": "Say hi.", "response": "hey"}, {"prompt": "Say hi.", "response": "boom"}]}, timeout=60)
+        answer = httpx.post(f"{url}/judge", json={**body, "responses": ["boom"]}, timeout=60)
     finally:
         fail_on.clear()
+    assert partly.status_code == 200, partly.text
+    failed, judged = partly.json()["results"]
+    assert failed["reward"] is None and "HTTP 500" in failed["error"] and judged["rating"] == 10
+    assert scored.status_code == 200 and scored.json()["rewards"] == [3.0, None]
+    assert scored.json()["errors"][0] is None and "HTTP 500" in scored.json()["errors"][1]
     assert answer.status_code == 503 and answer.headers["retry-after"] == "5"
     assert "HTTP 500" in answer.json()["error"]
 

@@ -10,14 +10,14 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from judges.backends import BackendError, Completion
+from judges.backends import BackendUnavailable, Completion
 from judges.base import JudgeRequest, read_choice
 from judges.direct import parse_rating
 from judges.tick import parse_checklist
 from rewardmodels import InputError, Item, Pair
 from service import api
 from service.config import ModelConfig, ServiceConfig
-from service.schemas import GetRewardRequest
+from service.schemas import CompareRequest, GetRewardRequest, ScoreRequest
 from servers import Fail, FakeLLM
 
 INSTRUCTION = "Write a Python function `add(a, b)` that returns the sum."
@@ -213,8 +213,44 @@ def test_backend_failure_is_an_error_not_a_score(tmp_path, tiny_bt):
         raise Fail(500)
     with FakeLLM(down).serving() as url:
         pool = make_pool(url, tmp_path, tiny_bt)
-        with pytest.raises(BackendError, match="HTTP 500"):
+        with pytest.raises(BackendUnavailable, match="HTTP 500"):
             api.judge(pool, JudgeRequest(judge="direct", instruction=INSTRUCTION, responses=["good"]))
+        pool.close()
+
+
+def failing_on_broken(messages):
+    """HTTP 500 for any question that shows a response saying 'broken'; pairwise questions
+    otherwise unread; the rest as tick_llm."""
+    if is_checklist_request(messages):
+        return tick_llm(messages)
+    if "broken" in messages[-1]["content"]:
+        raise Fail(500)
+    return tick_llm(messages) if "Response:\n" in messages[-1]["content"] else "I cannot say"
+
+
+def test_a_backend_failure_fails_its_item_and_the_others_are_answered(tmp_path, tiny_bt):
+    with FakeLLM(failing_on_broken).serving() as url:
+        pool = make_pool(url, tmp_path, tiny_bt)
+        judged = api.judge(pool, JudgeRequest(judge="tick-fake", instruction=INSTRUCTION,
+                                              responses=["good", "broken", "bad"]))
+        good, broken, bad = judged.results
+        assert good.reward > 0.8 and bad.reward < 0.2 and good.error is None and bad.error is None
+        assert broken.reward is None and broken.unscored == 0 and "HTTP 500" in broken.error
+        scored = api.score(pool, ScoreRequest(model="tick-fake", items=[
+            Item(prompt=INSTRUCTION, response="broken"), Item(prompt="Say hi.", response="good")]))
+        assert scored.rewards[0] is None and "HTTP 500" in scored.errors[0]
+        assert scored.rewards[1] > 0.8 and scored.errors[1] is None
+        reward = api.get_reward(pool, GetRewardRequest(model="tick-fake", query=["Qbroken", "Qgood"],
+                                                       prompts=["Q", "Q"]))
+        assert reward.extra_logs["error"] == [1.0, 0.0] and reward.extra_logs["unscored"] == [0.0, 0.0]
+        assert reward.rewards[0] == 0.5 and reward.rewards[1] > 0.8
+        compared = api.compare(pool, CompareRequest(model="pairwise", pairs=[
+            Pair(prompt=INSTRUCTION, a="broken", b="good"), Pair(prompt=INSTRUCTION, a="good", b="bad")]))
+        assert compared.probabilities[0] is None and "HTTP 500" in compared.errors[0]
+        assert compared.errors[1] is None
+        with pytest.raises(BackendUnavailable, match="every item"):
+            api.score(pool, ScoreRequest(model="tick-fake", items=[Item(prompt=INSTRUCTION, response="broken")]))
+        assert pool.get("tick-fake").counts["backend_errors"] >= 3
         pool.close()
 
 
