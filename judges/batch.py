@@ -252,8 +252,9 @@ class EndpointError(RuntimeError):
 class Endpoints:
     """Items sharded round-robin across running plaudit services, each asked `POST /judge`."""
 
-    def __init__(self, urls: list[str], timeout_s: float = 600.0):
-        self.clients = [httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s) for url in urls]
+    def __init__(self, urls: list[str], timeout_s: float = 600.0, api_key: str | None = None):
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.clients = [httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s, headers=headers) for url in urls]
 
     def __call__(self, request: JudgeRequest, index: int) -> JudgeResponse:
         client = self.clients[index % len(self.clients)]

@@ -4,10 +4,11 @@
     rm = load_scorer("models/default-bt")
     rm.score([Item(prompt="2+2?", response="4")]).rewards
 """
-from .base import (AGGREGATES, Comparison, InputError, Item, Message, ModelLoadError, Pair, Ranking, Scorer,
-                   Scores, Steps, StepScores, UnsupportedOperation)
+from .base import (AGGREGATES, Comparison, InputError, Item, LimitExceeded, Message, ModelLoadError, Pair, Ranking,
+                   Scorer, Scores, Steps, StepScores, UnsupportedOperation)
 from .encoding import Batching
 from .registry import KINDS, load_scorer
 
-__all__ = ["AGGREGATES", "Batching", "Comparison", "InputError", "Item", "KINDS", "Message", "ModelLoadError",
+__all__ = ["AGGREGATES", "Batching", "Comparison", "InputError", "Item", "KINDS", "LimitExceeded", "Message",
+           "ModelLoadError",
            "Pair", "Ranking", "Scorer", "Scores", "StepScores", "Steps", "UnsupportedOperation", "load_scorer"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Annotated, Any, ClassVar, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,7 +22,8 @@ class Message(BaseModel):
     content: str
 
 
-Prompt = str | list[Message]
+# A conversation needs a message: a chat template has nothing to render from none.
+Prompt = str | Annotated[list[Message], Field(min_length=1)]
 
 
 class Item(BaseModel):
@@ -59,6 +60,10 @@ class InputError(ValueError):
     def __init__(self, field: str, message: str):
         super().__init__(f"{field}: {message}")
         self.field = field
+
+
+class LimitExceeded(InputError):
+    """The request is over a configured size limit (HTTP 413)."""
 
 
 class UnsupportedOperation(InputError):
@@ -178,3 +183,7 @@ class Scorer(ABC):
     def stats(self) -> dict[str, Any]:
         """Serving counters worth showing in `GET /models` (none by default)."""
         return {}
+
+    def limit_tokens(self, max_request_tokens: int) -> None:
+        """Refuse (LimitExceeded) a request that would make the model read more tokens than this;
+        families that read no tokens themselves (judges) have nothing to limit."""

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .base import InputError, Scorer
+from .base import InputError, LimitExceeded, Scorer
 from .encoding import Batching, run_batched
 
 Seqs = Sequence[Sequence[int]]
@@ -81,13 +81,25 @@ class BatchedScorer(Scorer):
         self.tokenizer, self.max_length, self.device = tokenizer, max_length, device
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.forward = ForwardBatcher(lambda seqs: run_batched(seqs, rows, batching, pad_id, device), name)
+        self.max_request_tokens: int | None = None
 
     def run(self, encoded: Sequence[tuple[list[int], bool]], field: str) -> list[torch.Tensor]:
         """Forward rows for encoded sequences; an empty one is the caller's error, named by index."""
         for i, (ids, _) in enumerate(encoded):
             if not ids:
                 raise InputError(f"{field}[{i}]", "nothing to score: the text has no tokens")
-        return self.forward([ids for ids, _ in encoded])
+        return self.forward_within_limit([ids for ids, _ in encoded], field)
+
+    def limit_tokens(self, max_request_tokens: int) -> None:
+        self.max_request_tokens = max_request_tokens
+
+    def forward_within_limit(self, seqs: Seqs, field: str) -> list[torch.Tensor]:
+        """`forward`, unless the sequences hold more tokens than one request may make the model read."""
+        total = sum(len(s) for s in seqs)
+        if self.max_request_tokens is not None and total > self.max_request_tokens:
+            raise LimitExceeded(field, f"{total} tokens to read, over the limit of {self.max_request_tokens} "
+                                       f"(limits.max_tokens)")
+        return self.forward(seqs)
 
     def stats(self) -> dict[str, Any]:
         return {"forward_calls": self.forward.batches, "sequences": self.forward.sequences}

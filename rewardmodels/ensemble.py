@@ -56,3 +56,7 @@ class Ensemble(Scorer):
 
     def stats(self) -> dict[str, Any]:
         return {m.name: m.stats() for m in self.members}
+
+    def limit_tokens(self, max_request_tokens: int) -> None:
+        for member in self.members:
+            member.limit_tokens(max_request_tokens)

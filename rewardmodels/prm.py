@@ -69,7 +69,7 @@ class ProcessRewardModel(ClassifierScorer):
     def _step_scores(self, traces: Sequence[Steps], fields: Sequence[str]) -> list[StepScores]:
         encoded = [encode_steps(self.tokenizer, t.prompt, t.steps, self.separator, self.max_length, field)
                    for t, field in zip(traces, fields)]
-        rows = self.forward([ids for ids, _, _ in encoded])
+        rows = self.forward_within_limit([ids for ids, _, _ in encoded], fields[0] if len(fields) == 1 else "traces")
         return [StepScores(row[positions].tolist(), cut) for row, (_, positions, cut) in zip(rows, encoded)]
 
     def score_steps(self, traces: Sequence[Steps]) -> list[StepScores]:

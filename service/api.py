@@ -12,7 +12,7 @@ from typing import Iterable
 from judges.base import Judge, JudgeRequest, JudgeResponse
 from judges.hub import BackendHub
 from judges.registry import METHODS, JudgeConfig, build_judge
-from rewardmodels import AGGREGATES, InputError, Item, Scorer, Steps, UnsupportedOperation, load_scorer
+from rewardmodels import AGGREGATES, InputError, Item, LimitExceeded, Scorer, Steps, UnsupportedOperation, load_scorer
 from rewardmodels.prm import DEFAULT_SEPARATOR, split_steps
 
 from .config import Limits, ServiceConfig
@@ -23,10 +23,6 @@ from .schemas import (CompareRequest, CompareResponse, GetRewardRequest, GetRewa
 
 class UnknownModel(InputError):
     """The request names a model that is not configured (HTTP 404)."""
-
-
-class LimitExceeded(InputError):
-    """The request is over a configured size limit (HTTP 413)."""
 
 
 class ModelPool:
@@ -53,7 +49,9 @@ class ModelPool:
     def _load(self, name: str, field: str) -> Scorer:
         if name in self.config.models:
             cfg = self.config.models[name]
-            return load_scorer(cfg.path, name=name, **cfg.load_options())
+            scorer = load_scorer(cfg.path, name=name, **cfg.load_options())
+            scorer.limit_tokens(self.config.limits.max_tokens)
+            return scorer
         if name in self.config.judges or name in METHODS:
             judge = self.config.judges.get(name) or JudgeConfig(method=name)
             if self._hub is None:

@@ -23,7 +23,8 @@ from judges.local import LocalServerError
 from rewardmodels import InputError, ModelLoadError
 
 from . import api
-from .config import load_config
+from .auth import ApiKeyMiddleware
+from .config import AuthConfig, load_config
 from .monitoring import Monitor
 from .schemas import (CompareRequest, CompareResponse, FeedbackRequest, FeedbackResponse, GetRewardRequest,
                       GetRewardResponse, JudgeRequest, JudgeResponse, RankRequest, RankResponse, ScoreRequest,
@@ -39,6 +40,13 @@ async def _models(request: Request) -> JSONResponse:
 
 # GET endpoints live in a small Starlette app: BentoML's own APIs are POST.
 read_only = Starlette(routes=[Route("/models", _models, methods=["GET"])])
+
+
+def _auth_config() -> AuthConfig | None:
+    try:
+        return load_config().auth
+    except ModelLoadError:  # Plaudit.__init__ meets the same error, reports it and stops the server
+        return None
 
 
 @bentoml.service(name="plaudit", traffic={"timeout": 300})
@@ -65,6 +73,7 @@ class Plaudit:
                 forward.observers.append(self.monitor.batch_observer(name))
         # One thread per in-flight request, so concurrent requests meet in the model's batcher.
         self.threads = ThreadPoolExecutor(max_workers=128, thread_name_prefix="request")
+        self.in_progress = 0  # requests answered or waiting: bounded by limits.max_queue
 
     def _model_label(self, name: str | None) -> str:
         """A configured or loaded name for the metrics' `model` label, never what a user typed."""
@@ -74,6 +83,13 @@ class Plaudit:
     async def _answer(self, endpoint: str, handler: Callable[[api.ModelPool, Any], Any], request: Any,
                       model: str | None) -> Any:
         started = time.perf_counter()
+        limit = self.pool.config.limits.max_queue
+        if self.in_progress >= limit:  # shed load now rather than queue without bound
+            self._failed(endpoint, model, "overloaded", "Overloaded", started)
+            return JSONResponse({"error": f"overloaded: {self.in_progress} requests in progress, the limit is "
+                                          f"{limit} (limits.max_queue); retry later", "field": None},
+                                status_code=503, headers={"Retry-After": "1"})
+        self.in_progress += 1  # on the event loop's thread: no lock needed
         try:
             response = await asyncio.get_running_loop().run_in_executor(self.threads, handler, self.pool, request)
         except InputError as e:
@@ -85,6 +101,8 @@ class Plaudit:
         except Exception:
             self._failed(endpoint, model, "server_error", "internal", started)
             raise
+        finally:
+            self.in_progress -= 1
         scorer = self.pool.get(getattr(response, "model", None) or getattr(response, "judge", None) or model)
         items = self.monitor.answered(endpoint, scorer, request, response)
         self.monitor.request(endpoint, scorer.name, "ok", time.perf_counter() - started, items)
@@ -129,3 +147,6 @@ class Plaudit:
     async def feedback(self, **body: Any) -> FeedbackResponse:
         """Labels for predictions served earlier (by their ids): calibration is measured against them."""
         return self.monitor.feedback(FeedbackRequest.model_construct(**body))
+
+
+Plaudit.add_asgi_middleware(ApiKeyMiddleware, load=_auth_config)

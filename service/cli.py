@@ -33,7 +33,7 @@ from training import codefavor
 
 from . import api
 from .api import ModelPool, score_one
-from .config import ModelConfig, ServiceConfig, load_config
+from .config import API_KEY_ENV, ModelConfig, ServiceConfig, load_config
 
 
 def _pool(model: str | None, config: str | None):
@@ -73,7 +73,7 @@ def cmd_score(args) -> None:
 
 def cmd_judge(args) -> None:
     if args.endpoint:
-        judge = batch.Endpoints(args.endpoint)
+        judge = batch.Endpoints(args.endpoint, api_key=os.environ.get(API_KEY_ENV))
         close = judge.close
     else:
         pool = ModelPool(load_config(args.config))
@@ -270,7 +270,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--judge", help="a configured judge or a method: tick, pairwise, direct (default: the default "
                                    "judge)")
     p.add_argument("--endpoint", action="append", help="a running plaudit service's URL, instead of judging in "
-                                                       "this process; repeat to shard items across several")
+                                                       "this process; repeat to shard items across several "
+                                                       f"(an API key, if they need one, from ${API_KEY_ENV})")
     p.add_argument("--concurrency", type=int, default=8, help="items in flight")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--config")

@@ -1,5 +1,5 @@
 """The service's configuration: which models and judges to serve under which names, the
-judges' backends, and request limits.
+judges' backends, request limits and API keys.
 
 Read from the YAML named by `--config` or $PLAUDIT_CONFIG; without one, the embedded
 default models are served: `default` (BT), `default-gpm` and `default-prm`, and the judge
@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from judges.hub import BackendSpec
 from judges.local import LocalBackendConfig
@@ -45,6 +45,30 @@ class Limits(BaseModel):
     model_config = ConfigDict(extra="forbid")
     max_items: int = Field(default=512, gt=0, description="items, pairs or responses per request")
     max_chars: int = Field(default=32000, gt=0, description="characters per prompt or response text")
+    max_tokens: int = Field(default=262_144, gt=0, description=(
+        "tokens per request that a model reads (after truncation to its max_length), all items together"))
+    max_queue: int = Field(default=256, gt=0, description=(
+        "requests being answered or waiting, per worker; past it a 503 with Retry-After, so latency "
+        "stays bounded under overload instead of growing with the queue"))
+
+
+API_KEYS_ENV = "PLAUDIT_API_KEYS"  # the service's accepted keys
+API_KEY_ENV = "PLAUDIT_API_KEY"  # the key plaudit's own clients (`plaudit judge --endpoint`) send
+
+
+class AuthConfig(BaseModel):
+    """API keys for the scoring endpoints. None configured (here or in $PLAUDIT_API_KEYS): open."""
+
+    model_config = ConfigDict(extra="forbid")
+    api_keys: list[SecretStr] = Field(default=[], description=(
+        f"accepted keys, sent as `Authorization: Bearer KEY` or `X-API-Key: KEY`; ${API_KEYS_ENV} "
+        "(comma-separated) adds more"))
+    open_paths: list[str] = Field(default=["/healthz", "/livez", "/readyz", "/metrics", "/docs", "/docs.json"],
+                                  description="paths answered without a key (health, readiness, metrics, API docs)")
+
+    def keys(self) -> list[str]:
+        from_env = [k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip()]
+        return [k.get_secret_value() for k in self.api_keys] + from_env
 
 
 class MonitoringConfig(BaseModel):
@@ -72,6 +96,7 @@ class ServiceConfig(BaseModel):
     backends: dict[str, BackendSpec] = {}
     default_backend: str = LOCAL_BACKEND  # for judges without a backend, and bare method names
     limits: Limits = Limits()
+    auth: AuthConfig = AuthConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
 
     @model_validator(mode="after")

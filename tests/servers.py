@@ -26,10 +26,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_service(config: Path | None, tmp: Path, timeout: float = 240.0):
-    """Yield the base URL of a ready service; its log is in tmp/serve.log."""
+def running_service(config: Path | None, tmp: Path, timeout: float = 240.0, env: dict[str, str] | None = None):
+    """Yield the base URL of a ready service; its log is in tmp/serve.log. `env` is added to the
+    service's environment."""
     port = free_port()
-    env = {**os.environ, "BENTOML_HOME": str(tmp / "bentoml"), "BENTOML_DO_NOT_TRACK": "True"}
+    env = {**os.environ, "BENTOML_HOME": str(tmp / "bentoml"), "BENTOML_DO_NOT_TRACK": "True", **(env or {})}
     args = [str(Path(sys.executable).with_name("plaudit")), "serve", "--port", str(port)]
     if config:
         args += ["--config", str(config)]
