@@ -81,6 +81,8 @@ class Metrics:
         self.judge_unscored = counter("plaudit_judge_unscored", "judge answers that could not be read")
         self.judge_pairs = counter("plaudit_judge_pairs", "pairs a pairwise judge read in both orders")
         self.judge_inconsistent = counter("plaudit_judge_inconsistent", "pairs whose two orders disagreed")
+        self.judge_backend_errors = counter("plaudit_judge_backend_errors", "responses, pairs or checklists a "
+                                                                            "judge's backend failed after retries")
         self.judge_checklists = counter("plaudit_judge_checklists", "checklists by source", ["model", "source"])
 
 
@@ -229,6 +231,7 @@ class Monitor:
         """A judge's own counters, as increments since the last look."""
         now = {"answers": stats.get("answers", 0), "unscored": stats.get("unscored", 0),
                "pairs": stats.get("pairs", 0), "inconsistent": stats.get("inconsistent", 0),
+               "backend_errors": stats.get("backend_errors", 0),
                **{f"checklist:{k}": v for k, v in stats.get("checklists", {}).items()}}
         with self._lock:
             seen = self._judge_seen.setdefault(model, {})
@@ -236,7 +239,8 @@ class Monitor:
             seen.update(now)
         m = self.metrics
         for key, counter in (("answers", m.judge_answers), ("unscored", m.judge_unscored),
-                             ("pairs", m.judge_pairs), ("inconsistent", m.judge_inconsistent)):
+                             ("pairs", m.judge_pairs), ("inconsistent", m.judge_inconsistent),
+                             ("backend_errors", m.judge_backend_errors)):
             if deltas[key] > 0:
                 counter.labels(model).inc(deltas[key])
         for key, delta in deltas.items():

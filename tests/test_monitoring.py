@@ -57,6 +57,18 @@ def test_windows_and_pending_ids_stay_bounded():
     assert again.unknown == ["id-999"]  # labelled once
 
 
+def test_judge_counters_export_increments_since_the_last_look():
+    registry = CollectorRegistry()
+    m = Monitor(MonitoringConfig(update_interval_s=0), Metrics(registry))
+    m._judge("j", {"answers": 10, "unscored": 2, "backend_errors": 3, "checklists": {"generated": 1}})
+    m._judge("j", {"answers": 15, "unscored": 2, "backend_errors": 5, "checklists": {"generated": 1, "cache": 4}})
+    sample = registry.get_sample_value
+    assert sample("plaudit_judge_backend_errors_total", {"model": "j"}) == 5
+    assert sample("plaudit_judge_answers_total", {"model": "j"}) == 15
+    assert sample("plaudit_judge_unscored_total", {"model": "j"}) == 2
+    assert sample("plaudit_judge_checklists_total", {"model": "j", "source": "cache"}) == 4
+
+
 def test_expired_ids_are_reported_not_fatal():
     m = monitor(pending_ttl_s=0.05)
     m._remember("tiny", "pair", ["a"], [0.8])
