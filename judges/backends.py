@@ -90,7 +90,7 @@ class Backend:
         while True:
             attempt += 1
             try:
-                output = await self._attempt(messages, request)
+                completion = _completion(await self._attempt(messages, request), attempt)
             except Exception as error:
                 cause, status, transient = _diagnose(error, cfg.timeout_s)
                 if cause is None:  # not the server's doing: a bug to surface as it is
@@ -101,8 +101,7 @@ class Backend:
                 self._counts["retries"] += 1
                 await asyncio.sleep(cfg.backoff_s * 2 ** (attempt - 1))
                 continue
-            choice = output.choices[0]
-            return Completion(choice.message.content or "", _first_token_logprobs(choice.logprobs), attempt)
+            return completion
 
     async def _attempt(self, messages: list[dict[str, str]], request: dict[str, Any]) -> Any:
         async with self._slots:  # waiting for a slot does not count against the time limit
@@ -129,10 +128,24 @@ class Backend:
         await self.aclose()
 
 
+class UnreadableAnswer(ValueError):
+    """The server said 200 but its body is not a chat completion (a proxy's error page, a truncated body)."""
+
+
+def _completion(output: Any, attempt: int) -> Completion:
+    try:
+        choice = output.choices[0]
+        return Completion(choice.message.content or "", _first_token_logprobs(choice.logprobs), attempt)
+    except (AttributeError, IndexError, KeyError, TypeError) as e:
+        raise UnreadableAnswer(f"no chat completion in the answer ({type(e).__name__}: {e})") from e
+
+
 def _diagnose(error: Exception, timeout_s: float) -> tuple[str | None, int | None, bool]:
     """(what went wrong, HTTP status, whether trying again may help); no cause if not a backend failure."""
     if isinstance(error, TimeoutError):  # asyncio.timeout's, and the client's InferenceTimeoutError
         return f"no answer within {timeout_s:g} s", None, True
+    if isinstance(error, UnreadableAnswer):
+        return str(error), None, True
     if isinstance(error, HfHubHTTPError) and error.response is not None:
         status = error.response.status_code
         return f"HTTP {status}: {error.response.text[:500]}", status, status == 429 or status >= 500
@@ -140,6 +153,8 @@ def _diagnose(error: Exception, timeout_s: float) -> tuple[str | None, int | Non
         return f"{type(error).__name__}: {error}", None, True
     if isinstance(error, OfflineModeIsEnabled):  # HF_HUB_OFFLINE=1 blocks even a server on localhost
         return str(error), None, False
+    if isinstance(error, ValueError):  # the client could not parse the body: not JSON, or JSON of another shape
+        return f"unreadable answer ({type(error).__name__}: {error})", None, True
     return None, None, False
 
 

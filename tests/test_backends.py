@@ -103,6 +103,33 @@ def test_gives_up_after_max_retries_naming_url_and_cause(failure):
     assert elapsed < 1.5  # three attempts of at most 0.3 s, not the server's 2 s stalls
 
 
+@pytest.mark.parametrize("body, cause", [
+    (b"<html>502 Bad Gateway</html>", "unreadable answer (JSONDecodeError"),
+    (b"[1, 2]", "unreadable answer (ValueError"),
+    (b'{"object": "chat.completion"}', "no chat completion in the answer"),
+    (b'{"choices": []}', "no chat completion in the answer (IndexError"),
+    (b'{"choices": [{"index": 0, "message": null}]}', "no chat completion in the answer (AttributeError"),
+], ids=["html", "not-an-object", "no-choices", "empty-choices", "no-message"])
+def test_a_garbage_answer_is_a_retried_backend_failure(body, cause):
+    """A 200 whose body is no chat completion (a proxy's page, a cut-off body) is the
+    backend's failure, retried and then reported, never a crash of the caller."""
+    served = []
+
+    def garbage(request: BaseHTTPRequestHandler) -> None:
+        request.rfile.read(int(request.headers["content-length"]))
+        served.append(body)
+        request.send_response(200)
+        request.send_header("content-type", "application/json")
+        request.send_header("content-length", str(len(body)))
+        request.end_headers()
+        request.wfile.write(body)
+
+    with http_server(garbage) as url:
+        with pytest.raises(BackendError) as raised:
+            asyncio.run(ask(fast(url, max_retries=1)))
+    assert raised.value.attempts == 2 and len(served) == 2 and cause in str(raised.value)
+
+
 def test_refused_request_is_not_retried():
     scripted = Scripted(Reply(400), Reply(200))
     with scripted.serving() as url:
