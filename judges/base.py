@@ -220,7 +220,7 @@ class Judge(Scorer):
             raise InputError("prompts", f"judge {self.name!r} needs `prompts` to tell each query's response apart")
         for i, (text, prompt) in enumerate(zip(texts, prompts)):
             if not text.startswith(prompt):
-                raise InputError(f"query[{i}]", "does not start with its prompt (prompts[{i}])")
+                raise InputError(f"query[{i}]", f"does not start with its prompt (prompts[{i}])")
         return self.score([Item(prompt=p, response=t[len(p):]) for t, p in zip(texts, prompts)])
 
     def p_good(self, reward: float | None) -> float | None:

@@ -115,10 +115,14 @@ class GPM(BatchedScorer):
         return cls(name or directory.name, net, tokenizer, metadata, dev, max_length, batching or Batching())
 
     def _embed(self, responses: list[tuple[list[int], bool]], prompt_texts: list[str], prompt_of: list[int],
-               field: str) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
+               field: str, prompt_field: str = "items[{}].prompt") -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
         """Embeddings of the responses (response i belongs to prompt prompt_of[i]) and the
-        gates of each prompt, from one forward call over responses and prompts together."""
+        gates of each prompt, from one forward call over responses and prompts together. A
+        prompt without tokens is refused as `prompt_field` of the first response to it."""
         prompts = [encode_text(self.tokenizer, t, self.max_length) for t in prompt_texts]
+        for j, (ids, _) in enumerate(prompts):
+            if not ids:
+                raise InputError(prompt_field.format(prompt_of.index(j)), "the prompt has no tokens to compare under")
         weight = self.net.value_head.weight
         with torch.inference_mode():
             states = torch.stack(self.run(responses + prompts, field)).to(weight.device, weight.dtype)
@@ -197,5 +201,5 @@ class GPM(BatchedScorer):
         prompt_of = [index.setdefault(p, len(index)) for p in prompts]
         groups = self._groups(prompt_of, "query")
         encoded = [encode_text(self.tokenizer, t, self.max_length) for t in texts]
-        v, gates, cut = self._embed(encoded, list(index), prompt_of, "query")
+        v, gates, cut = self._embed(encoded, list(index), prompt_of, "query", "prompts[{}]")
         return Scores(self._group_rewards(v, groups, gates), cut)
