@@ -5,7 +5,9 @@ Each target is printed next to its measurement, met or not; nothing here is asse
 from __future__ import annotations
 
 import json
+import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,10 +17,11 @@ from rewardmodels.loading import choose_device
 from service.api import ModelPool
 from service.config import load_config
 
-from . import gpm_rank, judge_batch, monitoring_overhead, warm_merge
+from . import (gpm_rank, judge_batch, monitoring_overhead, padding, score_throughput, serving, soak, startup,
+               warm_merge)
 
 OUT = Path(__file__).resolve().parent / "out" / "latest.json"
-TARGETS = {  # key: (what, target, met)
+TARGETS = {  # key: (what, target, met); met is None where the number is only reported
     "gpm_rank_speedup_k16": ("GPM /rank vs pairwise over ordered pairs, K=16", ">= 8x", lambda v: v >= 8),
     "warm_merge_peak_ratio_m5_m2": ("WARM merge peak memory, M=5 / M=2", "<= 1.3", lambda v: v <= 1.3),
     "judge_checklists_per_instruction": ("TICK checklist generations per instruction (8 responses each)", "1",
@@ -27,6 +30,13 @@ TARGETS = {  # key: (what, target, met)
                                lambda v: v >= 0.8),
     "monitoring_overhead_pct": ("monitoring's share of a one-item /score request (worst case), %", "< 2",
                                 lambda v: v < 2),
+    "score_vs_raw_32": ("/score items/s, 32 one-item clients / raw batched forward", ">= 0.85", lambda v: v >= 0.85),
+    "score_vs_naive_32": ("/score items/s, 32 one-item clients / naive server", "> 1", lambda v: v > 1),
+    "padding_sorted_vs_arrival": ("items/s, length-sorted / arrival-order micro-batches", "> 1", lambda v: v > 1),
+    "ready_s": ("start-up to /readyz, default models and local judge, s", "report", None),
+    "soak_errors": ("soak, 16 clients x 30 s: failed requests", "0", lambda v: v == 0),
+    "soak_p99_ms": ("soak: p99 latency, ms", "report", None),
+    "soak_rss_growth_mib": ("soak: server RSS growth, MiB", "< 100", lambda v: v < 100),
 }
 
 
@@ -34,22 +44,39 @@ def main() -> None:
     start = time.time()
     pool = ModelPool(load_config())
     results = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                           "device": str(choose_device()[0])}}
+                           "device": str(choose_device()[0]), "load_average": os.getloadavg()[0]}}
     results.update(gpm_rank.run(pool.get("default-gpm"), pool.get("default")))
     results.update(warm_merge.run())
     results.update(judge_batch.run())
     results.update(monitoring_overhead.run(pool))
+    results.update(padding.run(pool.get("default")))
+    with tempfile.TemporaryDirectory(prefix="plaudit-bench-") as tmp, \
+            serving.plaudit(Path(tmp), serving.BT_ONLY) as service:
+        results.update(score_throughput.run(service, pool.get("default")))
+        results.update(soak.run(service))
+    results.update(startup.run())
     results["seconds"] = round(time.time() - start, 1)
     print(f"{'benchmark':58} {'measured':>10}  {'target':>8}  met")
     for key, (what, target, met) in TARGETS.items():
         value = results.get(key)
-        print(f"{what:58} {value!s:>10}  {target:>8}  {'yes' if value is not None and met(value) else 'NO'}")
+        verdict = "-" if met is None else "yes" if value is not None and met(value) else "NO"
+        print(f"{what:58} {value!s:>10}  {target:>8}  {verdict}")
     print("\nGPM /rank detail:")
     for row in results["gpm_rank"]:
         print(f"  K={row['k']:2}: GPM {row['gpm_rank_s']:.2f}s ({row['gpm_passes']} passes), pairwise "
               f"{row['pairwise_s']:.2f}s ({row['pairwise_passes']} passes): {row['speedup']}x")
     print(f"WARM merge peak GiB by M: {results['warm_merge_peak_gib']}")
     print(f"Judge batch (local llama.cpp, SmolLM2): {results['judge_batch']}")
+    throughput = results["score_throughput"]
+    print(f"/score, {throughput['items']} mixed-length items, one per request: raw forward "
+          f"{throughput['raw_items_per_s']} items/s")
+    for row in throughput["phases"]:
+        print(f"  {row['target']:7} {row['clients']:2} clients: {row['items_per_s']:7} items/s ({row['vs_raw']}x raw), "
+              f"{row['forward_calls']} forward calls, {row['sequences_per_call']} sequences each")
+    for order in ("sorted", "arrival"):
+        print(f"Padding, {order:7}: {results['padding'][order]}")
+    print(f"Soak: {results['soak']}")
+    print(f"Ready with the defaults: {results['ready_s']} s, {results['ready_rss_mib']} MiB resident")
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwritten to {OUT}")

@@ -80,6 +80,7 @@ class BatchedScorer(Scorer):
         super().__init__(name, metadata)
         self.tokenizer, self.max_length, self.device = tokenizer, max_length, device
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        batching = batching.on(device)
         self.forward = ForwardBatcher(lambda seqs: run_batched(seqs, rows, batching, pad_id, device), name)
         self.max_request_tokens: int | None = None
 

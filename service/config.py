@@ -35,10 +35,13 @@ class ModelConfig(BaseModel):
     max_length: int | None = Field(default=None, gt=0)
     max_batch_size: int = Field(default=32, gt=0)
     max_batch_tokens: int = Field(default=16384, gt=0)
+    call_overhead_tokens: int | None = Field(default=None, ge=0, description=(
+        "a forward call's cost in padded tokens, weighed against padding when batches are cut; "
+        "default by device: 32 on CPU, 4096 on GPU"))
 
     def load_options(self) -> dict:
         return {"kind": self.kind, "device": self.device, "dtype": self.dtype, "max_length": self.max_length,
-                "batching": Batching(self.max_batch_size, self.max_batch_tokens)}
+                "batching": Batching(self.max_batch_size, self.max_batch_tokens, self.call_overhead_tokens)}
 
 
 class Limits(BaseModel):

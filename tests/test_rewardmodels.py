@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import itertools
 import random
 import shutil
 import threading
@@ -89,8 +90,8 @@ def test_rewards_do_not_depend_on_batch_size(model_dir):
 
     alone = [alone_scorer.score([it]).rewards[0] for it in items]
     assert len({round(r, 4) for r in alone}) > 16, "rewards are nearly constant: the check would be vacuous"
-    for size in (1, 7, 32):
-        s = load_scorer(model_dir, batching=Batching(max_batch_size=size))
+    for size in (1, 7, 32):  # a call costing more than any padding: batches are filled to `size`
+        s = load_scorer(model_dir, batching=Batching(max_batch_size=size, call_overhead_tokens=10**9))
         seen: list[list[int]] = []  # real lengths of the rows of every forward pass
         hook = s.model.base_model.register_forward_pre_hook(
             lambda m, args, kwargs: seen.append(kwargs["attention_mask"].sum(1).tolist()), with_kwargs=True)
@@ -447,6 +448,44 @@ def test_sorting_cuts_padding_waste():
     sorted_waste = padded_tokens(micro_batches(lengths, batching), lengths)
     arrival_waste = padded_tokens(arrival, lengths)
     assert sorted_waste < 0.2 * arrival_waste, (sorted_waste, arrival_waste)
+
+
+def test_micro_batches_weigh_padding_against_calls():
+    """Two length clusters: with cheap calls each cluster is its own batch (no padding of the
+    short to the long); with costly calls they share as few batches as the limits allow."""
+    lengths = [10] * 8 + [400] * 8
+    cheap = micro_batches(lengths, Batching(max_batch_size=32, call_overhead_tokens=32))
+    assert sorted(sorted(lengths[i] for i in b) for b in cheap) == [[10] * 8, [400] * 8]
+    costly = micro_batches(lengths, Batching(max_batch_size=32, call_overhead_tokens=10**6))
+    assert len(costly) == 1
+    assert padded_tokens(cheap, lengths) == 0 < padded_tokens(costly, lengths)
+    # the least total cost among all cuts of the sorted order, checked by brute force
+    rng = random.Random(7)
+    for _ in range(20):
+        small = [rng.choice([3, 9, 27, 81]) + rng.randint(0, 3) for _ in range(9)]
+        batching = Batching(max_batch_size=4, max_batch_tokens=200, call_overhead_tokens=rng.choice([0, 16, 64]))
+        assert batch_cost(micro_batches(small, batching), small, batching) == brute_force_cost(small, batching)
+
+
+def batch_cost(batches, lengths, batching):
+    return sum(batching.call_overhead_tokens + len(b) * max(lengths[i] for i in b) for b in batches)
+
+
+def brute_force_cost(lengths, batching):
+    widths = sorted(lengths)
+    best = float("inf")
+    for cuts in itertools.product([False, True], repeat=len(widths) - 1):
+        batches, current = [], [0]
+        for i, cut in enumerate(cuts, start=1):
+            if cut:
+                batches.append(current)
+                current = []
+            current.append(i)
+        batches.append(current)
+        if all(len(b) <= batching.max_batch_size and (len(b) == 1 or len(b) * widths[b[-1]] <= batching.max_batch_tokens)
+               for b in batches):
+            best = min(best, batch_cost(batches, widths, batching))
+    return best
 
 
 def test_micro_batches_edge_cases():
