@@ -26,6 +26,7 @@ from . import api
 from .auth import ApiKeyMiddleware
 from .config import AuthConfig, load_config
 from .monitoring import Monitor
+from .openapi import ExactOpenAPI
 from .schemas import (CompareRequest, CompareResponse, FeedbackRequest, FeedbackResponse, GetRewardRequest,
                       GetRewardResponse, JudgeRequest, JudgeResponse, RankRequest, RankResponse, ScoreRequest,
                       ScoreResponse, StepsRequest, StepsResponse)
@@ -150,3 +151,4 @@ class Plaudit:
 
 
 Plaudit.add_asgi_middleware(ApiKeyMiddleware, load=_auth_config)
+Plaudit.add_asgi_middleware(ExactOpenAPI)

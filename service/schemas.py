@@ -153,6 +153,14 @@ class ModelsResponse(BaseModel):
     models: list[ModelInfo]
 
 
-__all__ = ["CompareRequest", "CompareResponse", "FeedbackRequest", "FeedbackResponse", "GetRewardRequest", "GetRewardResponse", "JudgeRequest",
+class ErrorResponse(BaseModel):
+    """plaudit's own error answers (401, 404, 413, 422, 503); BentoML's 400 for a body that does
+    not match the schema has its own shape."""
+
+    error: str
+    field: str | None = Field(description="where in the request the problem is, when it is in the request")
+
+
+__all__ = ["CompareRequest", "CompareResponse", "ErrorResponse", "FeedbackRequest", "FeedbackResponse", "GetRewardRequest", "GetRewardResponse", "JudgeRequest",
            "JudgeResponse", "ModelInfo", "ModelsResponse", "RankRequest", "RankResponse", "ScoreRequest",
            "ScoreResponse", "StepsRequest", "StepsResponse"]

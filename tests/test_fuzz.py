@@ -21,7 +21,6 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from judges.registry import METHODS
 from servers import FakeLLM, http_server, running_service
-from service.schemas import ModelsResponse
 from test_properties import make_gpm, make_prm
 
 MODELS = ("bt", "gpm", "prm")
@@ -69,29 +68,20 @@ def service_url(tiny_bt, tiny_base, tmp_path_factory):
             yield url
 
 
-def exact_document(doc: dict) -> dict:
-    """The served document, made exact where BentoML's is lossy, restricted to what is fuzzed.
+def fuzzable(doc: dict) -> dict:
+    """The served document (made exact by service/openapi.py), narrowed to what is worth fuzzing.
 
-    BentoML inlines each endpoint's body and answer and keeps only the first member of every
-    top-level union: `model: str | None` is documented as a string, a prompt `str | list[Message]`
-    as a string, `uncertainty: list[float] | None` as a list. The document's own `components`
-    keep the pydantic schemas whole, so the operations point there: chat prompts and nulls get
-    fuzzed at the top level too, and answers are checked against what the service means.
     Valid model and judge names are the configured ones, or nearly every request would stop at
     the 404 for an unknown model. /steps gets the either/or of its model validator, or hardly a
-    valid body would be generated. GET /models, served beside BentoML's API, is added."""
+    valid body would be generated. Only plaudit's endpoints are kept (not BentoML's health ones)."""
     doc = copy.deepcopy(doc)
     schemas = doc["components"]["schemas"]
     paths = {}
     for path, methods in doc["paths"].items():
         if "post" not in methods:
             continue
-        operation = methods["post"]
-        body = operation["requestBody"]["content"]["application/json"]
-        answer = operation["responses"]["200"]["content"]["application/json"]
-        for part in (body, answer):
-            part["schema"] = {"$ref": f"#/components/schemas/{part['schema']['title']}"}
-        request = schemas[body["schema"]["$ref"].rsplit("/", 1)[1]]
+        request = schemas[methods["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+                          .rsplit("/", 1)[1]]
         for field in ("model", "judge"):
             if field in request["properties"]:  # other names: negative mode sends them
                 request["properties"][field] = {"enum": list(NAMES.get(path, (*MODELS, *JUDGES, *METHODS, None)))}
@@ -104,17 +94,26 @@ def exact_document(doc: dict) -> dict:
     steps["oneOf"] = [{"type": "object", "required": ["prompt", trace], "additionalProperties": False,
                        "properties": {name: fields[name] for name in ("model", "prompt", trace, *extra)}}
                       for trace, extra in (("steps", ()), ("response", ("separator",)))]
-    models = ModelsResponse.model_json_schema(ref_template="#/components/schemas/{model}")
-    schemas.update(models.pop("$defs"))
-    schemas["ModelsResponse"] = models
-    paths["/models"] = {"get": {"responses": {"200": {"description": "what is loaded", "content": {
-        "application/json": {"schema": {"$ref": "#/components/schemas/ModelsResponse"}}}}}}}
+    paths["/models"] = doc["paths"]["/models"]
     return {**doc, "paths": paths}
+
+
+def test_the_served_document_is_exact(service_url):
+    """BentoML alone documents `model: str | None` as a string and a chat prompt as a string,
+    and leaves GET /models out; the served document keeps the unions and lists it."""
+    doc = httpx.get(f"{service_url}/docs.json").json()
+    score = doc["paths"]["/score"]["post"]
+    assert score["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ScoreRequestIODescriptor"}
+    schemas = doc["components"]["schemas"]
+    assert {"type": "null"} in schemas["ScoreRequestIODescriptor"]["properties"]["model"]["anyOf"]
+    assert len(schemas["Item"]["properties"]["prompt"]["anyOf"]) == 2  # text or a conversation
+    assert {"401", "413", "503"} <= set(score["responses"]) and "/models" in doc["paths"]
 
 
 @pytest.fixture(scope="module")
 def api_schema(service_url):
-    schema = schemathesis.openapi.from_dict(exact_document(httpx.get(f"{service_url}/docs.json").json()))
+    schema = schemathesis.openapi.from_dict(fuzzable(httpx.get(f"{service_url}/docs.json").json()))
     schema.config.update(base_url=service_url)
     return schema
 

@@ -45,7 +45,7 @@ def test_scoring_needs_a_key_and_health_and_metrics_do_not(guarded):
     assert httpx.post(f"{url}/score", json=body, headers=BEARER, timeout=30).status_code == 200
     assert httpx.post(f"{url}/score", json=body, headers={"X-API-Key": ENV_KEY}, timeout=30).status_code == 200
     assert httpx.get(f"{url}/models", headers={"x-api-key": KEY}, timeout=30).status_code == 200
-    for open_path in ("/readyz", "/livez", "/metrics", "/docs.json"):
+    for open_path in ("/readyz", "/livez", "/metrics", "/docs.json", "/"):
         assert httpx.get(f"{url}{open_path}", timeout=30).status_code == 200, open_path
     log = (tmp / "serve.log").read_text()
     assert KEY not in log and ENV_KEY not in log and "sk-wrong" not in log

@@ -127,7 +127,9 @@ def test_openapi_document_has_the_schemas(service):
     assert {"/score", "/compare", "/rank", "/get_reward"} <= set(spec["paths"])
     schemas = spec["components"]["schemas"]
     assert "Item" in schemas and "Pair" in schemas
-    assert "items" in str(spec["paths"]["/score"])
+    assert "items" in schemas["ScoreRequestIODescriptor"]["properties"]
+    assert spec["paths"]["/score"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/ScoreRequestIODescriptor")
 
 
 def test_empty_query_is_a_4xx_naming_the_entry(service):
