@@ -175,20 +175,24 @@ class Judge(Scorer):
         """P(labels[0]) against labels[1] for one question; None when unreadable."""
         return await self.ask(messages, lambda c: read_choice(c, self.labels), max_tokens=4, logprobs=True)
 
-    async def settle(self, *awaitables: Any) -> list[Any]:
-        """All of `awaitables` run to their end (none left running), then the first backend
-        failure among them is raised: the caller turns it into one item's error."""
+    @staticmethod
+    async def settle(*awaitables: Any) -> list[Any]:
+        """All of `awaitables` run to their end (none left running), then the first failure
+        among them is raised."""
         done = await asyncio.gather(*awaitables, return_exceptions=True)
         for outcome in done:
             if isinstance(outcome, BaseException):
-                if isinstance(outcome, BackendError):
-                    self.counts["backend_errors"] += 1
                 raise outcome
         return done
 
+    def backend_failed(self, error: BackendError) -> str:
+        """An item's error: its backend failed after the retries. Counted, and the message."""
+        self.counts["backend_errors"] += 1
+        return str(error)
+
     def run(self, request: JudgeRequest) -> JudgeResponse:
         """`judge()` from synchronous code (the service's request threads, the CLI). When the
-        backend failed for every response there is nothing to answer: BackendError (a 503)."""
+        backend failed for every response there is nothing to answer: BackendUnavailable (a 503)."""
         response = self.hub.run(self.judge(request))
         raise_if_all_failed([v.error for v in response.results])
         return response

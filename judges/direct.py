@@ -30,10 +30,10 @@ class DirectJudge(Judge):
 
     async def _rate(self, instruction: str, response: str) -> Verdict:
         try:
-            [rating] = await self.settle(self.ask(render("direct", instruction=instruction, response=response),
-                                                  lambda c: parse_rating(c.text), max_tokens=4))
+            rating = await self.ask(render("direct", instruction=instruction, response=response),
+                                    lambda c: parse_rating(c.text), max_tokens=4)
         except BackendError as e:  # this response only
-            return Verdict(reward=None, error=str(e))
+            return Verdict(reward=None, error=self.backend_failed(e))
         return Verdict(reward=rating, rating=rating, unscored=int(rating is None))
 
     async def judge(self, request: JudgeRequest) -> JudgeResponse:

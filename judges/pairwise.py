@@ -41,7 +41,7 @@ class PairwiseJudge(Judge):
                 self.choose(render("pairwise", instruction=instruction, first=first, second=second, question=question)),
                 self.choose(render("pairwise", instruction=instruction, first=second, second=first, question=question)))
         except BackendError as e:  # this pair only
-            return PairVerdict(probability=None, orders=[None, None], consistent=None, error=str(e))
+            return PairVerdict(probability=None, orders=[None, None], consistent=None, error=self.backend_failed(e))
         verdict = combine(as_given, None if swapped is None else 1.0 - swapped)
         self.counts["pairs"] += 1
         self.counts["inconsistent"] += verdict.consistent is False

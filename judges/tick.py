@@ -55,9 +55,9 @@ class TickJudge(Judge):
                 questions, source = await self.store.get(self.metadata["judge_model"], instruction,
                                                          lambda: self._generate(instruction))
             except BackendError as e:  # no checklist, so no response can be judged
-                self.counts["backend_errors"] += 1
+                error = self.backend_failed(e)
                 return JudgeResponse(judge=self.name, method=self.method, checklist=[], checklist_source=None,
-                                     results=[Verdict(reward=None, error=str(e)) for _ in request.responses])
+                                     results=[Verdict(reward=None, error=error) for _ in request.responses])
         if questions is None:  # no usable checklist: every response unscored, none failed
             self.counts["checklist_failures"] += 1
             return JudgeResponse(judge=self.name, method=self.method, checklist=[], checklist_source=source,
@@ -72,7 +72,7 @@ class TickJudge(Judge):
             p_yes = await self.settle(*[self.choose(render("tick_answer", instruction=instruction, response=response,
                                                            question=q)) for q in questions])
         except BackendError as e:
-            return Verdict(reward=None, error=str(e))
+            return Verdict(reward=None, error=self.backend_failed(e))
         return self._verdict(questions, p_yes)
 
     @staticmethod
