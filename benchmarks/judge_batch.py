@@ -17,11 +17,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from judges import batch
-from judges.base import JudgeRequest, render
-from service import api
-from service.config import ModelConfig, ServiceConfig
-from training.humaneval import load_problems
+from plaudit.judges import batch
+from plaudit.judges.base import render
+from plaudit.schemas import JudgeRequest
+from plaudit.service import api
+from plaudit.service.config import ModelConfig, ServiceConfig
+from plaudit.training.humaneval import load_problems
 
 QUESTIONS = ["Does the code define the function the instruction asks for?", "Is the code valid Python?",
              "Does the code avoid printing anything?"]

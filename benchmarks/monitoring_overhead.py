@@ -9,11 +9,11 @@ import time
 
 from prometheus_client import CollectorRegistry
 
-from rewardmodels import Item
-from service import api
-from service.config import MonitoringConfig
-from service.monitoring import Metrics, Monitor
-from service.schemas import ScoreRequest
+from plaudit.rewardmodels import Item
+from plaudit.service import api
+from plaudit.service.config import MonitoringConfig
+from plaudit.service.monitoring import Metrics, Monitor
+from plaudit.schemas import ScoreRequest
 
 
 def _median_s(call, repeats: int) -> float:

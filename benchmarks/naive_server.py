@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from rewardmodels import Item
+from plaudit.rewardmodels import Item
 
 from .workload import forward, load_model
 

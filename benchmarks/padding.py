@@ -9,7 +9,7 @@ from typing import Sequence
 
 import torch
 
-from rewardmodels.encoding import Batching, micro_batches, pad
+from plaudit.rewardmodels.encoding import Batching, micro_batches, pad
 
 from .workload import BATCHING, default_count, encode, mixed_items, pad_id
 

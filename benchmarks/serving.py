@@ -14,13 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import httpx
+import httpx2
 import psutil
 import yaml
 
-from rewardmodels import Item
-from service.config import DEFAULT_MODEL_DIR
-from service.launch import Launched, free_port, launched
+from plaudit.rewardmodels import Item
+from plaudit.service.config import DEFAULT_MODEL_DIR
+from plaudit.service.launch import Launched, free_port, launched
+
+REPO = Path(__file__).resolve().parent.parent
 BT_ONLY = {"models": {"default": {"path": str(DEFAULT_MODEL_DIR)}}}  # no judge, so no llama.cpp
 
 
@@ -37,13 +39,13 @@ class Server(Launched):
 
     def forward_stats(self) -> dict:
         """The default model's forward calls and the sequences they carried."""
-        models = httpx.get(f"{self.url}/models", timeout=30).json()["models"]
+        models = httpx2.get(f"{self.url}/models", timeout=30).json()["models"]
         return next(m["stats"] for m in models if m["name"] == "default")
 
 
 @contextlib.contextmanager
 def _server(args: Sequence[str], port: int, log: Path, env: dict[str, str]) -> Iterator[Server]:
-    with launched(args, port, log, env) as started:
+    with launched(args, port, log, env, cwd=REPO) as started:  # the naive server runs as benchmarks.naive_server
         yield Server(started.url, started.process, started.ready_s)
 
 
@@ -87,7 +89,7 @@ async def _drive(url: str, items: Sequence[Item], clients: int, seconds: float |
     bodies = [{"items": [item.model_dump()]} for item in items]
     turns = itertools.count() if seconds else iter(range(len(items)))
     load = Load(0.0)
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_connections=clients)) as http:
+    async with httpx2.AsyncClient(base_url=url, timeout=600, limits=httpx2.Limits(max_connections=clients)) as http:
         async def client() -> None:
             for turn in turns:
                 if seconds and time.perf_counter() - start > seconds:
@@ -95,7 +97,7 @@ async def _drive(url: str, items: Sequence[Item], clients: int, seconds: float |
                 sent = time.perf_counter()
                 try:
                     answer = await http.post("/score", json=bodies[turn % len(items)])
-                except httpx.HTTPError:
+                except httpx2.HTTPError:
                     load.errors += 1
                     continue
                 if answer.status_code != 200:

@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from rewardmodels.lora import ADAPTER_FILE
-from service.config import DEFAULT_MODEL_DIR
+from plaudit.rewardmodels.lora import ADAPTER_FILE
+from plaudit.service.config import DEFAULT_MODEL_DIR
 
 MEASURE = """
 import resource, sys
-from training.warm import merge
+from plaudit.training.warm import merge
 merge(sys.argv[2:], sys.argv[1])
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """

@@ -13,11 +13,11 @@ from typing import Sequence
 
 import torch
 
-from rewardmodels import Item, load_scorer
-from rewardmodels.bt import BradleyTerry
-from rewardmodels.encoding import encode_item, run_batched
-from service.config import DEFAULT_MODEL_DIR, ModelConfig
-from training.humaneval import load_problems
+from plaudit.rewardmodels import Item, load_scorer
+from plaudit.rewardmodels.bt import BradleyTerry
+from plaudit.rewardmodels.encoding import encode_item, run_batched
+from plaudit.service.config import DEFAULT_MODEL_DIR, ModelConfig
+from plaudit.training.humaneval import load_problems
 
 SERVED = ModelConfig(path=str(DEFAULT_MODEL_DIR))  # the default model as `plaudit serve` configures it
 BATCHING = SERVED.load_options()["batching"]

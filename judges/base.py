@@ -17,68 +17,16 @@ import string
 from abc import abstractmethod
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Literal, Sequence, TypeVar
+from typing import Any, Callable, ClassVar, Sequence, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from rewardmodels.base import InputError, Item, Prompt, Scorer, Scores
+from plaudit.rewardmodels.base import InputError, Item, Prompt, Scorer, Scores
+from plaudit.schemas import JudgeRequest, JudgeResponse
 
 from .backends import BackendError, BackendUnavailable, Completion
 from .hub import BackendHub
 
 PROMPTS = Path(__file__).resolve().parent / "prompts"
 T = TypeVar("T")
-
-
-# ---- what a judge is asked and what it answers (the API's and the CLI's schemas) ----
-
-class JudgeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    judge: str | None = Field(default=None, description=(
-        "a configured judge, or a bare method (tick, pairwise, direct) on the default backend; "
-        "the default judge when absent"))
-    instruction: Prompt
-    responses: list[str] = Field(min_length=1, description="the responses to judge; exactly two for pairwise")
-    checklist: list[str] | None = Field(default=None, min_length=1, max_length=8, description=(
-        "TICK only: YES/NO questions to use instead of generating them"))
-
-
-class Answer(BaseModel):
-    question: str
-    answer: Literal["YES", "NO"] | None = Field(description="null when the judge's answer could not be read")
-    p_yes: float | None = Field(description="P(YES)/(P(YES)+P(NO)) from logprobs, else 1 or 0 from the text")
-
-
-class Verdict(BaseModel):
-    """One response's verdict; the fields of the judge's method are filled."""
-
-    reward: float | None = Field(description="what /score returns for it; null when unscored")
-    unscored: int = Field(0, description="questions (or orders) whose answer could not be read")
-    pass_rate: float | None = Field(None, description="TICK: fraction of scored questions answered YES")
-    mean_p_yes: float | None = Field(None, description="TICK: mean P(YES) over scored questions")
-    answers: list[Answer] | None = Field(None, description="TICK: one per checklist question")
-    rating: float | None = Field(None, description="direct: the judge's 1-10 rating")
-    error: str | None = Field(None, description=(
-        "the judge's backend failed for this response after its retries (reward null): retry it later"))
-
-
-class PairVerdict(BaseModel):
-    probability: float | None = Field(description=(
-        "P(first beats second), both orders averaged; 0.5 when the orders disagree; null if neither was read"))
-    orders: list[float | None] = Field(description="P(first beats second) as read with the responses as given, "
-                                                   "then swapped")
-    consistent: bool | None = Field(description="both orders prefer the same response; null if one was unread")
-    error: str | None = Field(None, description="the judge's backend failed for this pair after its retries")
-
-
-class JudgeResponse(BaseModel):
-    judge: str
-    method: str
-    checklist: list[str] | None = None
-    checklist_source: Literal["generated", "cache", "caller"] | None = None
-    results: list[Verdict]
-    comparison: PairVerdict | None = None
-    ids: list[str] | None = Field(None, description="an id per response, for feedback on it later (the service)")
 
 
 # ---- reading an answer ----

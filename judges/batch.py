@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import httpx
+import httpx2
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
-from rewardmodels.base import InputError, Prompt
+from plaudit.rewardmodels.base import InputError, Prompt
 
 from .backends import BackendUnavailable
-from .base import JudgeRequest, JudgeResponse
+from plaudit.schemas import JudgeRequest, JudgeResponse
 
 JudgeFn = Callable[[JudgeRequest, int], JudgeResponse]  # (request, item index) -> verdict; index picks a shard
 
@@ -254,13 +254,13 @@ class Endpoints:
 
     def __init__(self, urls: list[str], timeout_s: float = 600.0, api_key: str | None = None):
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.clients = [httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s, headers=headers) for url in urls]
+        self.clients = [httpx2.Client(base_url=url.rstrip("/"), timeout=timeout_s, headers=headers) for url in urls]
 
     def __call__(self, request: JudgeRequest, index: int) -> JudgeResponse:
         client = self.clients[index % len(self.clients)]
         try:
             answer = client.post("/judge", json=request.model_dump(mode="json", exclude_none=True))
-        except httpx.HTTPError as e:
+        except httpx2.HTTPError as e:
             raise EndpointError(f"{client.base_url}: {type(e).__name__}: {e}") from None
         if answer.status_code != 200:
             raise EndpointError(f"{client.base_url}: HTTP {answer.status_code}: {answer.text[:500]}")

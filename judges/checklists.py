@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from rewardmodels.loading import cache_dir
+from plaudit.rewardmodels.loading import cache_dir
 
 
 def default_dir() -> Path:

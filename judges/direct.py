@@ -10,7 +10,8 @@ import asyncio
 import re
 
 from .backends import BackendError
-from .base import Judge, JudgeRequest, JudgeResponse, Verdict, prompt_text, render
+from .base import Judge, prompt_text, render
+from plaudit.schemas import JudgeRequest, JudgeResponse, Verdict
 
 LOW, HIGH = 1, 10
 

@@ -6,16 +6,16 @@ it through the same `Backend` as they would a production vLLM or TGI server.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 import urllib.request
 from pathlib import Path
 from typing import Literal
 
-import xllamacpp
 from pydantic import BaseModel, ConfigDict, Field
 
-from rewardmodels.loading import packaged_gguf
+from plaudit.rewardmodels.loading import packaged_gguf
 
 from .backends import BackendConfig
 
@@ -42,12 +42,13 @@ class LocalServer:
         self.threads = threads or default_threads()
         self.ready_timeout_s = ready_timeout_s
         self.url: str | None = None
-        self._server: xllamacpp.Server | None = None
+        self._server = None  # an xllamacpp.Server once started
 
     def start(self) -> str:
         """Load the model, listen on a free port, wait until /health answers; the base URL."""
         if not self.model.is_file():
             raise LocalServerError(f"{self.model}: no such GGUF file")
+        xllamacpp = _xllamacpp()
         params = xllamacpp.CommonParams()
         params.model.path = str(self.model)
         params.hostnames = ["127.0.0.1"]
@@ -91,6 +92,20 @@ class LocalServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def local_judge_installed() -> bool:
+    """Whether the `[judge-local]` extra (xllamacpp) is installed."""
+    return importlib.util.find_spec("xllamacpp") is not None
+
+
+def _xllamacpp():
+    try:
+        import xllamacpp
+    except ModuleNotFoundError:
+        raise LocalServerError("the local llama.cpp judge needs the judge-local extra: "
+                               "pip install 'plaudit[judge-local]'") from None
+    return xllamacpp
 
 
 class LocalBackendConfig(BaseModel):

@@ -11,10 +11,11 @@ import asyncio
 import itertools
 from typing import Sequence
 
-from rewardmodels.base import Comparison, InputError, Pair
+from plaudit.rewardmodels.base import Comparison, InputError, Pair
 
 from .backends import BackendError
-from .base import Judge, JudgeRequest, JudgeResponse, PairVerdict, Verdict, prompt_text, raise_if_all_failed, render
+from .base import Judge, prompt_text, raise_if_all_failed, render
+from plaudit.schemas import JudgeRequest, JudgeResponse, PairVerdict, Verdict
 
 DEFAULT_QUESTION = "Which response follows the instruction better?"
 

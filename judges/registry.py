@@ -9,9 +9,9 @@ from .base import Judge
 from .hub import BackendHub
 
 METHODS: dict[str, str] = {
-    "tick": "judges.tick:TickJudge",
-    "pairwise": "judges.pairwise:PairwiseJudge",
-    "direct": "judges.direct:DirectJudge",
+    "tick": "plaudit.judges.tick:TickJudge",
+    "pairwise": "plaudit.judges.pairwise:PairwiseJudge",
+    "direct": "plaudit.judges.direct:DirectJudge",
 }
 
 

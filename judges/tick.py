@@ -12,10 +12,11 @@ import asyncio
 import re
 from typing import Any, Sequence
 
-from rewardmodels.base import Prompt, Ranking
+from plaudit.rewardmodels.base import Prompt, Ranking
 
 from .backends import BackendError
-from .base import Answer, Judge, JudgeRequest, JudgeResponse, Verdict, prompt_text, render
+from .base import Judge, prompt_text, render
+from plaudit.schemas import Answer, JudgeRequest, JudgeResponse, Verdict
 from .checklists import ChecklistStore
 
 MIN_QUESTIONS, MAX_QUESTIONS = 2, 8

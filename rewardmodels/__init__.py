@@ -1,6 +1,6 @@
 """Reward-model families behind one scorer interface.
 
-    from rewardmodels import load_scorer, Item
+    from plaudit.rewardmodels import load_scorer, Item
     rm = load_scorer("models/default-bt")
     rm.score([Item(prompt="2+2?", response="4")]).rewards
 """

@@ -9,41 +9,11 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Sequence
+from typing import Any, ClassVar, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-
-class Message(BaseModel):
-    """One chat turn, as in TRL's conversational format."""
-
-    model_config = ConfigDict(extra="forbid")
-    role: str = Field(min_length=1)
-    content: str
-
-
-# A conversation needs a message: a chat template has nothing to render from none.
-Prompt = str | Annotated[list[Message], Field(min_length=1)]
-
-
-class Item(BaseModel):
-    """A (prompt, response) to score; the prompt is a string or chat messages."""
-
-    model_config = ConfigDict(extra="forbid")
-    prompt: Prompt
-    response: str
-
-
-class Pair(BaseModel):
-    """Two responses to one prompt; the question is whether `a` beats `b`."""
-
-    model_config = ConfigDict(extra="forbid")
-    prompt: Prompt
-    a: str
-    b: str
-    criterion: str | None = Field(default=None, description=(
-        "what 'better' means here, e.g. 'Which code runs faster?'; read by models that take one (a "
-        "code preference model, a pairwise judge), ignored by reward models"))
+from plaudit.schemas import Item, Message, Pair, Prompt  # noqa: F401  the scorer interface speaks the API's types
 
 
 class Steps(BaseModel):

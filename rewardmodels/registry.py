@@ -9,11 +9,11 @@ from .base import ModelLoadError, Scorer
 from .loading import read_metadata, resolve_path
 
 KINDS: dict[str, str] = {
-    "bt": "rewardmodels.bt:BradleyTerry",
-    "gpm": "rewardmodels.gpm:GPM",
-    "prm": "rewardmodels.prm:ProcessRewardModel",
-    "ensemble": "rewardmodels.ensemble:Ensemble",
-    "codepref": "rewardmodels.codepref:CodePreference",
+    "bt": "plaudit.rewardmodels.bt:BradleyTerry",
+    "gpm": "plaudit.rewardmodels.gpm:GPM",
+    "prm": "plaudit.rewardmodels.prm:ProcessRewardModel",
+    "ensemble": "plaudit.rewardmodels.ensemble:Ensemble",
+    "codepref": "plaudit.rewardmodels.codepref:CodePreference",
 }
 
 

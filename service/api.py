@@ -9,14 +9,15 @@ import threading
 import uuid
 from typing import Iterable
 
-from judges.base import Judge, JudgeRequest, JudgeResponse
-from judges.hub import BackendHub
-from judges.registry import METHODS, JudgeConfig, build_judge
-from rewardmodels import AGGREGATES, InputError, Item, LimitExceeded, Scorer, Steps, UnsupportedOperation, load_scorer
-from rewardmodels.prm import DEFAULT_SEPARATOR, split_steps
+from plaudit.judges.base import Judge
+from plaudit.schemas import JudgeRequest, JudgeResponse
+from plaudit.judges.hub import BackendHub
+from plaudit.judges.registry import METHODS, JudgeConfig, build_judge
+from plaudit.rewardmodels import AGGREGATES, InputError, Item, LimitExceeded, Scorer, Steps, UnsupportedOperation, load_scorer
+from plaudit.rewardmodels.prm import DEFAULT_SEPARATOR, split_steps
 
 from .config import Limits, ServiceConfig
-from .schemas import (CompareRequest, CompareResponse, GetRewardRequest, GetRewardResponse, ModelInfo,
+from plaudit.schemas import (CompareRequest, CompareResponse, GetRewardRequest, GetRewardResponse, ModelInfo,
                       ModelsResponse, RankRequest, RankResponse, ScoreRequest, ScoreResponse, StepsRequest,
                       StepsResponse)
 

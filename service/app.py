@@ -18,16 +18,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from judges.backends import BackendUnavailable
-from judges.local import LocalServerError
-from rewardmodels import InputError, ModelLoadError
+from plaudit.judges.backends import BackendUnavailable
+from plaudit.judges.local import LocalServerError
+from plaudit.rewardmodels import InputError, ModelLoadError
 
 from . import api
 from .auth import ApiKeyMiddleware
 from .config import AuthConfig, load_config
 from .monitoring import Monitor
 from .openapi import ExactOpenAPI
-from .schemas import (CompareRequest, CompareResponse, FeedbackRequest, FeedbackResponse, GetRewardRequest,
+from plaudit.schemas import (CompareRequest, CompareResponse, FeedbackRequest, FeedbackResponse, GetRewardRequest,
                       GetRewardResponse, JudgeRequest, JudgeResponse, RankRequest, RankResponse, ScoreRequest,
                       ScoreResponse, StepsRequest, StepsResponse)
 

@@ -11,25 +11,25 @@ from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
 
-from rewardmodels import InputError, ModelLoadError, load_scorer
-from rewardmodels.loading import resolve_path
-from rewardmodels.base import Prompt
-from training.bt import BTConfig, train_bt
-from training.calibration import calibrate
-from training.codepref import CodePrefConfig, train_codepref
-from training.codeprefbench import LongerWins, build_tasks, eval_codepref
-from training.data import read_codepref, read_pairs, read_steps
-from training.evaluate import eval_pairs, eval_steps
-from training.experiments import cyclic, warm_noise
-from training.gpm import GPMConfig, train_gpm
-from training.humaneval import build_pairs, build_steps, load_problems, write_jsonl
-from training.prm import PRMConfig, train_prm
-from training.warm import WarmConfig, merge, train_warm
+from plaudit.rewardmodels import InputError, ModelLoadError, load_scorer
+from plaudit.rewardmodels.loading import resolve_path
+from plaudit.rewardmodels.base import Prompt
+from plaudit.training.bt import BTConfig, train_bt
+from plaudit.training.calibration import calibrate
+from plaudit.training.codepref import CodePrefConfig, train_codepref
+from plaudit.training.codeprefbench import LongerWins, build_tasks, eval_codepref
+from plaudit.training.data import read_codepref, read_pairs, read_steps
+from plaudit.training.evaluate import eval_pairs, eval_steps
+from plaudit.training.experiments import cyclic, warm_noise
+from plaudit.training.gpm import GPMConfig, train_gpm
+from plaudit.training.humaneval import build_pairs, build_steps, load_problems, write_jsonl
+from plaudit.training.prm import PRMConfig, train_prm
+from plaudit.training.warm import WarmConfig, merge, train_warm
 
-from judges import batch
-from judges.hub import BackendHub
-from judges.registry import METHODS
-from training import codefavor
+from plaudit.judges import batch
+from plaudit.judges.hub import BackendHub
+from plaudit.judges.registry import METHODS
+from plaudit.training import codefavor
 
 from . import api
 from .api import ModelPool, score_one
@@ -53,7 +53,7 @@ def cmd_serve(args) -> None:
     load_config()  # fail on a bad config here, before BentoML starts
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
     # Become the small supervisor: this process has torch loaded, which waiting does not need.
-    os.execv(sys.executable, [sys.executable, "-m", "service.supervise", args.host, str(args.port)])
+    os.execv(sys.executable, [sys.executable, "-m", "plaudit.service.supervise", args.host, str(args.port)])
 
 
 def _prompt(text: str) -> Prompt:
@@ -394,7 +394,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for chatty in ("httpx", "httpx2"):  # one line per request would bury the progress bar
+    for chatty in ("httpx2",):  # one line per request would bury the progress bar
         logging.getLogger(chatty).setLevel(logging.WARNING)
     from transformers.utils import logging as hf_logging
 

@@ -8,19 +8,23 @@ are resolved against the YAML file's folder.
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
-from judges.hub import BackendSpec
-from judges.local import LocalBackendConfig
-from judges.registry import METHODS, JudgeConfig
-from rewardmodels import Batching, ModelLoadError
+import plaudit
+from plaudit.judges.hub import BackendSpec
+from plaudit.judges.local import LocalBackendConfig, local_judge_installed
+from plaudit.judges.registry import METHODS, JudgeConfig
+from plaudit.rewardmodels import Batching, ModelLoadError
 
-REPO = Path(__file__).resolve().parent.parent
-MODELS_DIR = REPO / "models"
+log = logging.getLogger("plaudit")
+
+# The defaults are package data: they load from wherever plaudit is installed.
+MODELS_DIR = Path(plaudit.__file__).resolve().parent / "models"
 DEFAULT_MODEL_DIR = MODELS_DIR / "default-bt"
 DEFAULT_MODELS = {"default": DEFAULT_MODEL_DIR, "default-gpm": MODELS_DIR / "default-gpm",
                   "default-prm": MODELS_DIR / "default-prm"}
@@ -124,8 +128,14 @@ class ServiceConfig(BaseModel):
 
 
 def default_config() -> ServiceConfig:
+    """The three packaged models, and the judge `local` when the judge-local extra is installed
+    (without it the models are served alone, and the log says how to add the judge)."""
+    judges = {"local": JudgeConfig(method="tick", backend=LOCAL_BACKEND)}
+    if not local_judge_installed():
+        log.warning("the judge `local` is not served: xllamacpp is missing (pip install 'plaudit[judge-local]')")
+        judges = {}
     return ServiceConfig(models={name: ModelConfig(path=str(path)) for name, path in DEFAULT_MODELS.items()},
-                         judges={"local": JudgeConfig(method="tick", backend=LOCAL_BACKEND)})
+                         judges=judges)
 
 
 def load_config(path: str | os.PathLike | None = None) -> ServiceConfig:

@@ -13,9 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import httpx
-
-REPO = Path(__file__).resolve().parent.parent
+import httpx2
 
 
 @dataclass
@@ -32,21 +30,21 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def launched(args: Sequence[str], port: int, log: Path, env: dict[str, str], timeout_s: float = 600
-             ) -> Iterator[Launched]:
+def launched(args: Sequence[str], port: int, log: Path, env: dict[str, str], timeout_s: float = 600,
+             cwd: str | os.PathLike | None = None) -> Iterator[Launched]:
     """Start `args` and yield it once GET /readyz on `port` answers 200; its output goes to
     `log`, whose tail is in the error when it exits or is not ready in time."""
     url = f"http://127.0.0.1:{port}"
     with open(log, "w") as out:
         start = time.perf_counter()
-        process = subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+        process = subprocess.Popen(args, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
                                    start_new_session=True)
         try:
             while time.perf_counter() - start < timeout_s:
                 if process.poll() is not None:
                     raise RuntimeError(f"{args[0]} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                with contextlib.suppress(httpx2.HTTPError):
+                    if httpx2.get(f"{url}/readyz", timeout=2).status_code == 200:
                         break
                 time.sleep(0.2)
             else:

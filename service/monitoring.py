@@ -24,11 +24,12 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from judges.base import Judge, JudgeResponse
-from rewardmodels import Scorer
+from plaudit.judges.base import Judge
+from plaudit.schemas import JudgeResponse
+from plaudit.rewardmodels import Scorer
 
 from .config import MonitoringConfig
-from .schemas import (CompareResponse, FeedbackRequest, FeedbackResponse, GetRewardResponse, RankResponse,
+from plaudit.schemas import (CompareResponse, FeedbackRequest, FeedbackResponse, GetRewardResponse, RankResponse,
                       ScoreResponse, StepsResponse)
 
 BINS = 10

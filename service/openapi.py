@@ -13,7 +13,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .schemas import ErrorResponse, ModelsResponse
+from plaudit.schemas import ErrorResponse, ModelsResponse
 
 DOCUMENT = "/docs.json"
 ERRORS = {"401": "no valid API key (when keys are configured)", "404": "an unknown model or judge",

@@ -2,7 +2,7 @@
 runs `bentoml serve`, forwards SIGTERM, and turns a model that cannot be served into the
 reason and a non-zero exit, where BentoML alone would respawn the failing worker forever.
 
-    python -m service.supervise HOST PORT
+    python -m plaudit.service.supervise HOST PORT
 """
 from __future__ import annotations
 
@@ -13,7 +13,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+import plaudit
+
+# Where `plaudit` imports from (site-packages, or the checkout of an editable install):
+# BentoML's working directory, so its import of the service finds this same plaudit.
+IMPORT_ROOT = Path(plaudit.__file__).resolve().parent.parent
 
 
 def _wait(process: subprocess.Popen) -> int | None:
@@ -28,7 +32,8 @@ def main(host: str, port: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         error_file = Path(tmp) / "startup-error"
         os.environ["PLAUDIT_STARTUP_ERROR_FILE"] = str(error_file)  # written by service.app on failure
-        server = subprocess.Popen([str(bentoml), "serve", "service.app:Plaudit", "--working-dir", str(REPO),
+        server = subprocess.Popen([str(bentoml), "serve", "plaudit.service.app:Plaudit",
+                                   "--working-dir", str(IMPORT_ROOT),
                                    "--host", host, "--port", port])
         signal.signal(signal.SIGTERM, lambda *_: server.terminate())
         while (code := _wait(server)) is None:

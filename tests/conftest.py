@@ -9,8 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+
+# Random testing (hypothesis, and schemathesis through it) passes or fails on the code under
+# CI=true: the same examples every run. Elsewhere each run draws new ones (`make fuzz`), and a
+# failure prints the blob that reproduces it.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("random", print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI", "").lower() in ("1", "true", "yes") else "random")
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")

@@ -12,7 +12,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
 
-from service.launch import REPO, free_port, launched  # noqa: F401  REPO: for the tests
+from plaudit.service.launch import free_port, launched  # noqa: F401  free_port: for the tests
+
+REPO = Path(__file__).resolve().parent.parent  # the checkout under test
 
 
 @contextlib.contextmanager
@@ -24,7 +26,7 @@ def running_service(config: Path | None, tmp: Path, timeout: float = 240.0, env:
     args = [str(Path(sys.executable).with_name("plaudit")), "serve", "--port", str(port)]
     if config:
         args += ["--config", str(config)]
-    with launched(args, port, tmp / "serve.log", env, timeout) as service:
+    with launched(args, port, tmp / "serve.log", env, timeout, cwd=tmp) as service:  # from anywhere
         yield service.url, service.process
 
 

@@ -8,12 +8,12 @@ import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 
-import httpx
+import httpx2
 import pytest
 from pydantic import ValidationError
 
-from judges.backends import Backend, BackendConfig, BackendError
-from judges.local import LocalServer, LocalServerError
+from plaudit.judges.backends import Backend, BackendConfig, BackendError
+from plaudit.judges.local import LocalServer, LocalServerError
 from servers import free_port, http_server, send_json
 
 ASK = [{"role": "user", "content": "Is the sky blue? Answer YES or NO."}]
@@ -194,7 +194,7 @@ def local_url():
 
 @pytest.mark.slow
 def test_local_server_has_its_slots(local_url):
-    slots = httpx.get(f"{local_url}/slots").json()
+    slots = httpx2.get(f"{local_url}/slots").json()
     assert [s["n_ctx"] for s in slots] == [1024] * 4
 
 
@@ -231,6 +231,6 @@ def test_local_concurrency_limit(local_url):
 def test_local_server_stops_on_exit():
     with LocalServer(parallel=1, context_per_slot=256) as server:
         url = server.url
-        assert httpx.get(f"{url}/health").status_code == 200
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(f"{url}/health")
+        assert httpx2.get(f"{url}/health").status_code == 200
+    with pytest.raises(httpx2.ConnectError):
+        httpx2.get(f"{url}/health")

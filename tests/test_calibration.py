@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from rewardmodels import Pair, load_scorer
-from rewardmodels.base import sigmoid
-from training.calibration import expected_calibration_error, fit_temperature, metrics
+from plaudit.rewardmodels import Pair, load_scorer
+from plaudit.rewardmodels.base import sigmoid
+from plaudit.training.calibration import expected_calibration_error, fit_temperature, metrics
 
 REPO = Path(__file__).resolve().parent.parent
 PLAUDIT = str(Path(sys.executable).with_name("plaudit"))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rewardmodels import Item, load_scorer
+from plaudit.rewardmodels import Item, load_scorer
 from servers import REPO, free_port
 
 PLAUDIT = str(Path(sys.executable).with_name("plaudit"))

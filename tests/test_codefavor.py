@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from servers import REPO, Fail, FakeLLM
-from training.codefavor import code_of, mine_commits
-from training.data import read_codepref
+from plaudit.training.codefavor import code_of, mine_commits
+from plaudit.training.data import read_codepref
 
 PLAUDIT = str(Path(sys.executable).with_name("plaudit"))
 POSITIVE = "def is_positive(x):\n    return x >= 0\n"

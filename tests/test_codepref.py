@@ -7,16 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 import yaml
 
 from conftest import tiny_training
-from rewardmodels import InputError, Item, Pair, load_scorer
+from plaudit.rewardmodels import InputError, Item, Pair, load_scorer
 from servers import running_service
-from training.codepref import CodePrefConfig, train_codepref
-from training.codeprefbench import LongerWins, efficiency_tasks, eval_codepref, security_tasks
-from training.data import CodePrefRecord, read_codepref
+from plaudit.training.codepref import CodePrefConfig, train_codepref
+from plaudit.training.codeprefbench import LongerWins, efficiency_tasks, eval_codepref, security_tasks
+from plaudit.training.data import CodePrefRecord, read_codepref
 
 REPO = Path(__file__).resolve().parent.parent
 PLAUDIT = str(Path(sys.executable).with_name("plaudit"))
@@ -121,10 +121,10 @@ def test_served_over_http_with_a_criterion(trained, tmp_path):
     local = load_scorer(trained[0])
     with running_service(config, tmp_path) as (url, _):
         pair = {"prompt": ADD, "a": GOOD, "b": BAD, "criterion": "Which code adds?"}
-        compared = httpx.post(f"{url}/compare", json={"pairs": [pair]}, timeout=60).json()
+        compared = httpx2.post(f"{url}/compare", json={"pairs": [pair]}, timeout=60).json()
         assert compared["probabilities"] == pytest.approx(local.compare([Pair(**pair)]).probabilities, abs=1e-5)
-        ranked = httpx.post(f"{url}/rank", json={"prompt": ADD, "responses": [BAD, GOOD], "matrix": True},
+        ranked = httpx2.post(f"{url}/rank", json={"prompt": ADD, "responses": [BAD, GOOD], "matrix": True},
                             timeout=60).json()
         assert ranked["order"] == [1, 0] and ranked["matrix"][0][1] == pytest.approx(1 - ranked["matrix"][1][0])
-        alone = httpx.post(f"{url}/score", json={"items": [{"prompt": ADD, "response": GOOD}]}, timeout=60)
+        alone = httpx2.post(f"{url}/score", json={"items": [{"prompt": ADD, "response": GOOD}]}, timeout=60)
         assert alone.status_code == 422 and "two or more" in alone.json()["error"]

@@ -8,16 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
+import httpx2
 import psutil
 import pytest
 
-from rewardmodels import Item, load_scorer
+from plaudit.rewardmodels import Item, load_scorer
 from servers import REPO, running_service
-from service.config import DEFAULT_MODEL_DIR, MODELS_DIR
-from training.data import read_pairs, read_steps
-from training.evaluate import eval_pairs, eval_steps
-from training.humaneval import build_pairs, build_steps
+from plaudit.service.config import DEFAULT_MODEL_DIR, MODELS_DIR
+from plaudit.training.data import read_pairs, read_steps
+from plaudit.training.evaluate import eval_pairs, eval_steps
+from plaudit.training.humaneval import build_pairs, build_steps
 
 pytestmark = pytest.mark.slow
 
@@ -88,22 +88,22 @@ def test_make_serve_answers_the_readme_curl(default_model, tmp_path):
     item = {"prompt": "Write a Python function `add(a, b)` that returns the sum.",
             "response": "```python\ndef add(a, b):\n    return a + b\n```"}
     with running_service(None, tmp_path) as (url, proc):
-        reply = httpx.post(f"{url}/score", json={"items": [item]}, timeout=60)
+        reply = httpx2.post(f"{url}/score", json={"items": [item]}, timeout=60)
         assert reply.status_code == 200
         assert reply.json()["model"] == "default"
         assert reply.json()["rewards"] == pytest.approx(default_model.score([Item(**item)]).rewards, abs=1e-4)
-        models = httpx.get(f"{url}/models").json()["models"]
+        models = httpx2.get(f"{url}/models").json()["models"]
         assert [(m["name"], m["kind"]) for m in models] == [("default", "bt"), ("default-gpm", "gpm"),
                                                           ("default-prm", "prm"), ("local", "judge")]
-        judged = httpx.post(f"{url}/judge", json={"instruction": item["prompt"], "responses": [item["response"]]},
+        judged = httpx2.post(f"{url}/judge", json={"instruction": item["prompt"], "responses": [item["response"]]},
                             timeout=120)
         assert judged.status_code == 200, judged.text
         assert judged.json()["judge"] == "local" and judged.json()["method"] == "tick"
         assert 2 <= len(judged.json()["checklist"]) <= 8
-        ranked = httpx.post(f"{url}/rank", json={"model": "default-gpm", "prompt": item["prompt"], "matrix": True,
+        ranked = httpx2.post(f"{url}/rank", json={"model": "default-gpm", "prompt": item["prompt"], "matrix": True,
                                                  "responses": [item["response"], item["response"].replace("+", "-")]})
         assert ranked.status_code == 200 and len(ranked.json()["matrix"]) == 2
-        steps = httpx.post(f"{url}/steps", json={"model": "default-prm", "prompt": item["prompt"],
+        steps = httpx2.post(f"{url}/steps", json={"model": "default-prm", "prompt": item["prompt"],
                                                  "response": "def add(a, b):\n    return a + b\n"})
         assert steps.status_code == 200 and len(steps.json()["step_rewards"]) == 2
         # Proportional set size: RSS counts a shared page once per process and once per mapping,

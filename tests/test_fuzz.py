@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import zlib
 
-import httpx
+import httpx2
 import pytest
 import schemathesis
 import yaml
@@ -19,7 +19,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from judges.registry import METHODS
+from plaudit.judges.registry import METHODS
 from servers import FakeLLM, http_server, running_service
 from test_properties import make_gpm, make_prm
 
@@ -101,7 +101,7 @@ def fuzzable(doc: dict) -> dict:
 def test_the_served_document_is_exact(service_url):
     """BentoML alone documents `model: str | None` as a string and a chat prompt as a string,
     and leaves GET /models out; the served document keeps the unions and lists it."""
-    doc = httpx.get(f"{service_url}/docs.json").json()
+    doc = httpx2.get(f"{service_url}/docs.json").json()
     score = doc["paths"]["/score"]["post"]
     assert score["requestBody"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/ScoreRequestIODescriptor"}
@@ -113,7 +113,7 @@ def test_the_served_document_is_exact(service_url):
 
 @pytest.fixture(scope="module")
 def api_schema(service_url):
-    schema = schemathesis.openapi.from_dict(fuzzable(httpx.get(f"{service_url}/docs.json").json()))
+    schema = schemathesis.openapi.from_dict(fuzzable(httpx2.get(f"{service_url}/docs.json").json()))
     schema.config.update(base_url=service_url)
     return schema
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 import json
 import math
 
-import httpx
+import httpx2
 import pytest
 import torch
 import yaml
 
-from rewardmodels import InputError, Item, ModelLoadError, Pair, load_scorer
-from rewardmodels.gpm import preference
+from plaudit.rewardmodels import InputError, Item, ModelLoadError, Pair, load_scorer
+from plaudit.rewardmodels.gpm import preference
 from servers import running_service
-from training.experiments import cyclic, cyclic_pairs
-from training.gpm import GPMConfig, train_gpm
+from plaudit.training.experiments import cyclic, cyclic_pairs
+from plaudit.training.gpm import GPMConfig, train_gpm
 
 PROMPT = "Settle a game (#0): answer with one hand."
 
@@ -124,13 +124,13 @@ def test_gpm_over_http(cyclic_run, gpm, tmp_path):
                                       "default_model": "pref"}))
     responses = ["I play rock.", "I play paper.", "I play scissors."]
     with running_service(config, tmp_path) as (url, _):
-        ranked = httpx.post(f"{url}/rank", json={"prompt": PROMPT, "responses": responses, "matrix": True}).json()
+        ranked = httpx2.post(f"{url}/rank", json={"prompt": PROMPT, "responses": responses, "matrix": True}).json()
         assert ranked["rewards"] == pytest.approx(gpm.rank(PROMPT, responses).rewards, abs=1e-4)
         assert len(ranked["matrix"]) == 3
-        assert httpx.post(f"{url}/rank", json={"prompt": PROMPT, "responses": responses}).json()["matrix"] is None
-        lonely = httpx.post(f"{url}/score", json={"items": [{"prompt": PROMPT, "response": "x"}]})
+        assert httpx2.post(f"{url}/rank", json={"prompt": PROMPT, "responses": responses}).json()["matrix"] is None
+        lonely = httpx2.post(f"{url}/score", json={"items": [{"prompt": PROMPT, "response": "x"}]})
         assert lonely.status_code == 422 and "items[0]" in lonely.text
-        reward = httpx.post(f"{url}/get_reward", json={"query": ["a", "b"]})
+        reward = httpx2.post(f"{url}/get_reward", json={"query": ["a", "b"]})
         assert reward.status_code == 422 and "prompts" in reward.text
-        models = {m["name"]: m["kind"] for m in httpx.get(f"{url}/models").json()["models"]}
+        models = {m["name"]: m["kind"] for m in httpx2.get(f"{url}/models").json()["models"]}
         assert models == {"pref": "gpm", "bt": "bt"}

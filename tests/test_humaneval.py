@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from training.humaneval import (
+from plaudit.training.humaneval import (
     build_pairs,
     build_steps,
     load_problems,

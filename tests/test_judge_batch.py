@@ -11,13 +11,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 import yaml
 
-from judges import batch
-from service import api
-from service.config import ModelConfig, ServiceConfig
+from plaudit.judges import batch
+from plaudit.service import api
+from plaudit.service.config import ModelConfig, ServiceConfig
 from servers import REPO, Fail, FakeLLM, http_server, running_service, send_json
 
 PLAUDIT = str(Path(sys.executable).with_name("plaudit"))
@@ -176,19 +176,19 @@ def judge_service(tiny_bt, tmp_path_factory):
 def test_judge_endpoint_and_judges_as_models_over_http(judge_service):
     url, _, _ = judge_service
     body = {"judge": "rater", "instruction": "Say hi.", "responses": ["hi", "hello there"]}
-    answer = httpx.post(f"{url}/judge", json=body, timeout=60)
+    answer = httpx2.post(f"{url}/judge", json=body, timeout=60)
     assert answer.status_code == 200, answer.text
     assert [r["rating"] for r in answer.json()["results"]] == [2, 10]
-    scored = httpx.post(f"{url}/score", json={"model": "rater", "items": [
+    scored = httpx2.post(f"{url}/score", json={"model": "rater", "items": [
         {"prompt": "Say hi.", "response": "hey"}]}, timeout=60).json()
     assert scored["rewards"] == [3.0] and scored["unscored"] == [0]
-    models = {m["name"]: m for m in httpx.get(f"{url}/models").json()["models"]}
+    models = {m["name"]: m for m in httpx2.get(f"{url}/models").json()["models"]}
     assert models["rater"]["kind"] == "judge" and models["rater"]["metadata"]["method"] == "direct"
-    unknown = httpx.post(f"{url}/judge", json={**body, "judge": "nobody"}, timeout=60)
+    unknown = httpx2.post(f"{url}/judge", json={**body, "judge": "nobody"}, timeout=60)
     assert unknown.status_code == 404 and unknown.json()["field"] == "judge"
-    not_a_judge = httpx.post(f"{url}/judge", json={**body, "judge": "tiny"}, timeout=60)
+    not_a_judge = httpx2.post(f"{url}/judge", json={**body, "judge": "tiny"}, timeout=60)
     assert not_a_judge.status_code == 422 and "not a judge" in not_a_judge.json()["error"]
-    empty = httpx.post(f"{url}/judge", json={**body, "responses": []}, timeout=60)
+    empty = httpx2.post(f"{url}/judge", json={**body, "responses": []}, timeout=60)
     assert empty.status_code == 400 and "responses" in empty.text
 
 
@@ -197,10 +197,10 @@ def test_backend_failure_fails_its_items_and_a_503_when_all_failed(judge_service
     fail_on.add("boom")
     try:
         body = {"judge": "rater", "instruction": "Say hi.", "responses": ["boom", "hello there"]}
-        partly = httpx.post(f"{url}/judge", json=body, timeout=60)
-        scored = httpx.post(f"{url}/score", json={"model": "rater", "items": [
+        partly = httpx2.post(f"{url}/judge", json=body, timeout=60)
+        scored = httpx2.post(f"{url}/score", json={"model": "rater", "items": [
             {"prompt": "Say hi.", "response": "hey"}, {"prompt": "Say hi.", "response": "boom"}]}, timeout=60)
-        answer = httpx.post(f"{url}/judge", json={**body, "responses": ["boom"]}, timeout=60)
+        answer = httpx2.post(f"{url}/judge", json={**body, "responses": ["boom"]}, timeout=60)
     finally:
         fail_on.clear()
     assert partly.status_code == 200, partly.text

@@ -10,14 +10,15 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from judges.backends import BackendUnavailable, Completion
-from judges.base import JudgeRequest, read_choice
-from judges.direct import parse_rating
-from judges.tick import parse_checklist
-from rewardmodels import InputError, Item, Pair
-from service import api
-from service.config import ModelConfig, ServiceConfig
-from service.schemas import CompareRequest, GetRewardRequest, ScoreRequest
+from plaudit.judges.backends import BackendUnavailable, Completion
+from plaudit.judges.base import read_choice
+from plaudit.schemas import JudgeRequest
+from plaudit.judges.direct import parse_rating
+from plaudit.judges.tick import parse_checklist
+from plaudit.rewardmodels import InputError, Item, Pair
+from plaudit.service import api
+from plaudit.service.config import ModelConfig, ServiceConfig
+from plaudit.schemas import CompareRequest, GetRewardRequest, ScoreRequest
 from servers import Fail, FakeLLM
 
 INSTRUCTION = "Write a Python function `add(a, b)` that returns the sum."

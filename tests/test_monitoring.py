@@ -11,14 +11,14 @@ import subprocess
 import time
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from service.config import MonitoringConfig
-from service.monitoring import Metrics, Monitor, calibration, ks_distance
-from service.schemas import FeedbackRequest
+from plaudit.service.config import MonitoringConfig
+from plaudit.service.monitoring import Metrics, Monitor, calibration, ks_distance
+from plaudit.schemas import FeedbackRequest
 from servers import REPO, FakeLLM, free_port, running_service
 
 DEPLOY = REPO / "deploy"
@@ -116,11 +116,11 @@ def monitored(tiny_bt, tmp_path_factory):
                        "arena": {"method": "pairwise"}},
             "monitoring": {"update_interval_s": 0}}))
         with running_service(config, tmp) as (url, _):
-            with httpx.Client(base_url=url, timeout=60) as client:
+            with httpx2.Client(base_url=url, timeout=60) as client:
                 yield client
 
 
-def traffic(client: httpx.Client, pairs: int = 60) -> list[dict]:
+def traffic(client: httpx2.Client, pairs: int = 60) -> list[dict]:
     """A bit of everything; returns the /compare answers' (id, probability)."""
     items = [{"prompt": "Say hi.", "response": "hi" * (1 + i % 7)} for i in range(16)]
     assert client.post("/score", json={"items": items}).status_code == 200
@@ -169,8 +169,8 @@ def prometheus(tmp: Path, target: str, rules: Path):
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
+            with contextlib.suppress(httpx2.HTTPError):
+                if httpx2.get(f"{url}/-/ready", timeout=2).status_code == 200:
                     break
             time.sleep(0.3)
         else:
@@ -183,7 +183,7 @@ def prometheus(tmp: Path, target: str, rules: Path):
 
 
 def query(url: str, expr: str) -> list:
-    answer = httpx.get(f"{url}/api/v1/query", params={"query": expr}, timeout=10).json()
+    answer = httpx2.get(f"{url}/api/v1/query", params={"query": expr}, timeout=10).json()
     assert answer["status"] == "success", answer
     return answer["data"]["result"]
 
@@ -213,7 +213,7 @@ def test_real_prometheus_sees_every_panel_and_fires_on_bad_calibration(monitored
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             firing = {a["labels"]["alertname"] for a in
-                      httpx.get(f"{url}/api/v1/alerts", timeout=10).json()["data"]["alerts"] if a["state"] == "firing"}
+                      httpx2.get(f"{url}/api/v1/alerts", timeout=10).json()["data"]["alerts"] if a["state"] == "firing"}
             if {"PlauditCalibrationDegraded", "PlauditJudgeUnscoredRateHigh"} <= firing:
                 break
             time.sleep(1)

@@ -11,15 +11,15 @@ import random
 
 import pytest
 
-from rewardmodels import InputError, Item, Steps, UnsupportedOperation, load_scorer
-from rewardmodels.encoding import prompt_text
-from rewardmodels.prm import encode_steps, split_steps
-from service.api import ModelPool, steps as steps_endpoint
-from service.config import ModelConfig, ServiceConfig
-from service.schemas import StepsRequest
-from training.data import StepRecord, read_steps
-from training.evaluate import auroc, eval_steps
-from training.prm import PRMConfig, train_prm
+from plaudit.rewardmodels import InputError, Item, Steps, UnsupportedOperation, load_scorer
+from plaudit.rewardmodels.encoding import prompt_text
+from plaudit.rewardmodels.prm import encode_steps, split_steps
+from plaudit.service.api import ModelPool, steps as steps_endpoint
+from plaudit.service.config import ModelConfig, ServiceConfig
+from plaudit.schemas import StepsRequest
+from plaudit.training.data import StepRecord, read_steps
+from plaudit.training.evaluate import auroc, eval_steps
+from plaudit.training.prm import PRMConfig, train_prm
 
 from conftest import make_tokenizer, tiny_training
 
@@ -199,7 +199,7 @@ def test_prm_head_refused_as_bt_and_bt_head_refused_as_prm(tiny_bt, tmp_path):
     """A 1-output sequence head is not a 2-class per-token head, and the reverse."""
     from transformers import AutoModelForTokenClassification
 
-    from rewardmodels import ModelLoadError
+    from plaudit.rewardmodels import ModelLoadError
 
     with pytest.raises(ModelLoadError):
         load_scorer(tiny_bt, kind="prm")
@@ -213,7 +213,7 @@ def test_prm_head_refused_as_bt_and_bt_head_refused_as_prm(tiny_bt, tmp_path):
 
 def test_prm_over_http(trained_prm, tiny_bt, tmp_path):
     """/steps in both forms, /score as the aggregate, and 4xx answers that name the field."""
-    import httpx
+    import httpx2
     import yaml
     from servers import running_service
 
@@ -224,21 +224,21 @@ def test_prm_over_http(trained_prm, tiny_bt, tmp_path):
     local = load_scorer(trained_prm[0])
     trace = ["def add(a, b):", "the tested dog", "return a + b"]
     with running_service(config, tmp_path) as (url, _):
-        split = httpx.post(f"{url}/steps", json={"prompt": "p", "steps": trace}).json()
-        joined = httpx.post(f"{url}/steps", json={"prompt": "p", "response": "\n".join(trace) + "\n"}).json()
+        split = httpx2.post(f"{url}/steps", json={"prompt": "p", "steps": trace}).json()
+        joined = httpx2.post(f"{url}/steps", json={"prompt": "p", "response": "\n".join(trace) + "\n"}).json()
         expected = local.score_steps([Steps(prompt="p", steps=trace)])[0].step_rewards
         assert split["step_rewards"] == pytest.approx(expected, abs=1e-5)
         assert joined["steps"] == trace and joined["step_rewards"] == pytest.approx(expected, abs=1e-5)
         assert split["aggregates"]["min"] == pytest.approx(min(expected), abs=1e-5)
-        scored = httpx.post(f"{url}/score", json={"items": [{"prompt": "p", "response": "\n".join(trace)}]}).json()
+        scored = httpx2.post(f"{url}/score", json={"items": [{"prompt": "p", "response": "\n".join(trace)}]}).json()
         assert scored["rewards"][0] == pytest.approx(min(expected), abs=1e-5)
-        both = httpx.post(f"{url}/steps", json={"prompt": "p", "steps": trace, "response": "x"})
+        both = httpx2.post(f"{url}/steps", json={"prompt": "p", "steps": trace, "response": "x"})
         assert both.status_code == 400 and "either" in both.text
-        too_many = httpx.post(f"{url}/steps", json={"prompt": "p", "steps": ["a"] * 9})
+        too_many = httpx2.post(f"{url}/steps", json={"prompt": "p", "steps": ["a"] * 9})
         assert too_many.status_code == 413 and "limits.max_items" in too_many.text
-        too_long = httpx.post(f"{url}/steps", json={"prompt": "p", "steps": ["a", "b" * 201]})
+        too_long = httpx2.post(f"{url}/steps", json={"prompt": "p", "steps": ["a", "b" * 201]})
         assert too_long.status_code == 413 and "steps[1]" in too_long.text
-        not_prm = httpx.post(f"{url}/steps", json={"model": "bt", "prompt": "p", "steps": trace})
+        not_prm = httpx2.post(f"{url}/steps", json={"model": "bt", "prompt": "p", "steps": trace})
         assert not_prm.status_code == 422 and "prm" in not_prm.text
-        models = {m["name"]: m["kind"] for m in httpx.get(f"{url}/models").json()["models"]}
+        models = {m["name"]: m["kind"] for m in httpx2.get(f"{url}/models").json()["models"]}
         assert models == {"steps": "prm", "bt": "bt"}

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from conftest import tiny_training
-from rewardmodels import Batching, InputError, Item, Steps, load_scorer
-from rewardmodels.encoding import encode_item
+from plaudit.rewardmodels import Batching, InputError, Item, Steps, load_scorer
+from plaudit.rewardmodels.encoding import encode_item
 
 TOL = 1e-4  # float32 matmuls over different batch shapes
 MAX_LENGTH = 64  # small, so that the long texts below are truncated
@@ -40,8 +40,8 @@ items = st.builds(lambda prompt, response: Item(prompt=prompt, response=response
 
 def make_gpm(base: Path, out: Path) -> Path:
     """A GPM with real adapters and a prompt head, trained one epoch: the weights need not mean anything."""
-    from training.experiments import cyclic_pairs
-    from training.gpm import GPMConfig, train_gpm
+    from plaudit.training.experiments import cyclic_pairs
+    from plaudit.training.gpm import GPMConfig, train_gpm
 
     train_gpm(cyclic_pairs(2), out, tiny_training(GPMConfig, base, epochs=1, dims=4, prompt_head=True, lora_layers=1),
               on_log=lambda row: None)

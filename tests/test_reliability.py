@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
+import httpx2
 import pytest
 import yaml
 
-from service.auth import ApiKeyMiddleware, presented_key
-from service.config import AuthConfig
+from plaudit.service.auth import ApiKeyMiddleware, presented_key
+from plaudit.service.config import AuthConfig
 from servers import running_service
 
 KEY, ENV_KEY = "sk-config-0123456789", "sk-env-9876543210"
@@ -37,16 +37,16 @@ def guarded(tiny_bt, tmp_path_factory):
 def test_scoring_needs_a_key_and_health_and_metrics_do_not(guarded):
     url, tmp = guarded
     body = {"items": [item(0)]}
-    refused = [httpx.post(f"{url}/score", json=body, headers=h, timeout=30)
+    refused = [httpx2.post(f"{url}/score", json=body, headers=h, timeout=30)
                for h in ({}, {"Authorization": "Bearer sk-wrong"}, {"Authorization": KEY}, {"X-API-Key": ""})]
     assert [r.status_code for r in refused] == [401] * 4
     assert refused[0].json()["field"] == "Authorization" and refused[0].headers["www-authenticate"].startswith("Bearer")
-    assert httpx.get(f"{url}/models", timeout=30).status_code == 401
-    assert httpx.post(f"{url}/score", json=body, headers=BEARER, timeout=30).status_code == 200
-    assert httpx.post(f"{url}/score", json=body, headers={"X-API-Key": ENV_KEY}, timeout=30).status_code == 200
-    assert httpx.get(f"{url}/models", headers={"x-api-key": KEY}, timeout=30).status_code == 200
+    assert httpx2.get(f"{url}/models", timeout=30).status_code == 401
+    assert httpx2.post(f"{url}/score", json=body, headers=BEARER, timeout=30).status_code == 200
+    assert httpx2.post(f"{url}/score", json=body, headers={"X-API-Key": ENV_KEY}, timeout=30).status_code == 200
+    assert httpx2.get(f"{url}/models", headers={"x-api-key": KEY}, timeout=30).status_code == 200
     for open_path in ("/readyz", "/livez", "/metrics", "/docs.json", "/"):
-        assert httpx.get(f"{url}{open_path}", timeout=30).status_code == 200, open_path
+        assert httpx2.get(f"{url}{open_path}", timeout=30).status_code == 200, open_path
     log = (tmp / "serve.log").read_text()
     assert KEY not in log and ENV_KEY not in log and "sk-wrong" not in log
 
@@ -55,7 +55,7 @@ def test_limits_answer_413_naming_the_limit_and_the_field(guarded):
     url, _ = guarded
 
     def post(body):
-        return httpx.post(f"{url}/score", json=body, headers=BEARER, timeout=60)
+        return httpx2.post(f"{url}/score", json=body, headers=BEARER, timeout=60)
 
     too_many = post({"items": [item(i) for i in range(65)]})
     assert too_many.status_code == 413 and "limits.max_items" in too_many.json()["error"]
@@ -69,8 +69,8 @@ def test_limits_answer_413_naming_the_limit_and_the_field(guarded):
 def test_overload_sheds_with_503_and_loses_no_accepted_request(guarded):
     url, _ = guarded
     body = {"items": [item(i, words=80) for i in range(12)]}  # about 6,100 tokens: within max_tokens
-    expected = httpx.post(f"{url}/score", json=body, headers=BEARER, timeout=60).json()["rewards"]
-    with httpx.Client(headers=BEARER, timeout=120, limits=httpx.Limits(max_connections=64)) as client:
+    expected = httpx2.post(f"{url}/score", json=body, headers=BEARER, timeout=60).json()["rewards"]
+    with httpx2.Client(headers=BEARER, timeout=120, limits=httpx2.Limits(max_connections=64)) as client:
         with ThreadPoolExecutor(48) as pool:
             answers = list(pool.map(lambda _: client.post(f"{url}/score", json=body), range(48)))
     codes = [a.status_code for a in answers]
@@ -81,8 +81,8 @@ def test_overload_sheds_with_503_and_loses_no_accepted_request(guarded):
     assert codes.count(200) >= MAX_QUEUE
     for accepted in (a for a in answers if a.status_code == 200):  # whole and right, never partial
         assert accepted.json()["rewards"] == pytest.approx(expected, abs=1e-4)
-    assert httpx.get(f"{url}/readyz", timeout=30).status_code == 200
-    metrics = httpx.get(f"{url}/metrics", timeout=30).text
+    assert httpx2.get(f"{url}/readyz", timeout=30).status_code == 200
+    metrics = httpx2.get(f"{url}/metrics", timeout=30).text
     assert 'outcome="overloaded"' in metrics
 
 
@@ -90,12 +90,12 @@ def test_bounded_load_every_request_answered_and_consistent(guarded):
     """Four clients (under max_queue) for three seconds: no errors, each reward as scored alone."""
     url, _ = guarded
     items = [item(i, words=5 + 9 * (i % 9)) for i in range(24)]
-    alone = httpx.post(f"{url}/score", json={"items": items}, headers=BEARER, timeout=60).json()["rewards"]
+    alone = httpx2.post(f"{url}/score", json={"items": items}, headers=BEARER, timeout=60).json()["rewards"]
     deadline = time.monotonic() + 3.0
 
     def client(c: int) -> list[tuple[int, int, float | None]]:
         seen = []
-        with httpx.Client(headers=BEARER, timeout=60) as http:
+        with httpx2.Client(headers=BEARER, timeout=60) as http:
             i = c
             while time.monotonic() < deadline:
                 answer = http.post(f"{url}/score", json={"items": [items[i % len(items)]]})

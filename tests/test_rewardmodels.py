@@ -20,12 +20,12 @@ import torch
 from torch import nn
 
 from conftest import make_tiny
-from rewardmodels import KINDS, Batching, InputError, Item, ModelLoadError, Pair, load_scorer
-from rewardmodels.batcher import ForwardBatcher
-from rewardmodels.bt import last_token_rewards
-from rewardmodels.encoding import encode_item, micro_batches
-from rewardmodels.loading import choose_device
-from rewardmodels.lora import LoRALinear, add_lora, merge_lora
+from plaudit.rewardmodels import KINDS, Batching, InputError, Item, ModelLoadError, Pair, load_scorer
+from plaudit.rewardmodels.batcher import ForwardBatcher
+from plaudit.rewardmodels.bt import last_token_rewards
+from plaudit.rewardmodels.encoding import encode_item, micro_batches
+from plaudit.rewardmodels.loading import choose_device
+from plaudit.rewardmodels.lora import LoRALinear, add_lora, merge_lora
 
 TOL = 1e-4
 

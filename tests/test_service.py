@@ -4,11 +4,11 @@ from __future__ import annotations
 import math
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
+import httpx2
 import pytest
 import yaml
 
-from rewardmodels import Item, load_scorer
+from plaudit.rewardmodels import Item, load_scorer
 from servers import running_service
 
 ITEMS = [{"prompt": "Write a function that adds two numbers.", "response": "def add(a, b):\n    return a + b\n"},
@@ -27,7 +27,7 @@ def service(tiny_bt, tiny_bt_plain, tmp_path_factory):
         "default_model": "tiny",
         "limits": {"max_items": 40, "max_chars": 2000}}))
     with running_service(config, tmp) as (url, _):
-        with httpx.Client(base_url=url, timeout=60) as client:
+        with httpx2.Client(base_url=url, timeout=60) as client:
             yield client
 
 

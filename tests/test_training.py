@@ -14,14 +14,14 @@ import pytest
 import torch
 
 from conftest import tiny_training
-from rewardmodels import InputError, Item, ModelLoadError, Scorer, Scores, load_scorer
-from rewardmodels.bt import last_token_rewards
-from rewardmodels.lora import ADAPTER_FILE
-from rewardmodels.encoding import encode_item
-from rewardmodels.lora import add_lora
-from training.bt import BTConfig, train_bt
-from training.data import PreferencePair, read_pairs
-from training.evaluate import eval_pairs
+from plaudit.rewardmodels import InputError, Item, ModelLoadError, Scorer, Scores, load_scorer
+from plaudit.rewardmodels.bt import last_token_rewards
+from plaudit.rewardmodels.lora import ADAPTER_FILE
+from plaudit.rewardmodels.encoding import encode_item
+from plaudit.rewardmodels.lora import add_lora
+from plaudit.training.bt import BTConfig, train_bt
+from plaudit.training.data import PreferencePair, read_pairs
+from plaudit.training.evaluate import eval_pairs
 
 # --- read_pairs ------------------------------------------------------------------------------------
 

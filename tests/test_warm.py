@@ -13,14 +13,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import make_tiny, tiny_training
-from rewardmodels import Item, ModelLoadError, Pair, load_scorer
-from rewardmodels.bt import load_classifier
-from rewardmodels.loading import read_metadata
-from service.api import ModelPool, score as score_endpoint
-from service.config import ModelConfig, ServiceConfig
-from service.schemas import ScoreRequest
+from plaudit.rewardmodels import Item, ModelLoadError, Pair, load_scorer
+from plaudit.rewardmodels.bt import load_classifier
+from plaudit.rewardmodels.loading import read_metadata
+from plaudit.service.api import ModelPool, score as score_endpoint
+from plaudit.service.config import ModelConfig, ServiceConfig
+from plaudit.schemas import ScoreRequest
 from test_training import marker_pairs
-from training.warm import MEMBERS, Member, WarmConfig, average, merge, train_warm
+from plaudit.training.warm import MEMBERS, Member, WarmConfig, average, merge, train_warm
 
 ADAPTED = "model.layers.1.self_attn.q_proj.weight"  # in the last block: LoRA merges into it
 FROZEN = "model.layers.0.self_attn.q_proj.weight"
@@ -142,7 +142,7 @@ def test_an_ensemble_of_other_kinds_is_refused(warm, tmp_path):
 
 MEASURE = """
 import resource, sys
-from training.warm import merge
+from plaudit.training.warm import merge
 merge(sys.argv[2:], sys.argv[1])
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
@@ -180,7 +180,7 @@ def test_merge_peak_memory_is_flat_in_the_number_of_members(tmp_path):
 
 
 def test_flip_labels_swaps_exactly_the_asked_fraction():
-    from training.experiments import flip_labels
+    from plaudit.training.experiments import flip_labels
 
     pairs = marker_pairs(20, seed=3)
     noisy, flipped = flip_labels(pairs, 0.25, seed=0)
@@ -190,7 +190,7 @@ def test_flip_labels_swaps_exactly_the_asked_fraction():
 
 
 def test_warm_noise_experiment_reports_every_contender(tiny_base, tmp_path):
-    from training.experiments import warm_noise
+    from plaudit.training.experiments import warm_noise
 
     for name, seed in (("train", 100), ("test", 999)):
         (tmp_path / f"{name}.jsonl").write_text("".join(p.model_dump_json() + "\n" for p in marker_pairs(16, seed)))

@@ -14,9 +14,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from rewardmodels.base import Item
-from rewardmodels.bt import HEAD_PREFIXES, last_token_rewards
-from rewardmodels.encoding import encode_item, pad
+from plaudit.rewardmodels.base import Item
+from plaudit.rewardmodels.bt import HEAD_PREFIXES, last_token_rewards
+from plaudit.rewardmodels.encoding import encode_item, pad
 
 from .data import PreferencePair
 from .loop import TrainConfig, fit, normalization, prepare, save_adapter

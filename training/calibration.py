@@ -12,8 +12,8 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from rewardmodels.base import InputError, Pair, Scorer, sigmoid
-from rewardmodels.loading import read_metadata, write_metadata
+from plaudit.rewardmodels.base import InputError, Pair, Scorer, sigmoid
+from plaudit.rewardmodels.loading import read_metadata, write_metadata
 
 from .data import PreferencePair
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from judges.backends import Backend, Completion
-from judges.base import read_choice, render_file
-from judges.batch import run_resumable
+from plaudit.judges.backends import Backend, Completion
+from plaudit.judges.base import read_choice, render_file
+from plaudit.judges.batch import run_resumable
 
 PROMPTS = Path(__file__).resolve().parent / "prompts"
 

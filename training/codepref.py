@@ -12,8 +12,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from rewardmodels.codepref import DEFAULT_CRITERION, label_ids, label_logits, pair_prompt
-from rewardmodels.encoding import encode_text, pad, prompt_text
+from plaudit.rewardmodels.codepref import DEFAULT_CRITERION, label_ids, label_logits, pair_prompt
+from plaudit.rewardmodels.encoding import encode_text, pad, prompt_text
 
 from .data import CodePrefRecord
 from .loop import TrainConfig, fit, prepare, save_adapter

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from rewardmodels.base import Item, Pair, Scorer, Scores
+from plaudit.rewardmodels.base import Item, Pair, Scorer, Scores
 
 from .humaneval import build_pairs
 

@@ -12,7 +12,7 @@ from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from rewardmodels.base import InputError, Message, Prompt
+from plaudit.rewardmodels.base import InputError, Message, Prompt
 
 
 class PreferencePair(BaseModel):

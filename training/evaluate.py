@@ -1,7 +1,7 @@
 """Held-out evaluation: any scorer on preference pairs, a process reward model on step labels."""
 from __future__ import annotations
 
-from rewardmodels.base import AGGREGATES, Pair, Scorer, Steps
+from plaudit.rewardmodels.base import AGGREGATES, Pair, Scorer, Steps
 
 from .data import PreferencePair, StepRecord
 

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from rewardmodels import load_scorer
-from rewardmodels.base import Pair
+from plaudit.rewardmodels import load_scorer
+from plaudit.rewardmodels.base import Pair
 
 from .bt import BTConfig, train_bt
 from .data import PreferencePair, read_pairs

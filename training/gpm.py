@@ -11,9 +11,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from rewardmodels.base import Item
-from rewardmodels.encoding import encode_item, encode_text, last_token_states, pad, prompt_text
-from rewardmodels.gpm import HEAD_PREFIXES, GPMNet, preference
+from plaudit.rewardmodels.base import Item
+from plaudit.rewardmodels.encoding import encode_item, encode_text, last_token_states, pad, prompt_text
+from plaudit.rewardmodels.gpm import HEAD_PREFIXES, GPMNet, preference
 
 from .data import PreferencePair
 from .loop import TrainConfig, fit, prepare, save_adapter

