@@ -1,7 +1,7 @@
 """Reward-model families behind one scorer interface.
 
     from plaudit.rewardmodels import load_scorer, Item
-    rm = load_scorer("models/default-bt")
+    rm = load_scorer("plaudit/models/default-bt")  # in a checkout; or any checkpoint directory
     rm.score([Item(prompt="2+2?", response="4")]).rewards
 """
 from .base import (AGGREGATES, Comparison, InputError, Item, LimitExceeded, Message, ModelLoadError, Pair, Ranking,

@@ -24,6 +24,7 @@ from plaudit.rewardmodels import InputError, ModelLoadError
 
 from . import api
 from .auth import ApiKeyMiddleware
+from .bodies import JsonBodyMiddleware
 from .config import AuthConfig, load_config
 from .monitoring import Monitor
 from .openapi import ExactOpenAPI
@@ -151,4 +152,5 @@ class Plaudit:
 
 
 Plaudit.add_asgi_middleware(ApiKeyMiddleware, load=_auth_config)
+Plaudit.add_asgi_middleware(JsonBodyMiddleware)
 Plaudit.add_asgi_middleware(ExactOpenAPI)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from typing import Callable
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .bodies import send_error
 from .config import AuthConfig
 
 
@@ -55,9 +55,5 @@ class ApiKeyMiddleware:
                 or scope["path"] in self.open_paths or self.allows(Headers(scope=scope))):
             await self.app(scope, receive, send)
             return
-        body = json.dumps({"error": "missing or invalid API key: send `Authorization: Bearer KEY` or "
-                                    "`X-API-Key: KEY`", "field": "Authorization"}).encode()
-        await send({"type": "http.response.start", "status": 401,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"www-authenticate", b'Bearer realm="plaudit"')]})
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, 401, "missing or invalid API key: send `Authorization: Bearer KEY` or `X-API-Key: KEY`",
+                         "Authorization", [(b"www-authenticate", b'Bearer realm="plaudit"')])

@@ -207,7 +207,8 @@ class Monitor:
                 if reward is not None and math.isfinite(reward):
                     self.metrics.reward.labels(model).observe(reward)
                     window.add(reward, length)
-            if time.monotonic() - window.updated >= self.config.update_interval_s:
+            # A window of unscored answers only (a judge that read nothing yet) has no statistics.
+            if window.rewards and time.monotonic() - window.updated >= self.config.update_interval_s:
                 window.updated = time.monotonic()
                 self._reward_gauges(model, window)
 

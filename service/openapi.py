@@ -17,7 +17,9 @@ from plaudit.schemas import ErrorResponse, ModelsResponse
 
 DOCUMENT = "/docs.json"
 ERRORS = {"401": "no valid API key (when keys are configured)", "404": "an unknown model or judge",
-          "413": "over a configured limit, named in the message", "422": "input the model cannot score, field named",
+          "413": "over a configured limit, named in the message",
+          "415": "a body that is not JSON (a form or multipart Content-Type)",
+          "422": "input the model cannot score, field named",
           "503": "overloaded, or a judge's backend failed every item: retry after Retry-After"}
 
 

@@ -3,17 +3,13 @@ served over HTTP exactly as `make serve` starts it."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import httpx2
 import psutil
 import pytest
 
 from plaudit.rewardmodels import Item, load_scorer
-from servers import REPO, running_service
+from servers import running_service
 from plaudit.service.config import DEFAULT_MODEL_DIR, MODELS_DIR
 from plaudit.training.data import read_pairs, read_steps
 from plaudit.training.evaluate import eval_pairs, eval_steps
@@ -112,13 +108,3 @@ def test_make_serve_answers_the_readme_curl(default_model, tmp_path):
         pss = sum(p.memory_full_info().pss for p in [tree, *tree.children(recursive=True)])
         assert pss < 2.5e9, f"service tree uses {pss / 1e9:.2f} GB resident (PSS)"
 
-
-def test_bentoml_build_offline(tmp_path):
-    env = {**os.environ, "BENTOML_HOME": str(tmp_path), "BENTOML_DO_NOT_TRACK": "True"}
-    bentoml = str(Path(sys.executable).with_name("bentoml"))
-    result = subprocess.run([bentoml, "build", "."], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    src = next((tmp_path / "bentos" / "plaudit").glob("*/src"))
-    assert (src / "models" / "default-bt" / "adapter.safetensors").exists()
-    assert (src / "service" / "app.py").exists()
-    assert (src / "judges" / "prompts" / "tick_checklist.md").exists()

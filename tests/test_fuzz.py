@@ -15,6 +15,7 @@ import pytest
 import schemathesis
 import yaml
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
@@ -151,3 +152,28 @@ def test_no_request_makes_a_server_error(api_schema, method, path, mode):
     fuzz()
     if mode is GenerationMode.POSITIVE:  # valid bodies got past validation into plaudit's own code
         assert any(s < 300 or s in (413, 422) for s in statuses), statuses
+
+
+HEADER_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=60)
+CONTENT_TYPES = st.one_of(
+    st.sampled_from(["multipart/form-data", "multipart/form-data; boundary=", "application/x-www-form-urlencoded",
+                     "application/json", "application/json; charset=utf-16", "text/plain", "text/html", ""]),
+    st.builds("{}/{}; {}".format, HEADER_TEXT, HEADER_TEXT, HEADER_TEXT), HEADER_TEXT,
+).map(str.strip)  # an HTTP client will not send a header value with white space around it
+BODIES = st.one_of(st.binary(max_size=200), st.sampled_from([b'{"items": [{"id": "x", "label": 1}]}',
+                                                             b'{"items": [{"prompt": "p", "response": "r"}]}']))
+
+
+@pytest.mark.parametrize("path", POSTS)
+def test_no_content_type_or_body_makes_a_server_error(service_url, path):
+    """Whatever the Content-Type header and the bytes: a 4xx naming the problem, or an answer."""
+
+    @given(content_type=CONTENT_TYPES, body=BODIES)
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+    def send(content_type, body):
+        reply = httpx2.post(f"{service_url}{path}", content=body, headers={"Content-Type": content_type}, timeout=60)
+        assert reply.status_code < 500, (content_type, body, reply.status_code, reply.text)
+        if reply.status_code >= 400:
+            assert set(reply.json()) & {"error", "detail"}, reply.text
+
+    send()

@@ -57,6 +57,17 @@ def test_windows_and_pending_ids_stay_bounded():
     assert again.unknown == ["id-999"]  # labelled once
 
 
+def test_a_model_whose_first_answers_are_all_unscored_is_monitored():
+    """A judge that could read none of its first answers left an empty reward window, and the
+    window's statistics were a 500 (found by fuzzing: a TICK judge on an unreadable LLM)."""
+    registry = CollectorRegistry()
+    m = Monitor(MonitoringConfig(update_interval_s=0), Metrics(registry))
+    m._rewards("judge", [None, None], [3, 4])
+    assert registry.get_sample_value("plaudit_reward_mean", {"model": "judge"}) is None
+    m._rewards("judge", [0.25, None, 0.75], [3, 4, 5])
+    assert registry.get_sample_value("plaudit_reward_mean", {"model": "judge"}) == 0.5
+
+
 def test_judge_counters_export_increments_since_the_last_look():
     registry = CollectorRegistry()
     m = Monitor(MonitoringConfig(update_interval_s=0), Metrics(registry))

@@ -51,6 +51,38 @@ def test_scoring_needs_a_key_and_health_and_metrics_do_not(guarded):
     assert KEY not in log and ENV_KEY not in log and "sk-wrong" not in log
 
 
+POSTS = ("/score", "/compare", "/rank", "/steps", "/get_reward", "/judge", "/feedback")
+BODY = b'{"items": [{"id": "x", "label": 1}]}'
+
+
+@pytest.mark.parametrize("content_type", ["multipart/form-data", "multipart/form-data; boundary=", "multipart/mixed",
+                                          "application/x-www-form-urlencoded", "image/png", "application/xml",
+                                          ";;;", "application/json; charset"])
+def test_a_body_that_cannot_be_read_is_a_4xx_naming_it(guarded, content_type):
+    """A multipart type without a boundary was a 500 from BentoML's form parser on every endpoint;
+    a form type read the JSON as one garbled form key. Each is now a 415 (or, for a JSON type
+    with odd parameters, read as JSON), never a 5xx."""
+    url, _ = guarded
+    for path in POSTS:
+        reply = httpx2.post(f"{url}{path}", content=BODY, headers={**BEARER, "Content-Type": content_type}, timeout=30)
+        assert reply.status_code in (200, 400, 415, 422), (path, reply.status_code, reply.text)
+        if not content_type.startswith("application/json"):
+            assert reply.status_code == 415 and reply.json()["field"] == "Content-Type", (path, reply.text)
+            assert repr(content_type) in reply.json()["error"]
+
+
+def test_json_is_read_with_or_without_a_json_content_type(guarded):
+    url, _ = guarded
+    for headers in ({}, {"Content-Type": "application/json; charset=utf-8"}, {"Content-Type": "text/plain"},
+                    {"Content-Type": "application/vnd.api+json"}):
+        reply = httpx2.post(f"{url}/feedback", content=BODY, headers={**BEARER, **headers}, timeout=30)
+        assert reply.status_code == 200 and reply.json()["unknown"] == ["x"], (headers, reply.text)
+    for bad in (b"\xff\xfe{", b"{not json", b""):
+        reply = httpx2.post(f"{url}/score", content=bad, headers={**BEARER, "Content-Type": "application/json"},
+                            timeout=30)
+        assert reply.status_code == 400, (bad, reply.status_code, reply.text)
+
+
 def test_limits_answer_413_naming_the_limit_and_the_field(guarded):
     url, _ = guarded
 
@@ -87,7 +119,8 @@ def test_overload_sheds_with_503_and_loses_no_accepted_request(guarded):
 
 
 def test_bounded_load_every_request_answered_and_consistent(guarded):
-    """Four clients (under max_queue) for three seconds: no errors, each reward as scored alone."""
+    """Four clients (under max_queue) for three seconds, at least 5 and at most 100 requests each
+    (so a busy machine changes the count, not the verdict): no errors, each reward as scored alone."""
     url, _ = guarded
     items = [item(i, words=5 + 9 * (i % 9)) for i in range(24)]
     alone = httpx2.post(f"{url}/score", json={"items": items}, headers=BEARER, timeout=60).json()["rewards"]
@@ -97,7 +130,7 @@ def test_bounded_load_every_request_answered_and_consistent(guarded):
         seen = []
         with httpx2.Client(headers=BEARER, timeout=60) as http:
             i = c
-            while time.monotonic() < deadline:
+            while len(seen) < 5 or (time.monotonic() < deadline and len(seen) < 100):
                 answer = http.post(f"{url}/score", json={"items": [items[i % len(items)]]})
                 reward = answer.json()["rewards"][0] if answer.status_code == 200 else None
                 seen.append((answer.status_code, i % len(items), reward))
@@ -106,7 +139,6 @@ def test_bounded_load_every_request_answered_and_consistent(guarded):
 
     with ThreadPoolExecutor(4) as pool:
         seen = [s for per_client in pool.map(client, range(4)) for s in per_client]
-    assert len(seen) >= 20, f"only {len(seen)} requests in 3 s"
     assert all(code == 200 for code, _, _ in seen), {code for code, _, _ in seen}
     for _, i, reward in seen:
         assert reward == pytest.approx(alone[i], abs=1e-4)
