@@ -19,7 +19,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence, TypeVar
 
-from plaudit.rewardmodels.base import InputError, Item, Prompt, Scorer, Scores
+from plaudit.rewardmodels.base import Item, Prompt, Scorer, Scores
+from plaudit.rewardmodels.queries import untemplated
 from plaudit.schemas import JudgeRequest, JudgeResponse
 
 from .backends import BackendError, BackendUnavailable, Completion
@@ -165,15 +166,9 @@ class Judge(Scorer):
         raise_if_all_failed(errors)
         return Scores(rewards, [False] * len(items), unscored=unscored, errors=errors)
 
-    def score_texts(self, texts: Sequence[str], prompts: Sequence[str] | None = None) -> Scores:
-        """OpenRLHF's queries are prompt + response: the judge needs them apart, so each query
-        must start with its prompt."""
-        if prompts is None:
-            raise InputError("prompts", f"judge {self.name!r} needs `prompts` to tell each query's response apart")
-        for i, (text, prompt) in enumerate(zip(texts, prompts)):
-            if not text.startswith(prompt):
-                raise InputError(f"query[{i}]", f"does not start with its prompt (prompts[{i}])")
-        return self.score([Item(prompt=p, response=t[len(p):]) for t, p in zip(texts, prompts)])
+    def query_prompt(self, templated: str) -> Prompt:
+        """A judge reads messages: a ChatML or Llama-3 rendering is read back into them."""
+        return untemplated(templated)
 
     def p_good(self, reward: float | None) -> float | None:
         """The reward on the 0..1 scale of a probability: TICK's mean P(YES) and a pairwise

@@ -188,10 +188,12 @@ class GetRewardRequest(BaseModel):
     """OpenRLHF's remote reward contract; queries arrive already chat-templated."""
 
     model_config = ConfigDict(extra="allow")
-    query: list[str] = Field(min_length=1, description="prompt + response texts, templated by the caller")
+    query: list[str] = Field(description=(
+        "prompt + response texts, templated by the caller (special tokens kept); empty: an empty answer"))
     prompts: list[str] | None = Field(default=None, description=(
-        "templated prompts of the queries; a GPM model needs them and scores each query against the "
-        "other queries with the same prompt"))
+        "the templated prompt of each query: the response is what follows it, scored as /score scores "
+        "(prompt, response). Needed by every kind but BT (GPM and code preference models compare the "
+        "queries of one prompt; PRMs and judges need the response apart)"))
     labels: list[Any] | None = None
     model: str | None = MODEL_FIELD
 
@@ -201,9 +203,10 @@ class GetRewardResponse(BaseModel):
     scores: list[float]
     ids: list[str] = Field(description="an id per query, for feedback on it later (POST /feedback)")
     extra_logs: dict[str, list[float]] = Field(description=(
-        "per query: truncated (1/0); ensembles: reward_std; judges: unscored (1 where the judge's answer "
-        "could not be read and the reward is the judge's neutral value) and error (1 where the judge's "
-        "backend failed for it and the reward is the neutral value)"))
+        "per query: truncated (1/0: the prompt was cut to fit), unfinished (1: no end-of-turn or eos, the "
+        "generation was cut at max_tokens; scored as the text it is); ensembles: reward_std; judges: unscored "
+        "(1 where the judge's answer could not be read and the reward is the judge's neutral value) and error "
+        "(1 where the judge's backend failed for it and the reward is the neutral value)"))
 
 
 class Feedback(BaseModel):

@@ -24,6 +24,17 @@ class Steps(BaseModel):
     steps: list[str] = Field(min_length=1)
 
 
+class Templated(str):
+    """A prompt already rendered by a chat template, generation prompt included (what a
+    trainer sends to /get_reward): read as is, never templated again."""
+
+
+# What may close a trainer's query when a scorer has no tokenizer to ask (judges): the
+# end-of-turn, eos and pad markers of common chat templates.
+KNOWN_END_MARKERS = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>", "<end_of_turn>", "<|end|>",
+                     "</s>", "<eos>", "<pad>", "<|pad|>", "<|finetune_right_pad_id|>")
+
+
 class InputError(ValueError):
     """Bad user input; `field` names where it is, so the API can answer 4xx with it."""
 
@@ -123,10 +134,24 @@ class Scorer(ABC):
     def score(self, items: Sequence[Item]) -> Scores:
         """One reward per (prompt, response), independent of what else is in the call."""
 
-    def score_texts(self, texts: Sequence[str], prompts: Sequence[str] | None = None) -> Scores:
-        """Rewards for texts that already carry the chat template (OpenRLHF's /get_reward);
-        `prompts`, when the caller sends them, are the templated prompts of the texts."""
-        raise UnsupportedOperation("query", f"model {self.name!r} ({self.kind}) cannot score pre-templated text")
+    # ---- trainer-rendered queries (/get_reward; the rule is in queries.py) ----
+
+    def end_markers(self) -> Sequence[str]:
+        """What may close a trainer's query: the end-of-turn, eos and pad markers."""
+        return KNOWN_END_MARKERS
+
+    def pad_markers(self) -> Sequence[str]:
+        """What a trainer may have left-padded a query with."""
+        return ()
+
+    def query_prompt(self, templated: str) -> Prompt:
+        """A trainer's templated prompt as this scorer's items take it."""
+        return Templated(templated)
+
+    def score_rendered(self, texts: Sequence[str]) -> Scores:
+        """Whole rendered conversations, their end markers removed (queries sent without prompts)."""
+        raise UnsupportedOperation("prompts", f"model {self.name!r} ({self.kind}) needs `prompts` with the queries "
+                                              "to tell each response apart")
 
     def compare(self, pairs: Sequence[Pair]) -> Comparison:
         """P(a beats b) = sigmoid(r_a - r_b), from one scoring call over all responses."""

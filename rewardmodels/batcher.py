@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .base import InputError, LimitExceeded, Scorer
-from .encoding import Batching, run_batched
+from .encoding import Batching, end_markers, run_batched
 
 Seqs = Sequence[Sequence[int]]
 
@@ -93,6 +93,12 @@ class BatchedScorer(Scorer):
 
     def limit_tokens(self, max_request_tokens: int) -> None:
         self.max_request_tokens = max_request_tokens
+
+    def end_markers(self) -> Sequence[str]:
+        return end_markers(self.tokenizer)  # the module function
+
+    def pad_markers(self) -> Sequence[str]:
+        return [self.tokenizer.pad_token] if self.tokenizer.pad_token else []
 
     def forward_within_limit(self, seqs: Seqs, field: str) -> list[torch.Tensor]:
         """`forward`, unless the sequences hold more tokens than one request may make the model read."""

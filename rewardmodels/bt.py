@@ -9,7 +9,7 @@ from torch import nn
 
 from .base import Item, ModelLoadError, Scores
 from .batcher import BatchedScorer
-from .encoding import Batching, encode_item, encode_text, last_token_states
+from .encoding import Batching, encode_item, encode_text, last_token_states, rendered_text
 from .loading import choose_device, read_metadata, resolve_path
 from .lora import apply_adapter
 
@@ -109,5 +109,6 @@ class BradleyTerry(ClassifierScorer):
     def score(self, items: Sequence[Item]) -> Scores:
         return self._scores([encode_item(self.tokenizer, it, self.max_length) for it in items], "items")
 
-    def score_texts(self, texts: Sequence[str], prompts: Sequence[str] | None = None) -> Scores:
-        return self._scores([encode_text(self.tokenizer, t, self.max_length) for t in texts], "query")
+    def score_rendered(self, texts: Sequence[str]) -> Scores:
+        return self._scores([encode_text(self.tokenizer, rendered_text(self.tokenizer, t), self.max_length)
+                             for t in texts], "query")

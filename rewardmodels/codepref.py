@@ -18,7 +18,7 @@ from torch import nn
 
 from .base import Comparison, InputError, Item, ModelLoadError, Pair, Prompt, Ranking, Scores, best_first
 from .batcher import BatchedScorer
-from .encoding import Batching, _plain, encode_text, last_token_states, prompt_text
+from .encoding import Batching, _plain, encode_text, last_token_states, prompt_text, query_messages
 from .loading import choose_device, read_metadata, resolve_path
 from .lora import apply_adapter
 
@@ -107,6 +107,10 @@ class CodePreference(BatchedScorer):
         matrix, cut = self._round_robin(prompt, responses)
         rewards = [_mean_win(row, i) for i, row in enumerate(matrix)]
         return Ranking(rewards, best_first(rewards), cut, matrix)
+
+    def query_prompt(self, templated: str) -> Prompt:
+        """The instruction goes into the model's A/B prompt: read back into messages when it can be."""
+        return query_messages(self.tokenizer, templated)
 
     def score(self, items: Sequence[Item]) -> Scores:
         """Mean P(win) against the other items with the same prompt in this call (two or more)."""

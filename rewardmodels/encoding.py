@@ -11,7 +11,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from .base import Item, Message, Prompt
+from .base import Item, Message, Prompt, Templated
+from .queries import untemplated
 
 
 # What one more forward call costs, in padded tokens' worth of compute. On a CPU a padded
@@ -68,6 +69,8 @@ def _fit(prefix: list[int], suffix: list[int], budget: int) -> tuple[list[int], 
 
 def prompt_text(tokenizer, prompt: Prompt) -> str:
     """The prompt as the model sees it just before the response (generation prompt included)."""
+    if isinstance(prompt, Templated):
+        return str(prompt)
     if tokenizer.chat_template:
         return tokenizer.apply_chat_template(as_messages(prompt), tokenize=False, add_generation_prompt=True)
     return _plain(prompt)
@@ -76,6 +79,12 @@ def prompt_text(tokenizer, prompt: Prompt) -> str:
 def encode_item(tokenizer, item: Item, max_length: int) -> tuple[list[int], bool]:
     """Token ids of prompt + response (chat template applied when there is one), and
     whether they were truncated."""
+    if isinstance(item.prompt, Templated):  # a trainer's rendering: the response's turn is added as the template would
+        if not tokenizer.chat_template:
+            return _encode_pair(tokenizer, str(item.prompt), item.response, max_length)
+        turn = assistant_turn(tokenizer, item.response)
+        prefix, suffix, cut = _fit(_ids(tokenizer, item.prompt), _ids(tokenizer, turn), max_length)
+        return prefix + suffix, cut
     if tokenizer.chat_template:
         messages = as_messages(item.prompt)
         full = tokenizer.apply_chat_template(
@@ -86,6 +95,44 @@ def encode_item(tokenizer, item: Item, max_length: int) -> tuple[list[int], bool
         prefix, suffix, cut = _fit(_ids(tokenizer, head), _ids(tokenizer, full[len(head):]), max_length)
         return prefix + suffix, cut
     return _encode_pair(tokenizer, _plain(item.prompt), item.response, max_length)
+
+
+_PROBE = [{"role": "user", "content": "?"}]
+
+
+def assistant_turn(tokenizer, response: str) -> str:
+    """What the chat template renders after the generation prompt for an assistant message:
+    `response<|im_end|>\n` for ChatML, with the template's own trimming or markup."""
+    head = tokenizer.apply_chat_template(_PROBE, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(_PROBE + [{"role": "assistant", "content": response}], tokenize=False)
+    return full[len(head):] if full.startswith(head) else response + (tokenizer.eos_token or "")
+
+
+def end_markers(tokenizer) -> list[str]:
+    """What may close a trainer's query for this tokenizer: the template's end of turn, eos, pad."""
+    markers = [tokenizer.eos_token, tokenizer.pad_token]
+    if tokenizer.chat_template:
+        end = assistant_turn(tokenizer, "")
+        markers += [end, end.strip()]
+    return [m for m in dict.fromkeys(markers) if m]
+
+
+def rendered_text(tokenizer, text: str) -> str:
+    """A whole conversation without its end markers, closed as the template closes a turn."""
+    return text + (assistant_turn(tokenizer, "") if tokenizer.chat_template else (tokenizer.eos_token or ""))
+
+
+def query_messages(tokenizer, templated: str) -> Prompt:
+    """A trainer's templated prompt as chat messages, when they render back to exactly that text
+    with this tokenizer (a default system message the template adds itself is left to it);
+    otherwise the text, marked as templated."""
+    prompt = untemplated(templated)
+    if isinstance(prompt, list) and tokenizer.chat_template:
+        messages = as_messages(prompt)
+        for start in (0, 1) if messages[0]["role"] == "system" and len(messages) > 1 else (0,):
+            if tokenizer.apply_chat_template(messages[start:], tokenize=False, add_generation_prompt=True) == templated:
+                return prompt[start:]
+    return Templated(templated)
 
 
 def _encode_pair(tokenizer, prompt: str, response: str, max_length: int) -> tuple[list[int], bool]:

@@ -51,8 +51,14 @@ class Ensemble(Scorer):
     def score(self, items: Sequence[Item]) -> Scores:
         return self._combine(lambda m: m.score(items))
 
-    def score_texts(self, texts: Sequence[str], prompts: Sequence[str] | None = None) -> Scores:
-        return self._combine(lambda m: m.score_texts(texts, prompts))
+    def score_rendered(self, texts: Sequence[str]) -> Scores:
+        return self._combine(lambda m: m.score_rendered(texts))
+
+    def end_markers(self) -> Sequence[str]:
+        return list(dict.fromkeys(marker for m in self.members for marker in m.end_markers()))
+
+    def pad_markers(self) -> Sequence[str]:
+        return list(dict.fromkeys(marker for m in self.members for marker in m.pad_markers()))
 
     def stats(self) -> dict[str, Any]:
         return {m.name: m.stats() for m in self.members}

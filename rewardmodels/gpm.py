@@ -192,14 +192,3 @@ class GPM(BatchedScorer):
         groups = self._groups(prompt_of, "items")
         v, gates, cut = self._embed_items(items, prompt_of, texts)
         return Scores(self._group_rewards(v, groups, gates), cut)
-
-    def score_texts(self, texts: Sequence[str], prompts: Sequence[str] | None = None) -> Scores:
-        """Pre-templated queries, grouped by their templated prompts, which must be given."""
-        if prompts is None or len(prompts) != len(texts):
-            raise InputError("prompts", "a GPM needs one prompt per query to group the queries by prompt")
-        index: dict[str, int] = {}
-        prompt_of = [index.setdefault(p, len(index)) for p in prompts]
-        groups = self._groups(prompt_of, "query")
-        encoded = [encode_text(self.tokenizer, t, self.max_length) for t in texts]
-        v, gates, cut = self._embed(encoded, list(index), prompt_of, "query", "prompts[{}]")
-        return Scores(self._group_rewards(v, groups, gates), cut)

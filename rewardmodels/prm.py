@@ -79,7 +79,9 @@ class ProcessRewardModel(ClassifierScorer):
     def score(self, items: Sequence[Item]) -> Scores:
         """The response split at the model's separator, its step rewards aggregated the
         model's way (`aggregate` in its metadata, `min` unless trained otherwise)."""
-        traces = [Steps(prompt=it.prompt, steps=split_steps(it.response, self.separator)) for it in items]
+        # model_construct: a Templated prompt (a trainer's rendering) must stay what it is
+        traces = [Steps.model_construct(prompt=it.prompt, steps=split_steps(it.response, self.separator))
+                  for it in items]
         scored = self._step_scores(traces, [f"items[{i}].response" for i in range(len(items))])
         combine = AGGREGATES[self.aggregate]
         return Scores([combine(s.step_rewards) for s in scored], [s.truncated for s in scored])

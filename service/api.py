@@ -10,6 +10,7 @@ import uuid
 from typing import Iterable
 
 from plaudit.judges.base import Judge
+from plaudit.rewardmodels.queries import score_queries
 from plaudit.schemas import JudgeRequest, JudgeResponse
 from plaudit.judges.hub import BackendHub
 from plaudit.judges.registry import METHODS, JudgeConfig, build_judge
@@ -163,13 +164,16 @@ def steps(pool: ModelPool, request: StepsRequest) -> StepsResponse:
 
 
 def get_reward(pool: ModelPool, request: GetRewardRequest) -> GetRewardResponse:
+    """OpenRLHF's contract. Queries are read back into conversations (rewardmodels/queries.py),
+    so a conversation gets /score's reward however the trainer ended it. An empty request
+    (a trainer sharding one sample over several URLs) is answered empty."""
     check_limits(pool.config.limits, "query", len(request.query),
                  [(f"query[{i}]", q) for i, q in enumerate(request.query)])
     scorer = pool.get(request.model)
-    if request.prompts is not None and len(request.prompts) != len(request.query):
-        raise InputError("prompts", f"{len(request.prompts)} prompts for {len(request.query)} queries")
-    result = scorer.score_texts(request.query, request.prompts)
-    logs = {"truncated": [float(t) for t in result.truncated]}
+    if not request.query:
+        return GetRewardResponse(rewards=[], scores=[], extra_logs={}, ids=[])
+    result, ended = score_queries(scorer, request.query, request.prompts)
+    logs = {"truncated": [float(t) for t in result.truncated], "unfinished": [float(not e) for e in ended]}
     if result.spread is not None:
         logs["reward_std"] = result.spread
     rewards = result.rewards

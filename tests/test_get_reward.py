@@ -1,0 +1,173 @@
+"""/get_reward as RL trainers call it: OpenRLHF decodes prompt + generated tokens with the
+special tokens kept, so a query ends with eos, with nothing (cut at max_tokens) or with
+pads. Every served kind must give the reward /score gives the same conversation."""
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+import httpx2
+import pytest
+import yaml
+
+from conftest import tiny_training
+from plaudit.rewardmodels import InputError, Item, load_scorer
+from plaudit.rewardmodels.loading import write_metadata
+from plaudit.rewardmodels.queries import parse_chat, score_queries, strip_end
+from servers import FakeLLM, running_service
+from test_properties import make_gpm, make_prm
+
+TOL = 1e-4
+CONVERSATIONS = [
+    ([{"role": "user", "content": "Write a function that adds two numbers."}], "def add(a, b):\n    return a + b\n"),
+    ([{"role": "user", "content": "Write a function that adds two numbers."}], "def add(a, b):\n    return a - b"),
+    ([{"role": "system", "content": "Answer with code."}, {"role": "user", "content": "hello world"}],
+     "if x < y and not z: return None"),
+    ([{"role": "system", "content": "Answer with code."}, {"role": "user", "content": "hello world"}],
+     "for i in range(n): total += i * 2 - 1"),
+]
+ENDINGS = ("eos", "cut", "pads")
+
+
+def ids_of(encoded) -> list[int]:
+    return list(encoded["input_ids"] if isinstance(encoded, Mapping) else encoded)
+
+
+def trainer_query(tokenizer, messages, response: str, ending: str) -> tuple[str, str, str]:
+    """(query, prompt, response text) as OpenRLHF builds them from token ids: the prompt's
+    generation-prompt rendering, the policy's response tokens, then eos / nothing / eos + pads."""
+    prompt_ids = ids_of(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    end = {"eos": [tokenizer.eos_token_id], "cut": [],
+           "pads": [tokenizer.eos_token_id] + [tokenizer.pad_token_id] * 3}[ending]
+    decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=False)  # noqa: E731
+    return decode(prompt_ids + response_ids + end), decode(prompt_ids), decode(response_ids)
+
+
+def shaped(tokenizer, ending: str) -> tuple[list[str], list[str], list[Item]]:
+    built = [trainer_query(tokenizer, m, r, ending) for m, r in CONVERSATIONS]
+    items = [Item(prompt=m, response=text) for (m, _), (_, _, text) in zip(CONVERSATIONS, built)]
+    return [q for q, _, _ in built], [p for _, p, _ in built], items
+
+
+def test_end_markers_and_chat_renderings_are_read_back():
+    assert strip_end("x<|im_end|><pad><pad>", ["<|im_end|>", "<pad>"]) == ("x", True)
+    assert strip_end("x<|im_end|>\n", ["<|im_end|>\n", "<|im_end|>"]) == ("x", True)
+    assert strip_end("cut mid-senten", ["<|im_end|>"]) == ("cut mid-senten", False)
+    chatml = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi\nthere<|im_end|>\n<|im_start|>assistant\n"
+    assert parse_chat(chatml) == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi\nthere"}]
+    llama = ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n2+2?<|eot_id|>"
+             "<|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert parse_chat(llama) == [{"role": "user", "content": "2+2?"}]
+    assert parse_chat("just text") is None and parse_chat(chatml[:-3]) is None
+
+
+@pytest.fixture(scope="module")
+def models(tiny_bt, tiny_bt_plain, tiny_base, tmp_path_factory) -> dict[str, Path]:
+    """One served model of every tokenised kind /get_reward accepts."""
+    from plaudit.training.codepref import CodePrefConfig, train_codepref
+    from test_codepref import records
+
+    tmp = tmp_path_factory.mktemp("get-reward")
+    ensemble = tmp / "ensemble"
+    for member in ("m0", "m1"):
+        shutil.copytree(tiny_bt, ensemble / member)
+    write_metadata(ensemble, {"kind": "ensemble", "members": ["m0", "m1"]})
+    train_codepref(records(4), tmp / "codepref", tiny_training(CodePrefConfig, tiny_base, epochs=1),
+                   on_log=lambda row: None)
+    return {"bt": tiny_bt, "bt-plain": tiny_bt_plain, "gpm": make_gpm(tiny_base, tmp / "gpm"),
+            "prm": make_prm(tiny_bt, tmp / "prm"), "ensemble": ensemble, "codepref": tmp / "codepref"}
+
+
+@pytest.mark.parametrize("kind", ["bt", "gpm", "prm", "ensemble", "codepref"])
+@pytest.mark.parametrize("ending", ENDINGS)
+def test_trainer_queries_get_the_score_of_their_conversation(models, kind, ending):
+    scorer = load_scorer(models[kind], kind="prm" if kind == "prm" else None)
+    tokenizer = (scorer.members[0] if kind == "ensemble" else scorer).tokenizer
+    queries, prompts, items = shaped(tokenizer, ending)
+    expected = scorer.score(items).rewards
+    got, ended = score_queries(scorer, queries, prompts)
+    assert got.rewards == pytest.approx(expected, abs=TOL)
+    assert ended == [ending != "cut"] * len(items)
+    if kind in ("bt", "ensemble"):  # without prompts the whole text is read, ended as the template ends a turn
+        assert score_queries(scorer, queries, None)[0].rewards == pytest.approx(expected, abs=TOL)
+
+
+def test_a_model_without_a_chat_template_reads_the_pair_as_score_does(models):
+    """No template: the trainer's prompt is plain text and the response ends with the tokenizer's eos."""
+    scorer = load_scorer(models["bt-plain"])
+    eos = scorer.tokenizer.eos_token
+    prompts = ["Write a function that adds two numbers.", "hello world"]
+    responses = ["def add(a, b): return a + b", "if x < y and not z: return None"]
+    expected = scorer.score([Item(prompt=p, response=r) for p, r in zip(prompts, responses)]).rewards
+    for tail in (eos, "", eos + "<pad><pad>"):
+        got, _ = score_queries(scorer, [p + r + tail for p, r in zip(prompts, responses)], prompts)
+        assert got.rewards == pytest.approx(expected, abs=TOL), tail
+
+
+def test_a_query_that_does_not_start_with_its_prompt_is_refused_by_name(models):
+    scorer = load_scorer(models["bt"])
+    with pytest.raises(InputError) as refused:
+        score_queries(scorer, ["<|im_start|>user\nhi<|im_end|>\nreply", "other"], ["<|im_start|>user\nhi", "x"])
+    assert refused.value.field == "query[1]"
+    left_padded = score_queries(scorer, ["<pad><pad>" + "hi there<|im_end|>"], ["hi "])[0].rewards
+    assert left_padded == pytest.approx(scorer.score([Item.model_construct(prompt=_templated("hi "),
+                                                                             response="there")]).rewards, abs=TOL)
+
+
+def _templated(text: str):
+    from plaudit.rewardmodels.base import Templated
+    return Templated(text)
+
+
+def tick_llm(messages: list[dict]) -> str | tuple[str, dict[str, float]]:
+    """A deterministic judge: two questions; YES for a correct `add`, NO otherwise."""
+    if messages[0]["role"] == "system":
+        return "1. Does it add?\n2. Is it valid Python?"
+    good = "a + b" in messages[-1]["content"]
+    return ("YES", {"YES": -0.2, "NO": -1.9}) if good else ("NO", {"NO": -0.3, "YES": -1.5})
+
+
+@pytest.fixture(scope="module")
+def served(models, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("get-reward-service")
+    with FakeLLM(tick_llm).serving() as llm_url:
+        config = tmp / "plaudit.yaml"
+        config.write_text(yaml.safe_dump({
+            "models": {"bt": {"path": str(models["bt"])}, "gpm": {"path": str(models["gpm"])},
+                       "prm": {"path": str(models["prm"]), "kind": "prm"},
+                       "ensemble": {"path": str(models["ensemble"])}, "codepref": {"path": str(models["codepref"])}},
+            "default_model": "bt",
+            "backends": {"fake": {"url": llm_url, "timeout_s": 10}}, "default_backend": "fake",
+            "judges": {"checklist": {"method": "tick", "checklist_dir": str(tmp / "checklists")}}}))
+        with running_service(config, tmp, env={"PLAUDIT_API_KEYS": ""}) as (url, _):
+            yield url
+
+
+def post(url: str, path: str, body: dict) -> dict:
+    reply = httpx2.post(f"{url}{path}", json=body, timeout=120)
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+@pytest.mark.parametrize("model", ["bt", "gpm", "prm", "ensemble", "codepref", "checklist"])
+def test_openrlhf_shapes_over_http_match_score(served, models, model):
+    """One sample per request as OpenRLHF sends it, a whole batch, and the empty shard a second
+    reward URL receives; eos, cut and padded endings: all equal /score on the same conversations."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(models["bt"])  # the policy's tokenizer (the same ChatML template)
+    empty = post(served, "/get_reward", {"model": model, "query": [], "prompts": [], "labels": []})
+    assert empty["rewards"] == [] and empty["scores"] == []
+    for ending in ENDINGS:
+        queries, prompts, items = shaped(tokenizer, ending)
+        expected = post(served, "/score", {"model": model, "items": [i.model_dump() for i in items]})["rewards"]
+        batch = post(served, "/get_reward", {"model": model, "query": queries, "prompts": prompts,
+                                             "labels": [None] * len(queries)})
+        assert batch["rewards"] == pytest.approx(expected, abs=TOL), ending
+        assert batch["extra_logs"]["unfinished"] == [float(ending == "cut")] * len(queries)
+        if model in ("bt", "prm", "ensemble", "checklist"):  # kinds with an absolute reward per sample
+            one_by_one = [post(served, "/get_reward", {"model": model, "query": [q], "prompts": [p]})["rewards"][0]
+                          for q, p in zip(queries, prompts)]
+            assert one_by_one == pytest.approx(expected, abs=TOL), ending
