@@ -89,7 +89,7 @@ class Judge(Scorer):
     kind = "judge"
     method: ClassVar[str]
     labels: ClassVar[tuple[str, str]] = ("YES", "NO")
-    unscored_reward: ClassVar[float]  # /get_reward's value for an unscored item (flagged in extra_logs)
+    neutral_reward: ClassVar[float]  # each method's midpoint; /get_reward's value for an unscored item (flagged)
 
     def __init__(self, name: str, hub: BackendHub, backend: str, *, logprobs: bool = True, parse_retries: int = 2,
                  **options: Any):

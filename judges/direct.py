@@ -24,7 +24,7 @@ def parse_rating(text: str) -> int | None:
 
 class DirectJudge(Judge):
     method = "direct"
-    unscored_reward = (LOW + HIGH) / 2
+    neutral_reward = (LOW + HIGH) / 2
 
     def p_good(self, reward: float | None) -> float | None:
         return None if reward is None else (reward - LOW) / (HIGH - LOW)

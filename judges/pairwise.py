@@ -33,7 +33,7 @@ def combine(as_given: float | None, swapped: float | None) -> PairVerdict:
 class PairwiseJudge(Judge):
     method = "pairwise"
     labels = ("A", "B")
-    unscored_reward = 0.5
+    neutral_reward = 0.5
 
     async def _pair(self, instruction: str, first: str, second: str, criterion: str | None = None) -> PairVerdict:
         question = criterion or DEFAULT_QUESTION

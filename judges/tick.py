@@ -36,7 +36,7 @@ def parse_checklist(text: str) -> list[str] | None:
 
 class TickJudge(Judge):
     method = "tick"
-    unscored_reward = 0.5
+    neutral_reward = 0.5
 
     def __init__(self, name: str, hub, backend: str, *, checklist_dir: str | None = None, **options: Any):
         super().__init__(name, hub, backend, **options)

@@ -111,6 +111,10 @@ class Scorer(ABC):
     """Anything that turns responses into rewards, registered by `kind`."""
 
     kind: ClassVar[str]
+    # The reward that says nothing either way: what a client gives an item it could not have
+    # scored in time, and /get_reward an unscored judge answer. A normalised reward's mean by
+    # default; 0.5 for rewards that are probabilities.
+    neutral_reward: ClassVar[float] = 0.0
 
     def __init__(self, name: str, metadata: dict[str, Any]):
         self.name = name

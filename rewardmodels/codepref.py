@@ -48,6 +48,7 @@ def label_logits(model: nn.Module, labels: list[int], ids: torch.Tensor, mask: t
 
 class CodePreference(BatchedScorer):
     kind = "codepref"
+    neutral_reward = 0.5  # mean P(win)
 
     def __init__(self, name: str, model: nn.Module, tokenizer: Any, metadata: dict[str, Any], device: torch.device,
                  max_length: int, batching: Batching):

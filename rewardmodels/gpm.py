@@ -92,6 +92,7 @@ def prompt_key(prompt: Prompt) -> str:
 
 class GPM(BatchedScorer):
     kind = "gpm"
+    neutral_reward = 0.5  # mean P(win) / P(good step)
 
     def __init__(self, name: str, net: GPMNet, tokenizer: Any, metadata: dict[str, Any],
                  device: torch.device, max_length: int, batching: Batching):

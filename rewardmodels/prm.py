@@ -49,6 +49,7 @@ def encode_steps(tokenizer: Any, prompt: Prompt, steps: Sequence[str], separator
 
 class ProcessRewardModel(ClassifierScorer):
     kind = "prm"
+    neutral_reward = 0.5  # mean P(win) / P(good step)
     per_token = True
     defaults = {"separator": DEFAULT_SEPARATOR, "aggregate": "min"}
 

@@ -80,7 +80,8 @@ class ModelPool:
     def describe(self) -> ModelsResponse:
         names = dict.fromkeys([*self.config.models, *self.config.judges, *self._scorers])
         return ModelsResponse(models=[
-            ModelInfo(name=s.name, kind=s.kind, default=s.name == self.config.default_model, metadata=s.metadata,
+            ModelInfo(name=s.name, kind=s.kind, default=s.name == self.config.default_model,
+                      metadata={**s.metadata, "neutral_reward": s.neutral_reward},
                       stats=s.stats())
             for s in (self.get(n) for n in names)])
 
@@ -181,7 +182,7 @@ def get_reward(pool: ModelPool, request: GetRewardRequest) -> GetRewardResponse:
         errors = result.errors or [None] * len(rewards)
         logs["unscored"] = [float(r is None and e is None) for r, e in zip(rewards, errors)]
         logs["error"] = [float(e is not None) for e in errors]
-        rewards = [scorer.unscored_reward if r is None else r for r in rewards]
+        rewards = [scorer.neutral_reward if r is None else r for r in rewards]
     return GetRewardResponse(rewards=rewards, scores=rewards, extra_logs=logs, ids=_ids(len(rewards)))
 
 

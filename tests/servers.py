@@ -32,11 +32,14 @@ def running_service(config: Path | None, tmp: Path, timeout: float = 240.0, env:
 
 @contextlib.contextmanager
 def http_server(handle: Callable[[BaseHTTPRequestHandler], None], lifetime_s: float = 60.0):
-    """A threaded HTTP server on 127.0.0.1 calling `handle` for every POST; yields its base URL.
-    It shuts itself down after `lifetime_s` even if a test never stops it."""
+    """A threaded HTTP server on 127.0.0.1 calling `handle` for every POST and GET; yields its base
+    URL. It shuts itself down after `lifetime_s` even if a test never stops it."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
+            handle(self)
+
+        def do_GET(self):
             handle(self)
 
         def log_message(self, *args):
@@ -56,10 +59,12 @@ def http_server(handle: Callable[[BaseHTTPRequestHandler], None], lifetime_s: fl
         server.server_close()
 
 
-def send_json(request: BaseHTTPRequestHandler, status: int, body: Any) -> None:
+def send_json(request: BaseHTTPRequestHandler, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
     data = json.dumps(body).encode()
     try:
         request.send_response(status)
+        for name, value in (headers or {}).items():
+            request.send_header(name, value)
         request.send_header("content-type", "application/json")
         request.send_header("content-length", str(len(data)))
         request.end_headers()

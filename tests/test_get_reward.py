@@ -171,3 +171,18 @@ def test_openrlhf_shapes_over_http_match_score(served, models, model):
             one_by_one = [post(served, "/get_reward", {"model": model, "query": [q], "prompts": [p]})["rewards"][0]
                           for q, p in zip(queries, prompts)]
             assert one_by_one == pytest.approx(expected, abs=TOL), ending
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["default", "default-gpm", "default-prm"])
+def test_the_packaged_defaults_read_smollm2_queries_as_score_does(name):
+    """SmolLM2's own template (it adds a default system message) and tokenizer, as OpenRLHF
+    would decode a SmolLM2 policy's samples."""
+    from plaudit.service.config import DEFAULT_MODELS
+
+    scorer = load_scorer(DEFAULT_MODELS[name])
+    for ending in ENDINGS:
+        queries, prompts, items = shaped(scorer.tokenizer, ending)
+        got, ended = score_queries(scorer, queries, prompts)
+        assert got.rewards == pytest.approx(scorer.score(items).rewards, abs=TOL), ending
+        assert ended == [ending != "cut"] * len(items)
