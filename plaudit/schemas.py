@@ -248,6 +248,7 @@ class ErrorResponse(BaseModel):
     field: str | None = Field(description="where in the request the problem is, when it is in the request")
 
 
-__all__ = ["CompareRequest", "CompareResponse", "ErrorResponse", "FeedbackRequest", "FeedbackResponse", "GetRewardRequest", "GetRewardResponse", "JudgeRequest",
-           "JudgeResponse", "ModelInfo", "ModelsResponse", "RankRequest", "RankResponse", "ScoreRequest",
-           "ScoreResponse", "StepsRequest", "StepsResponse"]
+__all__ = ["CompareRequest", "CompareResponse", "ErrorResponse", "FeedbackRequest", "FeedbackResponse",
+           "GetRewardRequest", "GetRewardResponse", "JudgeRequest", "JudgeResponse", "ModelInfo",
+           "ModelsResponse", "RankRequest", "RankResponse", "ScoreRequest", "ScoreResponse", "StepsRequest",
+           "StepsResponse"]
