@@ -95,7 +95,7 @@ LOCAL_BACKEND = "local"
 class ServiceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     models: dict[str, ModelConfig]
-    default_model: str = "default"
+    default_model: str = "default"  # a model or a judge (OpenRLHF names none in its requests)
     judges: dict[str, JudgeConfig] = {}
     default_judge: str | None = None  # for POST /judge without a name: this, else the first judge, else tick
     # Where judges send their questions. `local` (llama.cpp on the packaged SmolLM2) is always
@@ -109,8 +109,9 @@ class ServiceConfig(BaseModel):
     @model_validator(mode="after")
     def _names_are_consistent(self):
         self.backends = {LOCAL_BACKEND: LocalBackendConfig(local=True), **self.backends}
-        if self.default_model not in self.models:
-            raise ValueError(f"default_model {self.default_model!r} is not among models: {sorted(self.models)}")
+        if self.default_model not in {*self.models, *self.judges}:  # a judge: the reward of callers that name none
+            raise ValueError(f"default_model {self.default_model!r} is not among models or judges: "
+                             f"{sorted(self.models) + sorted(self.judges)}")
         if self.default_backend not in self.backends:
             raise ValueError(f"default_backend {self.default_backend!r} is not among backends: {sorted(self.backends)}")
         for name, judge in self.judges.items():

@@ -186,3 +186,26 @@ def test_the_packaged_defaults_read_smollm2_queries_as_score_does(name):
         got, ended = score_queries(scorer, queries, prompts)
         assert got.rewards == pytest.approx(scorer.score(items).rewards, abs=TOL), ending
         assert ended == [ending != "cut"] * len(items)
+
+
+def test_a_judge_can_be_the_default_model_openrlhf_scores_with(tiny_bt, tmp_path):
+    """OpenRLHF names no model: the server's default_model may be a judge."""
+    from transformers import AutoTokenizer
+
+    from plaudit.schemas import GetRewardRequest, ScoreRequest
+    from plaudit.service import api
+    from plaudit.service.config import ModelConfig, ServiceConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bt)
+    queries, prompts, items = shaped(tokenizer, "eos")
+    with FakeLLM(tick_llm).serving() as url:
+        pool = api.ModelPool(ServiceConfig(
+            models={"tiny": ModelConfig(path=str(tiny_bt))}, default_model="checklist",
+            backends={"fake": {"url": url}}, default_backend="fake",
+            judges={"checklist": {"method": "tick", "checklist_dir": str(tmp_path)}}))
+        try:
+            answer = api.get_reward(pool, GetRewardRequest(query=queries, prompts=prompts))
+            expected = api.score(pool, ScoreRequest(items=items, model="checklist")).rewards
+        finally:
+            pool.close()
+    assert answer.rewards == pytest.approx(expected, abs=TOL) and len(set(answer.rewards)) == 2
