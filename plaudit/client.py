@@ -11,8 +11,8 @@ and 5xx, honouring `Retry-After`; any other 4xx is raised at once as `PlauditErr
 naming the field. `AsyncClient` has the same methods, awaited.
 
 A deadline per call (`deadline_s`) is for RL loops that must not stall on a slow judge:
-/score and /get_reward calls not answered by then give every item the model's neutral
-reward (from GET /models: 0 for a normalised BT model, 0.5 for probabilities, a judge's
+/score and /get_reward calls not answered by then (or whose server still fails after the
+retries) give every item the model's neutral reward (from GET /models: 0 for a normalised BT model, 0.5 for probabilities, a judge's
 midpoint), each flagged in `errors` (/score) or `extra_logs["deadline"]` (/get_reward),
 and counted in `client.counts["deadline_items"]`. Never silently.
 """
@@ -144,13 +144,18 @@ class _Api:
         when the retries run out."""
         self.counts["calls"] += 1
         deadline = None if deadline_s is None else time.monotonic() + deadline_s
+        fallback = deadline is not None and kind in (ScoreResponse, GetRewardResponse)
         try:
-            if deadline is not None and kind in (ScoreResponse, GetRewardResponse) and not self._neutral:
+            if fallback and not self._neutral:
                 yield from self._learn_neutral(deadline)
             return (yield from self._attempts(path, request, kind, deadline))
         except DeadlineExceeded:
-            if kind in (ScoreResponse, GetRewardResponse):
-                return self._neutral_answer(request, kind, deadline_s)
+            if fallback:
+                return self._neutral_answer(request, kind, f"deadline: no answer within {deadline_s:g} s")
+            raise
+        except PlauditError as e:  # with a deadline, a server still failing after the retries does not stop training
+            if fallback and (e.status is None or e.status in RETRIED):
+                return self._neutral_answer(request, kind, f"deadline: {e.message}")
             raise
 
     def _attempts(self, path: str, request: BaseModel | None, kind: type[R], deadline: float | None,
@@ -199,15 +204,15 @@ class _Api:
                 if m.default:
                     self._neutral[""] = self._neutral[m.name]
 
-    def _neutral_answer(self, request: BaseModel, kind: type[R], deadline_s: float) -> R:
-        """A call past its deadline: the model's neutral reward for every item, each flagged."""
+    def _neutral_answer(self, request: BaseModel, kind: type[R], reason: str) -> R:
+        """A call with a deadline that got no answer: the model's neutral reward for every item, flagged."""
         model = getattr(request, "model", None) or ""
         neutral = self._neutral.get(model, 0.0)
         n = len(request.items) if isinstance(request, ScoreRequest) else len(request.query)
         self.counts["deadline_calls"] += 1
         self.counts["deadline_items"] += n
         if kind is ScoreResponse:
-            reason = f"deadline: no answer within {deadline_s:g} s; the model's neutral reward {neutral} stands in"
+            reason = f"{reason}; the model's neutral reward {neutral} stands in"
             return ScoreResponse(model=model, rewards=[neutral] * n, truncated=[False] * n, ids=[""] * n,
                                  errors=[reason] * n)
         return GetRewardResponse(rewards=[neutral] * n, scores=[neutral] * n, ids=[""] * n,

@@ -86,6 +86,11 @@ def test_a_deadline_gives_the_neutral_reward_flagged_and_counted():
         reward = client.get_reward(["q"], deadline_s=0.2)
         assert reward.rewards == [0.5] and reward.extra_logs["deadline"] == [1.0]
         assert client.score([ITEM], deadline_s=5).rewards == [1.5]  # in time: the real answer
+    with http_server(Script(*[(503, {}, 0)] * 10)) as url, Client(url, max_retries=1, backoff_s=0.01) as client:
+        down = client.score([ITEM], deadline_s=30)  # still failing after the retries: no exception in training
+        assert down.rewards == [0.5] and "503" in down.errors[0] and client.counts["deadline_items"] == 1
+        with pytest.raises(PlauditError):
+            client.score([ITEM])  # without a deadline the failure is raised
 
 
 def test_the_async_client_retries_and_keeps_deadlines():
