@@ -55,7 +55,8 @@ def test_client_install_needs_no_torch(wheel, tmp_path):
     is installed or imported, and nothing but `plaudit` lands in site-packages."""
     python = new_venv(tmp_path / "venv")
     run([python, "-m", "pip", "install", "-q", wheel], timeout=600)
-    probe = ("import importlib.util, json, sys, plaudit.client, plaudit.schemas; "
+    probe = ("import importlib.util, json, sys, plaudit.client, plaudit.schemas, plaudit.integrations.trl, "
+             "plaudit.integrations.verl; "
              f"print(json.dumps({{'imported': sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}), "
              f"'installed': [m for m in {HEAVY!r} if importlib.util.find_spec(m)], "
              "'item': plaudit.client.ScoreRequest(items=[{'prompt': 'p', 'response': 'r'}]).model_dump()}))")
