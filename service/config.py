@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -32,8 +33,9 @@ DEFAULT_MODELS = {"default": DEFAULT_MODEL_DIR, "default-gpm": MODELS_DIR / "def
 
 class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    path: str
+    path: str | None = None  # a model folder; none for kinds without weights (execution), which need `kind`
     kind: str | None = None  # checked against the model's metadata when both are given
+    settings: dict[str, Any] = Field(default={}, description="the kind's own settings (execution: sandbox, slots, ...)")
     device: str = "auto"
     dtype: str = "auto"
     max_length: int | None = Field(default=None, gt=0)
@@ -43,7 +45,15 @@ class ModelConfig(BaseModel):
         "a forward call's cost in padded tokens, weighed against padding when batches are cut; "
         "default by device: 32 on CPU, 4096 on GPU"))
 
+    @model_validator(mode="after")
+    def _path_or_kind(self):
+        if self.path is None and self.kind is None:
+            raise ValueError("a model needs a `path`, or a `kind` that has no weights (execution)")
+        return self
+
     def load_options(self) -> dict:
+        if self.path is None:  # a kind without weights: its settings are all it reads
+            return {"kind": self.kind, "settings": self.settings}
         return {"kind": self.kind, "device": self.device, "dtype": self.dtype, "max_length": self.max_length,
                 "batching": Batching(self.max_batch_size, self.max_batch_tokens, self.call_overhead_tokens)}
 
@@ -153,6 +163,8 @@ def load_config(path: str | os.PathLike | None = None) -> ServiceConfig:
         err = e.errors()[0]
         raise ModelLoadError(f"config {file}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
     for model in config.models.values():
+        if model.path is None:
+            continue
         local = file.parent / model.path
         if not Path(model.path).is_absolute() and local.exists():
             model.path = str(local.resolve())

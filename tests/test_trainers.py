@@ -55,7 +55,7 @@ def test_grpo_trains_two_steps_on_plaudit_rewards(server, tmp_path, conversation
     rewards = logged["rewards"]["plaudit_default"]
     assert len(rewards) == len(items) == 4 and not any(math.isnan(r) for r in rewards)  # the last group kept
     assert rewards == pytest.approx(score(server, items), abs=1e-4)
-    assert any(f"rewards/plaudit_default/mean" in row for row in trainer.state.log_history)
+    assert any("rewards/plaudit_default/mean" in row for row in trainer.state.log_history)
     assert reward.client.counts["calls"] >= 2 and reward.client.counts["deadline_items"] == 0
 
 
@@ -89,8 +89,7 @@ def test_verl_compute_score_as_its_reward_loop_calls_it(server, monkeypatch):
             compute_score(data_source="humaneval", solution_str=solution, ground_truth=None, extra_info=None))
 
     with_messages, with_text, without = asyncio.run(reward_loop())
-    expected = score(server, [{"prompt": messages, "response": solution}, {"prompt": "plain prompt", "response": solution},
-                              {"prompt": "", "response": solution}])
+    expected = score(server, [{"prompt": p, "response": solution} for p in (messages, "plain prompt", "")])
     assert [r["score"] for r in (with_messages, with_text, without)] == pytest.approx(expected, abs=1e-4)
     assert (with_messages["no_prompt"], without["no_prompt"]) == (0.0, 1.0)
     assert set(with_messages) == {"score", "truncated", "unscored", "deadline", "no_prompt"}

@@ -28,8 +28,10 @@ def _response(completion: str | list[dict[str, Any]]) -> str:
     return "".join(str(m.get("content") or "") for m in completion)
 
 
-def items(prompts: list, completions: list) -> list[Item]:
-    return [Item(prompt=prompt, response=_response(completion)) for prompt, completion in zip(prompts, completions)]
+def items(prompts: list, completions: list, references: list | None = None) -> list[Item]:
+    references = references if references is not None else [None] * len(prompts)
+    return [Item(prompt=prompt, response=_response(completion), reference=reference)
+            for prompt, completion, reference in zip(prompts, completions, references)]
 
 
 def rewards(answer: ScoreResponse, name: str, trainer_kwargs: dict[str, Any]) -> list[float | None]:
@@ -49,23 +51,26 @@ def _name(model: str | None) -> str:
     return "plaudit_" + re.sub(r"\W", "_", model or "default")
 
 
-def reward_function(url: str, model: str | None = None, *, deadline_s: float | None = None,
-                    **client_options: Any) -> Callable[..., list[float | None]]:
+def reward_function(url: str, model: str | None = None, *, reference_column: str | None = None,
+                    deadline_s: float | None = None, **client_options: Any) -> Callable[..., list[float | None]]:
     """TRL's reward function signature: (prompts, completions, completion_ids=None, **kwargs) ->
-    list[float | None]. `client_options` go to `plaudit.client.Client` (api_key, timeout_s, ...)."""
+    list[float | None]. `reference_column` names the dataset column that holds each prompt's
+    reference (the execution kind's tests), which TRL passes as a keyword argument.
+    `client_options` go to `plaudit.client.Client` (api_key, timeout_s, ...)."""
     client = Client(url, deadline_s=deadline_s, **client_options)
 
     def reward(prompts: list, completions: list, completion_ids: list | None = None,
                **kwargs: Any) -> list[float | None]:
-        return rewards(client.score(items(prompts, completions), model=model), reward.__name__, kwargs)
+        batch = items(prompts, completions, kwargs.get(reference_column) if reference_column else None)
+        return rewards(client.score(batch, model=model), reward.__name__, kwargs)
 
     reward.__name__ = reward.__qualname__ = _name(model)
     reward.client = client  # its counters (retries, deadline_items) for the training logs
     return reward
 
 
-def async_reward_function(url: str, model: str | None = None, *, deadline_s: float | None = None,
-                          **client_options: Any) -> Callable[..., Any]:
+def async_reward_function(url: str, model: str | None = None, *, reference_column: str | None = None,
+                          deadline_s: float | None = None, **client_options: Any) -> Callable[..., Any]:
     """The same as a coroutine function, for trainers that await their reward functions. A
     client is made per event loop, since an async HTTP client belongs to its loop."""
     clients: dict[int, AsyncClient] = {}
@@ -74,7 +79,8 @@ def async_reward_function(url: str, model: str | None = None, *, deadline_s: flo
                      **kwargs: Any) -> list[float | None]:
         loop = id(asyncio.get_running_loop())
         client = clients.setdefault(loop, AsyncClient(url, deadline_s=deadline_s, **client_options))
-        return rewards(await client.score(items(prompts, completions), model=model), reward.__name__, kwargs)
+        batch = items(prompts, completions, kwargs.get(reference_column) if reference_column else None)
+        return rewards(await client.score(batch, model=model), reward.__name__, kwargs)
 
     reward.__name__ = reward.__qualname__ = _name(model)
     return reward

@@ -41,7 +41,8 @@ async def compute_score(data_source: str | None = None, solution_str: str = "", 
     url = url or os.environ.get(URL_ENV) or "http://127.0.0.1:3000"
     prompt = (extra_info or {}).get("prompt")
     client = _client(url, {"api_key": api_key} if api_key else {})
-    answer = await client.score([Item(prompt=prompt or "", response=solution_str)], model=model, deadline_s=deadline_s)
+    item = Item(prompt=prompt or "", response=solution_str, reference=ground_truth)  # the execution kind's tests
+    answer = await client.score([item], model=model, deadline_s=deadline_s)
     reward, error = answer.rewards[0], (answer.errors or [None])[0]
     if error and not error.startswith("deadline"):  # the judge's backend failed: verl needs a number
         raise RuntimeError(f"plaudit could not score this sample: {error}")

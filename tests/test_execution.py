@@ -1,0 +1,188 @@
+"""The execution reward: tests of the shapes people have, HumanEval's canonical solutions and
+failing mutants, and hostile programs against a real server: each scores 0 with its reason,
+the service keeps answering, nothing leaks and no process survives its run."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx2
+import pytest
+import yaml
+
+from plaudit.rewardmodels import InputError, Item, load_scorer
+from plaudit.rewardmodels.execution import extract_code
+from plaudit.rewardmodels.sandbox import BASE_UID
+from servers import running_service
+
+pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap missing (make test installs it)")
+
+ADD = "def add(a, b):\n    return a + b\n"
+SETTINGS = {"wall_s": 6, "test_s": 3, "slots": 2, "memory_mb": 256}
+
+
+@pytest.fixture(scope="module")
+def execution():
+    return load_scorer(None, name="tests", kind="execution", settings=SETTINGS)
+
+
+def test_code_is_the_python_fences_or_the_whole_response():
+    assert extract_code("Here:\n```python\nx = 1\n```\nand\n```\ny = 2\n```") == "x = 1\n\ny = 2\n"
+    assert extract_code("x = 1") == "x = 1"
+    assert extract_code("```bash\nls\n```") == ""
+
+
+def test_every_test_shape_gives_the_share_passed(execution):
+    check = {"tests": "def check(candidate):\n    assert candidate(1, 2) == 3\n    for x in range(3):\n"
+                      "        assert candidate(x, 0) == x\n    assert candidate(2, 2) == 5\n", "entry_point": "add"}
+    cases = [{"input": "1 2\n", "output": "3\n"}, {"input": "2 2", "output": "5"}]
+    asserts = "assert add(1, 2) == 3\nassert add(0, 0) == 0"
+    items = [Item(prompt="p", response=f"```python\n{ADD}```", reference=asserts),
+             Item(prompt="p", response=ADD, reference=check),
+             Item(prompt="p", response=ADD, reference='{"tests": "assert add(2, 2) == 5"}'),  # JSON in a string
+             Item(prompt="p", response="print(sum(map(int, input().split())))", reference=cases),
+             Item(prompt="p", response="```bash\nls\n```", reference="assert True"),
+             Item(prompt="p", response="def add(a, b) return", reference="assert add(1, 1) == 2")]
+    scored = execution.score(items)
+    assert scored.rewards == pytest.approx([1.0, 2 / 3, 0.0, 0.5, 0.0, 0.0])
+    assert [d["reason"] for d in scored.details] == [None, None, None, None, "no_code", "error"]
+    assert scored.details[0]["all_passed"] and not scored.details[1]["all_passed"]
+    assert [t["passed"] for t in scored.details[1]["tests"]] == [True, True, False]
+    assert "SyntaxError" in scored.details[5]["message"]
+    for bad in (None, "", {"cases": [{"input": 1}]}, {"entry_point": "add"}):
+        with pytest.raises(InputError) as refused:
+            execution.score([Item(prompt="p", response=ADD), Item(prompt="p", response=ADD, reference=bad)])
+        assert refused.value.field in ("items[0].reference", "items[1].reference")
+
+
+@pytest.mark.slow
+def test_humaneval_canonical_solutions_pass_and_failing_mutants_do_not(execution):
+    """Every problem's canonical solution scores 1.0 and each failing mutant below 1.0 (the
+    data builder's pairs: mutants it saw fail the tests)."""
+    from plaudit.training.humaneval import build_pairs, load_problems
+
+    problems = {p["task_id"]: p for p in load_problems()}
+    pairs = build_pairs(max_mutants_per_problem=1)[0]
+    chosen = {r["task_id"]: r["chosen"] for r in pairs}
+    tests = {t: {"tests": problems[t]["test"], "entry_point": problems[t]["entry_point"]} for t in chosen}
+    items = [Item(prompt="p", response=chosen[t], reference=tests[t]) for t in chosen]
+    items += [Item(prompt="p", response=r["rejected"], reference=tests[r["task_id"]]) for r in pairs]
+    scored = execution.score(items)
+    n = len(chosen)
+    assert n >= 150
+    assert [t for t, r in zip(chosen, scored.rewards[:n]) if r != 1.0] == []
+    assert [r["task_id"] for r, s in zip(pairs, scored.rewards[n:]) if s >= 1.0] == []
+
+
+HOSTILE = {
+    "infinite loop": ("while True:\n    pass\n", "timeout"),
+    "fork bomb": ("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
+                  "timeout"),
+    "memory bomb": ("x = bytearray(1 << 34)\n", "memory"),
+    "printing gigabytes": ("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n", "output_limit"),
+    "daemon left behind": ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+                           "        time.sleep(60)\n        open('{marker}', 'w').write('alive')\n    os._exit(0)\n"
+                           "assert False, 'the daemon is the point'\n", None),
+}
+
+
+def _leaks(config_path: str, port: int, marker: str) -> dict[str, tuple[str, str | None]]:
+    """Programs whose one test passes only if they got out: each must score 0."""
+    return {
+        "reading the environment": ("import os\nfound = os.environ.get('PLAUDIT_API_KEYS')\n", "assert found"),
+        "reading the config": (f"found = open({config_path!r}).read()\n", "assert found"),
+        "writing outside /work": (f"open({marker!r}, 'w').write('pwned')\nok = True\n", "assert ok"),
+        "connecting to the service": (f"import socket\ns = socket.socket()\ns.settimeout(2)\n"
+                                      f"ok = s.connect_ex(('127.0.0.1', {port})) == 0\n", "assert ok"),
+        "signalling the parent": ("import os, signal\nfor pid in (1, os.getppid(), -1):\n    try:\n"
+                                  "        os.kill(pid, signal.SIGKILL)\n    except OSError:\n"
+                                  "        pass\nok = False\n", "assert ok"),
+    }
+
+
+def _sandbox_processes() -> list[str]:
+    """Live processes of the sandbox slots' uids. (A finished run's bwrap may linger a moment as a
+    zombie, dead, until the host's init reaps it: not a process that runs.)"""
+    listing = subprocess.run(["ps", "-eo", "uid=,pid=,stat=,args="], capture_output=True, text=True).stdout
+    return [line for line in listing.splitlines()
+            if BASE_UID <= int(line.split()[0]) < BASE_UID + 64 and not line.split()[2].startswith("Z")]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="per-slot uids and process limits need root")
+def test_hostile_programs_score_zero_while_the_service_answers(tiny_bt, tmp_path):
+    marker = str(tmp_path / "escaped")
+    config = tmp_path / "plaudit.yaml"
+    config.write_text(yaml.safe_dump({"models": {"tiny": {"path": str(tiny_bt)},
+                                                 "tests": {"kind": "execution", "settings": SETTINGS}},
+                                      "default_model": "tiny"}))
+    with running_service(config, tmp_path, env={"PLAUDIT_API_KEYS": "sk-secret"}) as (url, _):
+        port = int(url.rsplit(":", 1)[1])
+        programs = {name: (code.replace("{marker}", marker), "assert True", reason)
+                    for name, (code, reason) in HOSTILE.items()}
+        programs.update({name: (code, test, None) for name, (code, test) in _leaks(str(config), port, marker).items()})
+        headers = {"Authorization": "Bearer sk-secret"}
+
+        def hostile() -> httpx2.Response:
+            items = [{"prompt": name, "response": code, "reference": test}
+                     for name, (code, test, _) in programs.items()]
+            return httpx2.post(f"{url}/score", json={"model": "tests", "items": items, "test_outcomes": True},
+                               headers=headers, timeout=120)
+
+        def ordinary(i: int) -> int:
+            return httpx2.post(f"{url}/score", json={"items": [{"prompt": f"q{i}", "response": "a"}]},
+                               headers=headers, timeout=60).status_code
+
+        with ThreadPoolExecutor(4) as pool:
+            attack = pool.submit(hostile)
+            statuses = [pool.submit(ordinary, i) for i in range(12)]
+            answer = attack.result()
+            assert [s.result() for s in statuses] == [200] * 12  # the service kept answering
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        for (name, (_, _, reason)), reward, detail in zip(programs.items(), body["rewards"], body["details"]):
+            assert reward == 0.0, (name, detail)
+            if reason:
+                assert detail["reason"] == reason, (name, detail)
+        assert not os.path.exists(marker)
+        time.sleep(1)
+        assert _sandbox_processes() == []  # every run's processes are gone, the daemon too
+        assert httpx2.get(f"{url}/readyz", timeout=10).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def served(tiny_bt, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("execution-service")
+    config = tmp / "plaudit.yaml"
+    config.write_text(yaml.safe_dump({"models": {"tiny": {"path": str(tiny_bt)},
+                                                 "tests": {"kind": "execution", "settings": SETTINGS}},
+                                      "default_model": "tests"}))
+    with running_service(config, tmp, env={"PLAUDIT_API_KEYS": ""}) as (url, _):
+        yield url
+
+
+GOOD, BAD = f"```python\n{ADD}```", "```python\ndef add(a, b):\n    return a - b\n```"
+TESTS = "assert add(1, 2) == 3\nassert add(0, 0) == 0"
+
+
+def test_the_trainer_paths_carry_the_tests(served):
+    """OpenRLHF's labels, TRL's dataset column and verl's ground truth each reach the execution kind."""
+    import asyncio
+
+    from plaudit.integrations.trl import reward_function
+    from plaudit.integrations.verl import compute_score
+
+    prompt = "<|im_start|>user\nWrite add(a, b).<|im_end|>\n<|im_start|>assistant\n"
+    answer = httpx2.post(f"{served}/get_reward", json={"query": [prompt + GOOD + "<|im_end|>", prompt + BAD],
+                                                        "prompts": [prompt, prompt], "labels": [TESTS, TESTS]},
+                         timeout=60).json()
+    assert answer["rewards"] == [1.0, 0.5] and answer["extra_logs"]["all_passed"] == [1.0, 0.0]
+    reward = reward_function(served, reference_column="tests")
+    assert reward(["Write add."] * 2, [GOOD, BAD], tests=[TESTS, TESTS]) == [1.0, 0.5]
+    verl = asyncio.run(compute_score(data_source="humaneval", solution_str=GOOD, ground_truth=TESTS,
+                                     extra_info={"prompt": "Write add."}, url=served))
+    assert verl["score"] == 1.0
+    missing = httpx2.post(f"{served}/score", json={"items": [{"prompt": "p", "response": GOOD}]}, timeout=60)
+    assert missing.status_code in (400, 422) and missing.json()["field"] == "items[0].reference"
