@@ -73,14 +73,26 @@ def score_queries(scorer: "Scorer", texts: Sequence[str], prompts: Sequence[str]
         raise InputError("labels", f"{len(labels)} labels for {len(texts)} queries")
     references = list(labels) if labels is not None else [None] * len(texts)
     queries = read_queries(texts, prompts, scorer.end_markers(), scorer.pad_markers())
-    if prompts is None:
-        scored = scorer.score_rendered([q.response for q in queries])
-    else:
-        # model_construct: a Templated prompt must reach the encoder as it is, not as a plain str
-        scored = scorer.score([Item.model_construct(prompt=scorer.query_prompt(q.prompt), response=q.response,
-                                                    reference=reference)
-                               for q, reference in zip(queries, references)])
+    try:
+        if prompts is None:
+            scored = scorer.score_rendered([q.response for q in queries])
+        else:
+            # model_construct: a Templated prompt must reach the encoder as it is, not as a plain str
+            scored = scorer.score([Item.model_construct(prompt=scorer.query_prompt(q.prompt), response=q.response,
+                                                        reference=reference)
+                                   for q, reference in zip(queries, references)])
+    except InputError as e:  # named as the caller sent it: prompts[i], query[i], labels[i]
+        raise type(e)(_request_field(e.field), str(e)[len(f"{e.field}: "):]) from None
     return scored, [q.ended for q in queries]
+
+
+_ITEM_FIELD = re.compile(r"^items\[(\d+)\](?:\.(\w+))?")
+_AS_SENT = {"prompt": "prompts", "reference": "labels", "response": "query", None: "query"}
+
+
+def _request_field(field: str | None) -> str | None:
+    match = _ITEM_FIELD.match(field or "")
+    return f"{_AS_SENT.get(match[2], 'query')}[{match[1]}]" if match else field
 
 
 # ---- chat templates read back into messages (for judges, which read messages, not tokens) ----

@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 
+from plaudit.rewardmodels.queries import score_queries
 from plaudit.rewardmodels import InputError, Item, ModelLoadError, Pair, load_scorer
 from plaudit.rewardmodels.gpm import preference
 from servers import running_service
@@ -103,12 +104,13 @@ def test_score_compares_within_each_prompt_only(gpm):
     assert err.value.field == "items[3]"
 
 
-def test_score_texts_groups_by_prompts(gpm):
-    texts = ["q1 apple", "q1 stone", "q2 tiger", "q2 piano"]
-    scored = gpm.score_texts(texts, ["p1", "p1", "p2", "p2"]).rewards
+def test_trainer_queries_are_grouped_by_prompts(gpm):
+    prompts = ["p1 ", "p1 ", "p2 ", "p2 "]
+    texts = [p + r for p, r in zip(prompts, ["q1 apple", "q1 stone", "q2 tiger", "q2 piano"])]
+    scored = score_queries(gpm, texts, prompts)[0].rewards
     assert scored[0] == pytest.approx(-scored[1], abs=1e-5) and scored[2] == pytest.approx(-scored[3], abs=1e-5)
     with pytest.raises(InputError) as err:
-        gpm.score_texts(texts)
+        score_queries(gpm, texts, None)
     assert err.value.field == "prompts"
 
 

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from conftest import tiny_training
 from plaudit.rewardmodels import Batching, InputError, Item, Steps, load_scorer
 from plaudit.rewardmodels.encoding import encode_item
+from plaudit.rewardmodels.queries import score_queries
 
 TOL = 1e-4  # float32 matmuls over different batch shapes
 MAX_LENGTH = 64  # small, so that the long texts below are truncated
@@ -117,17 +118,14 @@ def test_odd_text_scores_finite_and_truncation_is_reported(bt, item):
 
 @given(queries=st.lists(texts, min_size=1, max_size=6))
 @SETTINGS
-def test_pretemplated_text_is_scored_or_refused_by_index(bt, queries):
-    """/get_reward's path: a text is scored to a finite number, or, when it has no token at all,
-    the call is refused with an InputError naming the first such entry (never a crash or NaN)."""
+def test_trainer_queries_are_scored_to_finite_numbers(bt, queries):
+    """/get_reward's path without prompts: whatever the text (empty, only end markers, odd
+    characters), it is closed as the template closes a turn and scored to a finite number, the
+    same alone as in its batch (never a crash or NaN)."""
     scorer = bt[-1]
-    empty = [i for i, q in enumerate(queries) if not scorer.tokenizer(q, add_special_tokens=False)["input_ids"]]
-    if empty:
-        with pytest.raises(InputError) as refused:
-            scorer.score_texts(queries)
-        assert refused.value.field == f"query[{empty[0]}]"
-    else:
-        assert all(math.isfinite(r) for r in scorer.score_texts(queries).rewards)
+    together = score_queries(scorer, queries, None)[0].rewards
+    assert all(math.isfinite(r) for r in together)
+    assert close(together, [score_queries(scorer, [q], None)[0].rewards[0] for q in queries])
 
 
 def test_a_conversation_without_messages_is_refused_by_the_schema():
@@ -181,7 +179,7 @@ def test_gpm_names_a_prompt_without_tokens(gpm):
     """/get_reward's templated prompts: an empty one is refused as that prompt (it used to be named
     `query[2]`, past the end of the queries)."""
     with pytest.raises(InputError) as refused:
-        gpm.score_texts(["q1 apple", "q1 stone", "q2 tiger", "q2 piano"], ["p1", "p1", "", ""])
+        score_queries(gpm, ["p1q1 apple", "p1q1 stone", "q2 tiger", "q2 piano"], ["p1", "p1", "", ""])
     assert refused.value.field == "prompts[2]"
 
 

@@ -23,6 +23,7 @@ from conftest import make_tiny
 from plaudit.rewardmodels import KINDS, Batching, InputError, Item, ModelLoadError, Pair, load_scorer
 from plaudit.rewardmodels.batcher import ForwardBatcher
 from plaudit.rewardmodels.bt import last_token_rewards
+from plaudit.rewardmodels.queries import score_queries
 from plaudit.rewardmodels.encoding import encode_item, micro_batches
 from plaudit.rewardmodels.loading import choose_device
 from plaudit.rewardmodels.lora import LoRALinear, add_lora, merge_lora
@@ -296,7 +297,7 @@ def test_score_texts_matches_score_with_chat_template(scorer):
     """OpenRLHF sends texts already rendered with the template: scoring one equals scoring the Item."""
     cases = [("Write a function", "def add(a, b): return a + b"), ("2+2?", "4"), ("hello " * 30, "world")]
     texts = [f"<|im_start|>user\n{p}<|im_end|>\n<|im_start|>assistant\n{r}<|im_end|>\n" for p, r in cases]
-    by_text = scorer.score_texts(texts)
+    by_text = score_queries(scorer, texts, None)[0]
     by_item = scorer.score([Item(prompt=p, response=r) for p, r in cases])
     assert close(by_text.rewards, by_item.rewards, 1e-6)
     assert by_text.truncated == [False] * 3
@@ -306,7 +307,7 @@ def test_score_texts_adds_no_special_tokens(plain_scorer):
     """With a tokenizer that would wrap text in <s> ... </s>, the text's own tokens are used as is."""
     cases = [("Write a function", "def add"), ("hello", "world")]
     texts = [f"<s>{p}</s>{r}</s>" for p, r in cases]
-    by_text = plain_scorer.score_texts(texts).rewards
+    by_text = score_queries(plain_scorer, texts, None)[0].rewards
     by_item = plain_scorer.score([Item(prompt=p, response=r) for p, r in cases]).rewards
     assert close(by_text, by_item, 1e-6)
 
@@ -316,9 +317,9 @@ def test_score_texts_truncates_from_the_left(tiny_bt):
     s = load_scorer(tiny_bt, max_length=32)
     text = "<|im_start|>user\n" + "hello world " * 30 + "<|im_end|>\n<|im_start|>assistant\nreturn None<|im_end|>\n"
     short = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nok<|im_end|>\n"
-    assert s.score_texts([text, short]).truncated == [True, False]
-    assert close(s.score_texts([text]).rewards,
-                 load_scorer(tiny_bt).score_texts([s.tokenizer.decode(_ids(s.tokenizer, text)[-32:])]).rewards)
+    assert score_queries(s, [text, short], None)[0].truncated == [True, False]
+    kept = s.tokenizer.decode(_ids(s.tokenizer, text)[-32:])
+    assert close(score_queries(s, [text], None)[0].rewards, score_queries(load_scorer(tiny_bt), [kept], None)[0].rewards)
 
 
 # --- 7. loading errors ------------------------------------------------------------------------------
@@ -660,15 +661,13 @@ def test_inputs_are_validated():
 
 
 # --- empty input -----------------------------------------------------------------------------------
-# An empty pre-templated text has no token to read a reward at: it must be a 4xx naming the entry,
-# never a crash (a 500 through /get_reward) nor a silent 0.0 that depends on its batch neighbours.
+# An empty query is an empty turn: closed as the template closes one, it has tokens to read a
+# reward at, and gets the same finite reward alone or beside others (never a crash, never a 0.0
+# that depends on its batch neighbours).
 
 
-def test_empty_text_alone_is_an_input_error(scorer):
-    with pytest.raises(InputError):
-        scorer.score_texts([""])
-
-
-def test_empty_text_in_a_batch_is_an_input_error(scorer):
-    with pytest.raises(InputError):
-        scorer.score_texts(["", "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nok<|im_end|>\n"])
+def test_an_empty_query_is_scored_as_an_empty_turn(scorer):
+    alone = score_queries(scorer, [""], None)[0].rewards
+    batch = score_queries(scorer, ["", "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nok<|im_end|>\n"],
+                          None)[0].rewards
+    assert math.isfinite(alone[0]) and close(alone, batch[:1], 1e-5)
