@@ -70,7 +70,7 @@ def _run_test(code: str, namespace: dict, seconds: float) -> tuple[bool, str | N
 
 
 def _io_cases(job: dict) -> list[dict]:
-    with open("/work/program.py" if os.path.isdir("/work") else "program.py", "w") as f:
+    with open("program.py", "w") as f:  # in the working directory: the sandbox's /work
         f.write(job["program"])
     outcomes = []
     for i, case in enumerate(job["cases"]):

@@ -186,3 +186,19 @@ def test_the_trainer_paths_carry_the_tests(served):
     assert verl["score"] == 1.0
     missing = httpx2.post(f"{served}/score", json={"items": [{"prompt": "p", "response": GOOD}]}, timeout=60)
     assert missing.status_code in (400, 422) and missing.json()["field"] == "items[0].reference"
+
+
+def test_without_bubblewrap_the_kind_refuses_unless_told_none(monkeypatch, caplog):
+    from plaudit.rewardmodels import ModelLoadError
+    from plaudit.rewardmodels import sandbox
+
+    real = shutil.which
+    monkeypatch.setattr(sandbox.shutil, "which", lambda name: None if name == "bwrap" else real(name))
+    with pytest.raises(ModelLoadError, match="bubblewrap.*sandbox: none"):
+        load_scorer(None, name="tests", kind="execution")
+    unsafe = load_scorer(None, name="tests", kind="execution", settings={"sandbox": "none", "wall_s": 5})
+    assert "UNSANDBOXED" in caplog.text
+    cases = [{"input": "1 2", "output": "3"}]
+    scored = unsafe.score([Item(prompt="p", response=ADD, reference="assert add(1, 2) == 3"),
+                           Item(prompt="p", response="print(sum(map(int, input().split())))", reference=cases)])
+    assert scored.rewards == [1.0, 1.0]
