@@ -161,7 +161,8 @@ class _Api:
 
     def _attempts(self, path: str, request: BaseModel | None, kind: type[R], deadline: float | None,
                   retries: int | None = None):
-        body = None if request is None else request.model_dump(mode="json", exclude_none=True)
+        # defaults left out: the server applies the same ones, and an older server knows no newer field
+        body = None if request is None else request.model_dump(mode="json", exclude_defaults=True)
         last: httpx2.Response | Exception | None = None
         for attempt in range((self.max_retries if retries is None else retries) + 1):
             if attempt:

@@ -169,7 +169,7 @@ def test_no_content_type_or_body_makes_a_server_error(service_url, path):
     """Whatever the Content-Type header and the bytes: a 4xx naming the problem, or an answer."""
 
     @given(content_type=CONTENT_TYPES, body=BODIES)
-    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
     def send(content_type, body):
         reply = httpx2.post(f"{service_url}{path}", content=body, headers={"Content-Type": content_type}, timeout=60)
         assert reply.status_code < 500, (content_type, body, reply.status_code, reply.text)

@@ -59,7 +59,8 @@ def test_client_install_needs_no_torch(wheel, tmp_path):
              "plaudit.integrations.verl; "
              f"print(json.dumps({{'imported': sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}), "
              f"'installed': [m for m in {HEAVY!r} if importlib.util.find_spec(m)], "
-             "'item': plaudit.client.ScoreRequest(items=[{'prompt': 'p', 'response': 'r'}]).model_dump()}))")
+             "'item': plaudit.client.ScoreRequest(items=[{'prompt': 'p', 'response': 'r'}]).model_dump("
+             "exclude_defaults=True)}))")
     found = json.loads(run([python, "-c", probe], cwd=tmp_path, timeout=120).stdout)
     assert found["imported"] == [] and found["installed"] == []
     assert found["item"]["items"] == [{"prompt": "p", "response": "r"}]
