@@ -43,12 +43,13 @@ class Script:
 
 
 def test_retries_honour_retry_after_then_answer():
-    script = Script((503, {"Retry-After": "0.3"}, 0), (429, {"Retry-After": "0.2"}, 0), (502, {}, 0))
+    script = Script((503, {"Retry-After": "1.0"}, 0), (429, {"Retry-After": "0.6"}, 0), (502, {}, 0))
     with http_server(script) as url, Client(url, api_key="sk-test", backoff_s=0.01) as client:
         answer = client.score([ITEM])
     assert answer.rewards == [1.5] and client.counts["attempts"] == 4 and client.counts["retries"] == 3
     gaps = [b - a for a, b in zip(script.times, script.times[1:])]
-    assert gaps[0] >= 0.3 and gaps[1] >= 0.2 and gaps[2] < 0.2  # Retry-After, then the short backoff
+    # Retry-After, then the short backoff (0.01 s; the bound leaves room for a busy machine)
+    assert gaps[0] >= 1.0 and gaps[1] >= 0.6 and gaps[2] < 0.6
     headers, body = script.seen[0]
     assert headers["Authorization"] == "Bearer sk-test" and body == {"items": [ITEM]}
 
@@ -79,7 +80,7 @@ def test_a_deadline_gives_the_neutral_reward_flagged_and_counted():
         start = time.monotonic()
         answer = client.score([ITEM, ITEM], deadline_s=0.5)
         took = time.monotonic() - start
-        assert took < 1.5, took
+        assert took < 2.5, took  # the server answers after 3 s; the bound leaves room for a busy machine
         assert answer.rewards == [0.5, 0.5]  # the judge's neutral value, from GET /models
         assert all(e.startswith("deadline") for e in answer.errors)
         assert client.counts["deadline_items"] == 2
