@@ -87,7 +87,7 @@ class TickJudge(Judge):
         return Verdict(reward=mean, unscored=len(questions) - len(scored), answers=answers, mean_p_yes=mean,
                        pass_rate=sum(p >= 0.5 for p in scored) / len(scored))
 
-    def rank(self, prompt: Prompt, responses: Sequence[str]) -> Ranking:
+    def rank(self, prompt: Prompt, responses: Sequence[str], reference: Any = None) -> Ranking:
         """STICK best-of-N: by pass rate, then by mean P(YES); unscored responses last. The
         matrix says 1 where i ranks above j, 0.5 for a tie."""
         verdicts = self.run(JudgeRequest(judge=self.name, instruction=prompt, responses=list(responses))).results

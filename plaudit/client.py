@@ -110,9 +110,10 @@ class _Api:
     def compare(self, pairs: Sequence[Pair | dict], model: str | None = None):
         return self._call("/compare", CompareRequest(model=model, pairs=list(pairs)), CompareResponse)
 
-    def rank(self, prompt: Prompt, responses: Sequence[str], model: str | None = None, matrix: bool = False):
-        return self._call("/rank", RankRequest(model=model, prompt=prompt, responses=list(responses), matrix=matrix),
-                          RankResponse)
+    def rank(self, prompt: Prompt, responses: Sequence[str], model: str | None = None, matrix: bool = False,
+             reference: Any = None):
+        return self._call("/rank", RankRequest(model=model, prompt=prompt, responses=list(responses), matrix=matrix,
+                                               reference=reference), RankResponse)
 
     def steps(self, prompt: Prompt, steps: Sequence[str] | None = None, response: str | None = None,
               separator: str | None = None, model: str | None = None):

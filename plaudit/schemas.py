@@ -24,7 +24,7 @@ Prompt = str | Annotated[list[Message], Field(min_length=1)]
 REFERENCE_FIELD = Field(default=None, description=(
     "what a verifiable kind checks the response against: the tests for the execution kind (assert "
     "statements; {\"tests\": \"def check(candidate): ...\", \"entry_point\": NAME}; or {\"cases\": [{\"input\", "
-    "\"output\"}]}); ignored by learned models and judges"))
+    "\"output\"}]}); the expected answer for the match and numeric kinds; ignored by learned models and judges"))
 
 
 class Item(BaseModel):
@@ -157,6 +157,7 @@ class CompareResponse(BaseModel):
 class RankRequest(Request):
     prompt: Prompt
     responses: list[str] = Field(min_length=1)
+    reference: Any = REFERENCE_FIELD
     matrix: bool = Field(default=False, description="also return the K x K matrix of P(i beats j)")
 
 

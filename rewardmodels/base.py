@@ -63,6 +63,7 @@ class Scores:
     unscored: list[int] | None = None  # a judge's unreadable answers per item
     errors: list[str | None] | None = None  # a judge's backend failure per item (its reward is None)
     details: list[dict[str, Any]] | None = None  # verifiable kinds: how each reward came about
+    logs: dict[str, list[float]] | None = None  # per-item numbers a trainer logs (/get_reward's extra_logs)
 
 
 @dataclass
@@ -166,11 +167,13 @@ class Scorer(ABC):
         n = len(pairs)
         margins = [_difference(scored.rewards[i], scored.rewards[n + i]) for i in range(n)]
         truncated = [scored.truncated[i] or scored.truncated[n + i] for i in range(n)]
-        return Comparison([self.probability(m) for m in margins], margins, truncated)
+        errors = None if scored.errors is None else [scored.errors[i] or scored.errors[n + i] for i in range(n)]
+        return Comparison([self.probability(m) for m in margins], margins, truncated, errors)
 
-    def rank(self, prompt: Prompt, responses: Sequence[str]) -> Ranking:
-        """Best-of-N: rewards for every candidate and their order, best first."""
-        scored = self.score([Item(prompt=prompt, response=r) for r in responses])
+    def rank(self, prompt: Prompt, responses: Sequence[str], reference: Any = None) -> Ranking:
+        """Best-of-N: rewards for every candidate and their order, best first (`reference`: the
+        prompt's tests or expected answer, for verifiable kinds)."""
+        scored = self.score([Item(prompt=prompt, response=r, reference=reference) for r in responses])
         r = scored.rewards
         matrix = [[self.probability(_difference(a, b)) for b in r] for a in r]
         return Ranking(r, best_first(r), scored.truncated, matrix)

@@ -104,7 +104,7 @@ class CodePreference(BatchedScorer):
             cut[j] |= c
         return matrix, cut
 
-    def rank(self, prompt: Prompt, responses: Sequence[str]) -> Ranking:
+    def rank(self, prompt: Prompt, responses: Sequence[str], reference: Any = None) -> Ranking:
         matrix, cut = self._round_robin(prompt, responses)
         rewards = [_mean_win(row, i) for i, row in enumerate(matrix)]
         return Ranking(rewards, best_first(rewards), cut, matrix)

@@ -100,7 +100,6 @@ def read_tests(reference: Any, field_name: str) -> dict[str, Any]:
 class Execution(Scorer):
     kind = "execution"
     neutral_reward = 0.5
-    reference_field = "reference"
 
     def __init__(self, name: str, settings: ExecutionSettings):
         super().__init__(name, {"kind": self.kind, **settings.model_dump()})
@@ -119,7 +118,9 @@ class Execution(Scorer):
     def score(self, items: Sequence[Item]) -> Scores:
         jobs = [read_tests(it.reference, f"items[{i}].reference") for i, it in enumerate(items)]
         outcomes = list(self.pool.map(self.run, [it.response for it in items], jobs))
-        return Scores([o.reward for o in outcomes], [False] * len(items), details=[asdict(o) for o in outcomes])
+        return Scores([o.reward for o in outcomes], [False] * len(items), details=[asdict(o) for o in outcomes],
+                      logs={"all_passed": [float(o.all_passed) for o in outcomes],
+                            "failed_to_run": [float(o.reason is not None) for o in outcomes]})
 
     def run(self, response: str, job: dict[str, Any]) -> Outcome:
         code = extract_code(response)

@@ -160,7 +160,7 @@ class GPM(BatchedScorer):
         k = v.shape[0]
         return logits, (logits.sum(dim=1) / max(k - 1, 1)).tolist()
 
-    def rank(self, prompt: Prompt, responses: Sequence[str]) -> Ranking:
+    def rank(self, prompt: Prompt, responses: Sequence[str], reference: Any = None) -> Ranking:
         items = [Item(prompt=prompt, response=r) for r in responses]
         v, gates, cut = self._embed_items(items, [0] * len(items), [prompt_text(self.tokenizer, prompt)])
         logits, rewards = self._table(v, gates[0])

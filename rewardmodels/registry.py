@@ -15,6 +15,11 @@ KINDS: dict[str, str] = {
     "ensemble": "plaudit.rewardmodels.ensemble:Ensemble",
     "codepref": "plaudit.rewardmodels.codepref:CodePreference",
     "execution": "plaudit.rewardmodels.execution:Execution",
+    "match": "plaudit.rewardmodels.rules:Match",
+    "numeric": "plaudit.rewardmodels.rules:Numeric",
+    "regex": "plaudit.rewardmodels.rules:Regex",
+    "format": "plaudit.rewardmodels.rules:Format",
+    "composite": "plaudit.rewardmodels.composite:Composite",
 }
 
 

@@ -68,6 +68,15 @@ def _interpreter() -> str:
     return found
 
 
+def sandbox_unavailable() -> str | None:
+    """Why bubblewrap cannot run sandboxes here, or None when it can (a probe run)."""
+    try:
+        Sandbox("bwrap", slots=1, max_waiting=0)
+    except ModelLoadError as e:
+        return str(e)
+    return None
+
+
 class Sandbox:
     """A bounded pool of sandbox slots: `run` waits for a free slot, or raises Busy when
     `max_waiting` runs already wait."""

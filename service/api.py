@@ -14,7 +14,8 @@ from plaudit.rewardmodels.queries import score_queries
 from plaudit.schemas import JudgeRequest, JudgeResponse
 from plaudit.judges.hub import BackendHub
 from plaudit.judges.registry import METHODS, JudgeConfig, build_judge
-from plaudit.rewardmodels import AGGREGATES, InputError, Item, LimitExceeded, Scorer, Steps, UnsupportedOperation, load_scorer
+from plaudit.rewardmodels import (AGGREGATES, InputError, Item, LimitExceeded, ModelLoadError, Scorer, Steps,
+                                  UnsupportedOperation, load_scorer)
 from plaudit.rewardmodels.prm import DEFAULT_SEPARATOR, split_steps
 
 from .config import Limits, ServiceConfig
@@ -34,7 +35,8 @@ class ModelPool:
     def __init__(self, config: ServiceConfig):
         self.config = config
         self._scorers: dict[str, Scorer] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a composite loads its parts while loading itself
+        self._loading: list[str] = []
         self._hub: BackendHub | None = None
 
     def load_all(self) -> None:
@@ -45,13 +47,21 @@ class ModelPool:
         name = name or self.config.default_model
         with self._lock:
             if name not in self._scorers:
-                self._scorers[name] = self._load(name, field)
+                if name in self._loading:
+                    raise ModelLoadError(f"models.{name}: a composite that contains itself: "
+                                         f"{' -> '.join([*self._loading, name])}")
+                self._loading.append(name)
+                try:
+                    self._scorers[name] = self._load(name, field)
+                finally:
+                    self._loading.pop()
             return self._scorers[name]
 
     def _load(self, name: str, field: str) -> Scorer:
         if name in self.config.models:
             cfg = self.config.models[name]
-            scorer = load_scorer(cfg.path, name=name, **cfg.load_options())
+            parts = {"lookup": self.get} if cfg.path is None else {}  # a composite's parts are configured models
+            scorer = load_scorer(cfg.path, name=name, **cfg.load_options(), **parts)
             scorer.limit_tokens(self.config.limits.max_tokens)
             return scorer
         if name in self.config.judges or name in METHODS:
@@ -117,12 +127,20 @@ def score(pool: ModelPool, request: ScoreRequest) -> ScoreResponse:
         for t in _prompt_texts(f"items[{i}].prompt", it.prompt) + [(f"items[{i}].response", it.response)]))
     scorer = pool.get(request.model)
     result = scorer.score(request.items)
-    details = result.details
-    if details is not None and not request.test_outcomes:
-        details = [{k: v for k, v in d.items() if k != "tests"} for d in details]
+    details = result.details if request.test_outcomes else _without_tests(result.details)
     return ScoreResponse(model=scorer.name, rewards=result.rewards, truncated=result.truncated,
                          ids=_ids(len(request.items)), uncertainty=result.spread, unscored=result.unscored,
                          errors=result.errors, details=details)
+
+
+def _without_tests(details: list[dict] | None) -> list[dict] | None:
+    """Details without the per-test outcomes, a composite's parts' included."""
+    def strip(detail: dict) -> dict:
+        kept = {k: v for k, v in detail.items() if k != "tests"}
+        if isinstance(kept.get("part_details"), dict):
+            kept["part_details"] = {part: strip(d) for part, d in kept["part_details"].items()}
+        return kept
+    return None if details is None else [strip(d) for d in details]
 
 
 def compare(pool: ModelPool, request: CompareRequest) -> CompareResponse:
@@ -140,7 +158,7 @@ def rank(pool: ModelPool, request: RankRequest) -> RankResponse:
                  _prompt_texts("prompt", request.prompt)
                  + [(f"responses[{i}]", r) for i, r in enumerate(request.responses)])
     scorer = pool.get(request.model)
-    result = scorer.rank(request.prompt, request.responses)
+    result = scorer.rank(request.prompt, request.responses, request.reference)
     return RankResponse(model=scorer.name, rewards=result.rewards, order=result.order, truncated=result.truncated,
                         matrix=result.matrix if request.matrix else None, ids=_ids(len(request.responses)))
 
@@ -178,13 +196,11 @@ def get_reward(pool: ModelPool, request: GetRewardRequest) -> GetRewardResponse:
         return GetRewardResponse(rewards=[], scores=[], extra_logs={}, ids=[])
     result, ended = score_queries(scorer, request.query, request.prompts, request.labels)
     logs = {"truncated": [float(t) for t in result.truncated], "unfinished": [float(not e) for e in ended]}
-    if result.details is not None:  # verifiable kinds: what a trainer can log beside the reward
-        logs["all_passed"] = [float(d["all_passed"]) for d in result.details]
-        logs["failed_to_run"] = [float(d["reason"] is not None) for d in result.details]
+    logs.update(result.logs or {})  # verifiable kinds and composites: what a trainer can log beside the reward
     if result.spread is not None:
         logs["reward_std"] = result.spread
     rewards = result.rewards
-    if isinstance(scorer, Judge):  # a trainer needs a number: the judge's neutral value, flagged
+    if isinstance(scorer, Judge) or result.errors is not None:  # a trainer needs a number: the neutral one, flagged
         errors = result.errors or [None] * len(rewards)
         logs["unscored"] = [float(r is None and e is None) for r, e in zip(rewards, errors)]
         logs["error"] = [float(e is not None) for e in errors]

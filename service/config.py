@@ -2,8 +2,9 @@
 judges' backends, request limits and API keys.
 
 Read from the YAML named by `--config` or $PLAUDIT_CONFIG; without one, the embedded
-default models are served: `default` (BT), `default-gpm` and `default-prm`, and the judge
-`local` (TICK on the packaged SmolLM2 through llama.cpp's server). Relative model paths
+default models are served: `default` (BT), `default-gpm` and `default-prm`, the judge
+`local` (TICK on the packaged SmolLM2 through llama.cpp's server), and the execution reward
+`execution` with the composite `default-code`. Relative model paths
 are resolved against the YAML file's folder.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ from plaudit.judges.hub import BackendSpec
 from plaudit.judges.local import LocalBackendConfig, local_judge_installed
 from plaudit.judges.registry import METHODS, JudgeConfig
 from plaudit.rewardmodels import Batching, ModelLoadError
+from plaudit.rewardmodels.sandbox import sandbox_unavailable
 
 log = logging.getLogger("plaudit")
 
@@ -138,15 +140,29 @@ class ServiceConfig(BaseModel):
         return name or self.default_judge or next(iter(self.judges), "tick")
 
 
+# default-code: the execution reward, plus the default BT model as a tie-breaker among the
+# responses that pass every test: reward = tests + 0.1 * sigmoid(r_BT) * [tests == 1].
+DEFAULT_CODE = {"parts": {"tests": {"model": "execution"},
+                          "preference": {"model": "default", "weight": 0.1, "transform": "sigmoid",
+                                         "requires": {"tests": 1.0}}}}
+
+
 def default_config() -> ServiceConfig:
-    """The three packaged models, and the judge `local` when the judge-local extra is installed
-    (without it the models are served alone, and the log says how to add the judge)."""
+    """The three packaged models; the judge `local` when the judge-local extra is installed; and
+    `execution` with `default-code` when bubblewrap can sandbox programs here. Without either,
+    the rest is served and the log says what is missing."""
+    models = {name: ModelConfig(path=str(path)) for name, path in DEFAULT_MODELS.items()}
     judges = {"local": JudgeConfig(method="tick", backend=LOCAL_BACKEND)}
     if not local_judge_installed():
         log.warning("the judge `local` is not served: xllamacpp is missing (pip install 'plaudit[judge-local]')")
         judges = {}
-    return ServiceConfig(models={name: ModelConfig(path=str(path)) for name, path in DEFAULT_MODELS.items()},
-                         judges=judges)
+    unavailable = sandbox_unavailable()
+    if unavailable:
+        log.warning("`execution` and `default-code` are not served: %s", unavailable)
+    else:
+        models["execution"] = ModelConfig(kind="execution")
+        models["default-code"] = ModelConfig(kind="composite", settings=DEFAULT_CODE)
+    return ServiceConfig(models=models, judges=judges)
 
 
 def load_config(path: str | os.PathLike | None = None) -> ServiceConfig:
