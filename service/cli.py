@@ -22,7 +22,8 @@ from plaudit.training.data import read_codepref, read_pairs, read_steps
 from plaudit.training.evaluate import eval_pairs, eval_steps
 from plaudit.training.experiments import cyclic, warm_noise
 from plaudit.training.gpm import GPMConfig, train_gpm
-from plaudit.training.humaneval import build_pairs, build_steps, load_problems, write_jsonl
+from plaudit.training.humaneval import (RL_FORMATS, build_pairs, build_steps, load_problems, rl_prompts, write_jsonl,
+                                        write_parquet)
 from plaudit.training.prm import PRMConfig, train_prm
 from plaudit.training.warm import WarmConfig, merge, train_warm
 
@@ -190,6 +191,16 @@ def cmd_warm_merge(args) -> None:
     print(json.dumps(merge(args.members, args.out, soup=read_pairs(args.soup) if args.soup else None), indent=2))
 
 
+def cmd_humaneval_rl(args) -> None:
+    suffix = RL_FORMATS[args.format][1]
+    if not args.out.endswith(f".{suffix}"):
+        raise SystemExit(f"--out: the {args.format} format is written as .{suffix}, got {args.out!r}")
+    records = rl_prompts(args.format, args.split, args.limit)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    (write_parquet if suffix == "parquet" else write_jsonl)(records, args.out)
+    print(json.dumps({"written": len(records), "format": args.format, "split": args.split, "out": args.out}))
+
+
 def cmd_data(args) -> None:
     build, cap, _ = BUILDERS[args.builder]
     records, stats = build(**{cap: args.max_per_problem}, seed=args.seed, workers=args.workers, limit=args.limit)
@@ -339,6 +350,15 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--workers", type=int, default=2)
         p.add_argument("--limit", type=int, help="only the first N problems")
         p.set_defaults(run=cmd_data)
+
+    p = data.add_parser("humaneval-rl", help="HumanEval prompts with their tests as the label, for RL on the "
+                                             "execution reward (OpenRLHF, verl or TRL)")
+    p.add_argument("--out", required=True, help="a .jsonl file (openrlhf, trl) or a .parquet file (verl)")
+    p.add_argument("--format", required=True, choices=list(RL_FORMATS),
+                   help="; ".join(f"{name}: {what}" for name, (what, _) in RL_FORMATS.items()))
+    p.add_argument("--split", choices=["all", "train", "test"], default="all", help="problems to keep")
+    p.add_argument("--limit", type=int, help="only the first N problems")
+    p.set_defaults(run=cmd_humaneval_rl)
 
     p = data.add_parser("codeprefbench", help="CodePrefBench-style tasks with verified ground truth: correctness "
                                               "(HumanEval mutants), efficiency (timed), security (bandit)")

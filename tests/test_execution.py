@@ -152,12 +152,17 @@ def test_hostile_programs_score_zero_while_the_service_answers(tiny_bt, tmp_path
         assert httpx2.get(f"{url}/readyz", timeout=10).status_code == 200
 
 
+CODE = {"parts": {"tests": {"model": "tests"}, "preference": {"model": "tiny", "weight": 0.1, "transform": "sigmoid",
+                                                           "requires": {"tests": 1.0}}}}
+
+
 @pytest.fixture(scope="module")
 def served(tiny_bt, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("execution-service")
     config = tmp / "plaudit.yaml"
     config.write_text(yaml.safe_dump({"models": {"tiny": {"path": str(tiny_bt)},
-                                                 "tests": {"kind": "execution", "settings": SETTINGS}},
+                                                 "tests": {"kind": "execution", "settings": SETTINGS},
+                                                 "code": {"kind": "composite", "settings": CODE}},
                                       "default_model": "tests"}))
     with running_service(config, tmp, env={"PLAUDIT_API_KEYS": ""}) as (url, _):
         yield url
@@ -184,6 +189,13 @@ def test_the_trainer_paths_carry_the_tests(served):
     verl = asyncio.run(compute_score(data_source="humaneval", solution_str=GOOD, ground_truth=TESTS,
                                      extra_info={"prompt": "Write add."}, url=served))
     assert verl["score"] == 1.0
+    ranked = httpx2.post(f"{served}/rank", json={"model": "code", "prompt": "Write add.", "responses": [BAD, GOOD],
+                                                 "reference": TESTS}, timeout=60).json()
+    assert ranked["order"] == [1, 0] and 1.0 < ranked["rewards"][1] < 1.1 and ranked["rewards"][0] == 0.5
+    logs = httpx2.post(f"{served}/get_reward", json={"model": "code", "query": [prompt + GOOD, prompt + BAD],
+                                                      "prompts": [prompt, prompt], "labels": [TESTS, TESTS]},
+                       timeout=60).json()["extra_logs"]
+    assert logs["part/tests"] == [1.0, 0.5] and logs["error"] == [0.0, 0.0]
     missing = httpx2.post(f"{served}/score", json={"items": [{"prompt": "p", "response": GOOD}]}, timeout=60)
     assert missing.status_code in (400, 422) and missing.json()["field"] == "items[0].reference"
 
@@ -202,3 +214,32 @@ def test_without_bubblewrap_the_kind_refuses_unless_told_none(monkeypatch, caplo
     scored = unsafe.score([Item(prompt="p", response=ADD, reference="assert add(1, 2) == 3"),
                            Item(prompt="p", response="print(sum(map(int, input().split())))", reference=cases)])
     assert scored.rewards == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("output_format", ["openrlhf", "verl", "trl"])
+def test_humaneval_rl_data_reads_as_each_trainer_reads_it(execution, tmp_path, output_format, capsys):
+    """`plaudit data humaneval-rl`: the file loads the way the trainer loads it (datasets' json or
+    parquet reader), and its labels are tests the execution kind runs: each canonical solution
+    scores 1.0, a body that returns None does not."""
+    from datasets import load_dataset
+
+    from plaudit.service.cli import main
+    from plaudit.training.humaneval import load_problems, solution_source
+
+    out = tmp_path / ("prompts.parquet" if output_format == "verl" else "prompts.jsonl")
+    main(["data", "humaneval-rl", "--format", output_format, "--out", str(out), "--limit", "6"])
+    assert '"written": 6' in capsys.readouterr().out
+    rows = list(load_dataset("parquet" if output_format == "verl" else "json", data_files=str(out), split="train"))
+    label = {"openrlhf": lambda r: r["label"], "trl": lambda r: r["tests"],
+             "verl": lambda r: r["reward_model"]["ground_truth"]}[output_format]
+    assert all(r["prompt"][0]["role"] == "user" and "```python" in r["prompt"][0]["content"] for r in rows)
+    if output_format == "verl":
+        assert {r["data_source"] for r in rows} == {"plaudit/humaneval"} and rows[2]["extra_info"]["index"] == 2
+        assert rows[0]["extra_info"]["prompt"] == rows[0]["prompt"]
+    problems = load_problems()[:6]
+    solved = [Item(prompt="p", response=f"```python\n{solution_source(p)}\n```", reference=label(r))
+              for p, r in zip(problems, rows)]
+    broken = [Item(prompt="p", response=f"def {p['entry_point']}(*args):\n    return None", reference=label(r))
+              for p, r in zip(problems, rows)]
+    rewards = execution.score(solved + broken).rewards
+    assert rewards[:6] == [1.0] * 6 and max(rewards[6:]) < 1.0

@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from plaudit.judges.base import render_file
 from plaudit.rewardmodels import ModelLoadError
 
 logger = logging.getLogger(__name__)
@@ -410,3 +411,52 @@ def build_steps(
     stats["seconds"] = round(time.perf_counter() - start, 2)
     logger.info("HumanEval step labels: %s", stats)
     return records, stats
+
+
+# ---- prompts with their tests, for RL on the execution reward ----
+
+RL_FORMATS = {  # format: (what it is for, the file type it is written as)
+    "openrlhf": ("OpenRLHF: prompt (chat messages) and label (the tests); --input_key prompt --label_key label "
+                 "--apply_chat_template", "jsonl"),
+    "verl": ("verl: parquet with data_source, prompt, ability, reward_model.ground_truth (the tests) and "
+             "extra_info (index, task_id, split, prompt)", "parquet"),
+    "trl": ("TRL GRPOTrainer: prompt (chat messages) and a tests column for reward_function(..., "
+            "reference_column='tests')", "jsonl"),
+}
+RL_DATA_SOURCE = "plaudit/humaneval"
+
+
+def rl_prompts(output_format: str, split: str = "all", limit: int | None = None) -> list[dict]:
+    """HumanEval prompts with their tests as each trainer reads them. The tests are the
+    execution kind's HumanEval reference as a JSON string ({"tests": check, "entry_point"}),
+    which every trainer passes through untouched; one record per problem, split by problem."""
+    records = []
+    for problem in load_problems()[:limit]:
+        if split != "all" and split_of(problem["task_id"]) != split:
+            continue
+        messages = render_file(Path(__file__).parent / "prompts" / "humaneval_rl.md",
+                               entry_point=problem["entry_point"], signature=problem["prompt"])
+        tests = json.dumps({"tests": problem["test"], "entry_point": problem["entry_point"]})
+        if output_format == "openrlhf":
+            records.append({"prompt": messages, "label": tests})
+        elif output_format == "verl":
+            records.append({"data_source": RL_DATA_SOURCE, "prompt": messages, "ability": "code",
+                            "reward_model": {"style": "rule", "ground_truth": tests},
+                            "extra_info": {"index": len(records), "task_id": problem["task_id"],
+                                           "split": split_of(problem["task_id"]), "prompt": messages}})
+        elif output_format == "trl":
+            records.append({"prompt": messages, "tests": tests, "task_id": problem["task_id"]})
+        else:
+            raise ValueError(f"unknown format {output_format!r}; known: {', '.join(RL_FORMATS)}")
+    return records
+
+
+def write_parquet(records: list[dict], path: str | os.PathLike) -> None:
+    """verl reads its data from parquet."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ModuleNotFoundError:
+        raise ModelLoadError("parquet needs pyarrow, which comes with the train extra: "
+                             "pip install 'plaudit[train]'") from None
+    pq.write_table(pa.Table.from_pylist(records), path)
