@@ -17,8 +17,8 @@ from plaudit.rewardmodels.loading import choose_device
 from plaudit.service.api import ModelPool
 from plaudit.service.config import load_config
 
-from . import (gpm_rank, judge_batch, monitoring_overhead, padding, score_throughput, serving, soak, startup,
-               warm_merge)
+from . import (execution, gpm_rank, judge_batch, monitoring_overhead, padding, score_throughput, serving, soak,
+               startup, warm_merge)
 
 OUT = Path(__file__).resolve().parent / "out" / "latest.json"
 TARGETS = {  # key: (what, target, met); met is None where the number is only reported
@@ -33,6 +33,9 @@ TARGETS = {  # key: (what, target, met); met is None where the number is only re
     "score_vs_raw_32": ("/score items/s, 32 one-item clients / raw batched forward", ">= 0.85", lambda v: v >= 0.85),
     "score_vs_naive_32": ("/score items/s, 32 one-item clients / naive server", "> 1", lambda v: v > 1),
     "padding_sorted_vs_arrival": ("items/s, length-sorted / arrival-order micro-batches", "> 1", lambda v: v > 1),
+    "exec_sandbox_overhead": ("one short program: bubblewrap sandbox / plain subprocess", "<= 1.5",
+                              lambda v: v <= 1.5),
+    "exec_programs_per_s": ("HumanEval programs with their tests per s, default pool", "report", None),
     "ready_s": ("start-up to /readyz, default models and local judge, s", "report", None),
     "soak_errors": ("soak, 16 clients x 30 s: failed requests", "0", lambda v: v == 0),
     "soak_p99_ms": ("soak: p99 latency, ms", "report", None),
@@ -50,6 +53,7 @@ def main() -> None:
     results.update(judge_batch.run())
     results.update(monitoring_overhead.run(pool))
     results.update(padding.run(pool.get("default")))
+    results.update(execution.run())
     with tempfile.TemporaryDirectory(prefix="plaudit-bench-") as tmp, \
             serving.plaudit(Path(tmp), serving.BT_ONLY) as service:
         results.update(score_throughput.run(service, pool.get("default")))
@@ -75,6 +79,7 @@ def main() -> None:
               f"{row['forward_calls']} forward calls, {row['sequences_per_call']} sequences each")
     for order in ("sorted", "arrival"):
         print(f"Padding, {order:7}: {results['padding'][order]}")
+    print(f"Execution: {results['execution']}")
     print(f"Soak: {results['soak']}")
     print(f"Ready with the defaults: {results['ready_s']} s, {results['ready_rss_mib']} MiB resident")
     OUT.parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ Without a working bwrap the execution kinds refuse to load, unless the config sa
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -89,15 +90,17 @@ class Sandbox:
         self._slots: list[int] = list(range(slots))
         self._free = threading.Condition()
         self._waiting = 0
+        _become_subreaper()
         if kind == "none":
             log.warning("sandbox: none: programs sent for execution run UNSANDBOXED with plaudit's own rights")
         else:
             self._check()
 
     def _check(self) -> None:
-        if shutil.which("bwrap") is None or shutil.which("prlimit") is None:
+        if shutil.which("bwrap") is None or shutil.which("prlimit") is None or shutil.which("setpriv") is None:
             raise ModelLoadError("the execution kind needs bubblewrap (`apt-get install bubblewrap`; make does it) "
-                                 "and prlimit; `sandbox: none` in the config runs code unsandboxed (unsafe)")
+                                 "and util-linux's prlimit and setpriv; `sandbox: none` in the config runs code "
+                                 "unsandboxed (unsafe)")
         probe = self.run({"probe.py": "print(6 * 7)"}, ["probe.py"])
         if probe.returncode != 0 or probe.stdout.strip() != b"42":
             raise ModelLoadError(f"bubblewrap cannot start a sandbox here (exit {probe.returncode}: "
@@ -107,8 +110,11 @@ class Sandbox:
     def _command(self, slot: int, code: Path, script: str) -> list[str]:
         lim = self.limits
         limits = [f"--cpu={lim.cpu_s}", f"--as={lim.memory_mb << 20}", f"--fsize={lim.work_mb << 20}", "--core=0"]
-        if self.as_root:
-            limits.append(f"--nproc={lim.processes}")
+        if self.as_root:  # the slot's own uid, set by setpriv: a uid given to Popen would make it fork, not
+            # vfork, and forking the service's large address space costs more than the whole sandbox
+            uid = BASE_UID + slot
+            limits += [f"--nproc={lim.processes}", "--", "setpriv", f"--reuid={uid}", f"--regid={uid}",
+                       "--clear-groups"]
         python = [self.python, "-I", "-B", f"/code/{script}"]
         if self.kind == "none":
             return ["prlimit", *limits, "--", self.python, "-I", "-B", str(code / script)]
@@ -156,12 +162,11 @@ class Sandbox:
         read_result, write_result = os.pipe()
         read_info, write_info = os.pipe()  # bwrap says there which pid runs the sandbox
         command = [a.replace("{result_fd}", str(write_result)).replace("{info_fd}", str(write_info)) for a in command]
-        identity = {"user": BASE_UID + slot, "group": BASE_UID + slot, "extra_groups": []} if self.as_root else {}
         try:
             process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                        pass_fds=(write_result, write_info), start_new_session=True, close_fds=True,
                                        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
-                                       cwd=code if self.kind == "none" else None, **identity)
+                                       cwd=code if self.kind == "none" else None)
         finally:
             os.close(write_result)
             os.close(write_info)
@@ -204,21 +209,41 @@ class Sandbox:
                    bytes(streams[read_result]), timed_out, exceeded)
 
 
+def _become_subreaper() -> None:
+    """Adopt our orphaned descendants. bwrap exits as soon as the program's status is known,
+    before its namespace's first process is gone; that process is then an orphan, and as the
+    host's init's zombie it would count against its slot's process limit until (if ever) init
+    reaps it. Adopted, it is reaped here, by pid, at the end of its run."""
+    PR_SET_CHILD_SUBREAPER = 36
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: nothing to adopt with
+        pass
+
+
 def _kill(process: subprocess.Popen, info: bytes) -> None:
     """Everything the run started. The sandbox's first process goes first: with it its PID
-    namespace and every process inside, and bwrap, its parent, then exits and reaps it (killed
-    together, the sandbox's process would be left to the host's init as a zombie). Then the
-    session, for what is left."""
+    namespace and every process inside. Then bwrap's session, for what is left; then the
+    first process is reaped (it is ours, see `_become_subreaper`)."""
     try:
-        os.kill(json.loads(info)["child-pid"], signal.SIGKILL)
-        process.wait(timeout=2)
-    except (ValueError, KeyError, ProcessLookupError, subprocess.TimeoutExpired):
-        pass
+        sandbox_pid = json.loads(info)["child-pid"]
+    except (ValueError, KeyError):  # bwrap never started a sandbox
+        sandbox_pid = None
+    if sandbox_pid is not None:
+        try:
+            os.kill(sandbox_pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
     process.wait()
+    if sandbox_pid is not None:
+        try:
+            os.waitpid(sandbox_pid, 0)
+        except ChildProcessError:  # bwrap reaped it
+            pass
     for stream in (process.stdout, process.stderr):
         if stream:
             stream.close()

@@ -1,0 +1,51 @@
+"""The execution reward's cost: one short program through the bubblewrap sandbox against a
+plain subprocess run of the same program (the isolation's price), and HumanEval programs
+with their tests per second through the execution kind at its default pool size."""
+from __future__ import annotations
+
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from plaudit.rewardmodels import Item, load_scorer
+from plaudit.rewardmodels.execution import ExecutionSettings
+from plaudit.rewardmodels.sandbox import Sandbox
+from plaudit.training.humaneval import load_problems, solution_source
+
+PROGRAM = "print(sum(i * i for i in range(10_000)))\n"
+RUNS = 40
+
+
+def _median_s(call) -> float:
+    call()  # warm the page cache
+    times = []
+    for _ in range(RUNS):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run() -> dict:
+    sandbox = Sandbox("bwrap", slots=1)
+    with tempfile.TemporaryDirectory(prefix="plaudit-bench-exec-") as tmp:
+        script = Path(tmp) / "program.py"
+        script.write_text(PROGRAM)
+        plain_s = _median_s(lambda: subprocess.run([sandbox.python, "-I", "-B", str(script)], check=True,
+                                                   capture_output=True))
+    sandboxed_s = _median_s(lambda: sandbox.run({"program.py": PROGRAM}, ["program.py"]))
+
+    execution = load_scorer(None, name="bench", kind="execution")
+    problems = load_problems()[:64]
+    items = [Item(prompt="p", response=f"```python\n{solution_source(p)}\n```",
+                  reference={"tests": p["test"], "entry_point": p["entry_point"]}) for p in problems]
+    start = time.perf_counter()
+    rewards = execution.score(items).rewards
+    seconds = time.perf_counter() - start
+    return {"exec_sandbox_overhead": round(sandboxed_s / plain_s, 2),
+            "exec_programs_per_s": round(len(items) / seconds, 1),
+            "execution": {"plain_ms": round(plain_s * 1000, 1), "sandboxed_ms": round(sandboxed_s * 1000, 1),
+                          "programs": len(items), "all_passed": sum(r == 1.0 for r in rewards),
+                          "slots": ExecutionSettings().slots}}
