@@ -116,8 +116,13 @@ def test_installed_server_serves_the_packaged_defaults(wheel, tmp_path, default_
     with launched([tmp_path / "venv" / "bin" / "plaudit", "serve", "--port", str(port)], port,
                   tmp_path / "serve.log", env, timeout_s=600, cwd=elsewhere) as server:
         models = httpx2.get(f"{server.url}/models", timeout=30).json()["models"]
-        assert [(m["name"], m["kind"]) for m in models] == [("default", "bt"), ("default-gpm", "gpm"),
-                                                          ("default-prm", "prm"), ("local", "judge")]
+        assert [(m["name"], m["kind"]) for m in models] == [
+            ("default", "bt"), ("default-gpm", "gpm"), ("default-prm", "prm"), ("execution", "execution"),
+            ("default-code", "composite"), ("local", "judge")]
+        code = httpx2.post(f"{server.url}/score", json={"model": "default-code", "items": [
+            {"prompt": "Write add.", "response": "def add(a, b):\n    return a + b", "reference": "assert add(1, 2) == 3"}]},
+            timeout=120)
+        assert code.status_code == 200 and 1.0 < code.json()["rewards"][0] < 1.1, code.text
         scored = httpx2.post(f"{server.url}/score", json={"items": ITEMS}, timeout=120)
         assert scored.status_code == 200, scored.text
         assert scored.json()["rewards"] == pytest.approx(default_rewards, abs=1e-4)
