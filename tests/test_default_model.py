@@ -89,8 +89,9 @@ def test_make_serve_answers_the_readme_curl(default_model, tmp_path):
         assert reply.json()["model"] == "default"
         assert reply.json()["rewards"] == pytest.approx(default_model.score([Item(**item)]).rewards, abs=1e-4)
         models = httpx2.get(f"{url}/models").json()["models"]
-        assert [(m["name"], m["kind"]) for m in models] == [("default", "bt"), ("default-gpm", "gpm"),
-                                                          ("default-prm", "prm"), ("local", "judge")]
+        assert [(m["name"], m["kind"]) for m in models] == [
+            ("default", "bt"), ("default-gpm", "gpm"), ("default-prm", "prm"), ("execution", "execution"),
+            ("default-code", "composite"), ("local", "judge")]
         judged = httpx2.post(f"{url}/judge", json={"instruction": item["prompt"], "responses": [item["response"]]},
                             timeout=120)
         assert judged.status_code == 200, judged.text

@@ -52,9 +52,9 @@ def test_bt_cannot_order_a_cycle(cyclic_run):
 @pytest.mark.slow
 def test_gpm_fits_cycles_that_bt_cannot_on_the_real_backbone(tmp_path):
     """The paper's headline at small scale, on the packaged SmolLM2-135M: the documented
-    `plaudit experiment cyclic` with its defaults (about 6 minutes on 2 cores)."""
-    report = cyclic(tmp_path)
-    assert report["bt"]["accuracy"] <= 2 / 3 + 1e-3  # the report rounds to 4 digits
+    `plaudit experiment cyclic` with its defaults, its GPM half (about 4 minutes on 2 cores;
+    that BT cannot pass 2/3 on a cycle is arithmetic, checked on the tiny model above)."""
+    report = cyclic(tmp_path, families=("gpm",))
     assert report["gpm"]["accuracy"] >= 0.95, report
 
 

@@ -45,7 +45,7 @@ def cyclic_pairs(prompts: int, seed: int = 0) -> list[PreferencePair]:
 
 
 def cyclic(out: str | Path, base: str = "default", prompts: int = 8, epochs: int = 30, lr: float = 5e-3,
-           lora_layers: int = 4, seed: int = 0) -> dict:
+           lora_layers: int = 4, seed: int = 0, families: tuple[str, ...] = ("bt", "gpm")) -> dict:
     """Train BT and GPM on the same cyclic pairs; accuracy on those pairs is the test of
     expressiveness (what each can fit), not of generalisation.
 
@@ -57,6 +57,8 @@ def cyclic(out: str | Path, base: str = "default", prompts: int = 8, epochs: int
     report = {"pairs": len(pairs), "prompts": prompts, "base": base, "epochs": epochs, "bt_ceiling": 2 / 3}
     common = dict(base=base, epochs=epochs, lr=lr, lora_layers=lora_layers, seed=seed, batch_size=len(pairs))
     for family, trainer, config in (("bt", train_bt, BTConfig(**common)), ("gpm", train_gpm, GPMConfig(**common))):
+        if family not in families:
+            continue
         start = time.time()
         trainer(pairs, Path(out) / family, config, on_log=lambda row: None)
         result = eval_pairs(load_scorer(Path(out) / family), pairs)
