@@ -15,17 +15,20 @@ from plaudit.rewardmodels.sandbox import Sandbox
 from plaudit.training.humaneval import load_problems, solution_source
 
 PROGRAM = "print(sum(i * i for i in range(10_000)))\n"
-RUNS = 40
+RUNS = 60
 
 
-def _median_s(call) -> float:
-    call()  # warm the page cache
-    times = []
+def _medians_s(*calls) -> list[float]:
+    """Each call's median time, the calls interleaved so that a busy moment hits all alike."""
+    for call in calls:
+        call()  # warm the page cache
+    times = [[] for _ in calls]
     for _ in range(RUNS):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for call, spent in zip(calls, times):
+            start = time.perf_counter()
+            call()
+            spent.append(time.perf_counter() - start)
+    return [statistics.median(spent) for spent in times]
 
 
 def run() -> dict:
@@ -33,9 +36,9 @@ def run() -> dict:
     with tempfile.TemporaryDirectory(prefix="plaudit-bench-exec-") as tmp:
         script = Path(tmp) / "program.py"
         script.write_text(PROGRAM)
-        plain_s = _median_s(lambda: subprocess.run([sandbox.python, "-I", "-B", str(script)], check=True,
-                                                   capture_output=True))
-    sandboxed_s = _median_s(lambda: sandbox.run({"program.py": PROGRAM}, ["program.py"]))
+        plain_s, sandboxed_s = _medians_s(
+            lambda: subprocess.run([sandbox.python, "-I", "-B", str(script)], check=True, capture_output=True),
+            lambda: sandbox.run({"program.py": PROGRAM}, ["program.py"]))
 
     execution = load_scorer(None, name="bench", kind="execution")
     problems = load_problems()[:64]
