@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from plaudit.rewardmodels.lora import ADAPTER_FILE
+from plaudit.rewardmodels.lora import ADAPTER_WEIGHTS
 from plaudit.service.config import DEFAULT_MODEL_DIR
 
 MEASURE = """
@@ -27,14 +27,14 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def make_members(root: Path, count: int) -> list[Path]:
-    state = load_file(str(DEFAULT_MODEL_DIR / ADAPTER_FILE))
+    state = load_file(str(DEFAULT_MODEL_DIR / ADAPTER_WEIGHTS))
     members = []
     for i in range(count):
         member = root / f"member-{i}"
         shutil.copytree(DEFAULT_MODEL_DIR, member)
         generator = torch.Generator().manual_seed(i)
         save_file({k: v + 0.01 * torch.randn(v.shape, generator=generator) for k, v in state.items()},
-                  str(member / ADAPTER_FILE))
+                  str(member / ADAPTER_WEIGHTS))
         members.append(member)
     return members
 

@@ -39,11 +39,11 @@ def load_classifier(directory: Path, metadata: dict[str, Any], dtype: torch.dtyp
 
     auto = AutoModelForTokenClassification if per_token else AutoModelForSequenceClassification
     family = "prm" if per_token else "bt"
-    if "adapter" in metadata:  # plaudit's own: base backbone + LoRA + head in a small file
+    if "adapter" in metadata:  # plaudit's own: base backbone + a PEFT adapter and head, a few MB
         base = resolve_path(metadata["base"])
         model = auto.from_pretrained(base, num_labels=num_labels, dtype=torch.float32)
-        apply_adapter(model, directory, metadata, HEAD_PREFIXES)
-        return model, AutoTokenizer.from_pretrained(base)
+        return (apply_adapter(model, directory, metadata["base"], metadata["adapter"].get("base_shape")),
+                AutoTokenizer.from_pretrained(base))
     try:
         model, info = auto.from_pretrained(directory, dtype=dtype, output_loading_info=True)
     except (OSError, ValueError, KeyError) as e:

@@ -68,7 +68,7 @@ class CodePreference(BatchedScorer):
             raise ModelLoadError(f"{directory}: a code preference folder is written by `plaudit train codepref`")
         base = resolve_path(metadata["base"])
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-        apply_adapter(model, directory, metadata, ())
+        model = apply_adapter(model, directory, metadata["base"], metadata["adapter"].get("base_shape"))
         dev, dt = choose_device(device, dtype)
         model.to(device=dev, dtype=dt).eval()
         tokenizer = AutoTokenizer.from_pretrained(base)

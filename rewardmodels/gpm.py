@@ -68,21 +68,21 @@ def load_net(directory: Path, metadata: dict[str, Any]) -> tuple[GPMNet, Any]:
     from safetensors import safe_open
     from transformers import AutoModel, AutoTokenizer
 
-    from .lora import ADAPTER_FILE
+    from .lora import ADAPTER_WEIGHTS
 
     if "adapter" not in metadata:
         raise ModelLoadError(f"{directory}: a GPM folder is written by `plaudit train gpm` (adapter + heads)")
     base = resolve_path(metadata["base"])
     try:
-        with safe_open(str(directory / ADAPTER_FILE), "pt") as f:
-            shapes = {k: f.get_slice(k).get_shape() for k in f.keys() if k.startswith(HEAD_PREFIXES)}
+        with safe_open(str(directory / ADAPTER_WEIGHTS), "pt") as f:
+            shapes = {k.removeprefix("base_model.model."): f.get_slice(k).get_shape() for k in f.keys()}
     except FileNotFoundError:
-        raise ModelLoadError(f"{directory}: {ADAPTER_FILE} is missing") from None
+        raise ModelLoadError(f"{directory}: {ADAPTER_WEIGHTS} is missing") from None
     if "value_head.weight" not in shapes:
-        raise ModelLoadError(f"{directory}: declared kind 'gpm' but {ADAPTER_FILE} has no value_head.weight")
+        raise ModelLoadError(f"{directory}: declared kind 'gpm' but {ADAPTER_WEIGHTS} has no value_head.weight")
     net = GPMNet(AutoModel.from_pretrained(base, dtype=torch.float32), shapes["value_head.weight"][0],
                  "prompt_head.weight" in shapes)
-    apply_adapter(net, directory, metadata, HEAD_PREFIXES)
+    net = apply_adapter(net, directory, metadata["base"], metadata["adapter"].get("base_shape"))
     return net, AutoTokenizer.from_pretrained(base)
 
 

@@ -1,46 +1,28 @@
-"""Low-rank adapters on the last blocks of a backbone, and merging them into the weights.
+"""LoRA adapters (through PEFT) on the last blocks of a backbone, and merging them into the weights.
 
-plaudit trains reward models as LoRA adapters plus a head so that what it ships is a few
-MB, then merges the adapters into the linear weights at load time: serving costs exactly
-one plain forward pass, and a merged model is an ordinary transformers model.
+plaudit trains reward models as LoRA adapters plus a head, and ships them in PEFT's format
+(`adapter_config.json`, `adapter_model.safetensors`, a few MB) beside `plaudit.json`, which
+names the base: TRL, PEFT and vLLM read the same files. At load time the adapters are
+merged into the linear weights: serving costs exactly one plain forward pass, and a merged
+model is an ordinary transformers model.
 """
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .base import ModelLoadError
-from .loading import METADATA_FILE
 
-ADAPTER_FILE = "adapter.safetensors"
-
-
-class LoRALinear(nn.Module):
-    """y = W x + (alpha / r) * B A x, with W frozen and B initialised to zero."""
-
-    def __init__(self, base: nn.Linear, rank: int, alpha: float):
-        super().__init__()
-        self.base = base
-        self.scale = alpha / rank
-        self.lora_a = nn.Parameter(torch.empty(rank, base.in_features, dtype=base.weight.dtype))
-        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank, dtype=base.weight.dtype))
-        nn.init.kaiming_uniform_(self.lora_a, a=5 ** 0.5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + (x @ self.lora_a.T @ self.lora_b.T) * self.scale
-
-    def merged(self) -> nn.Linear:
-        with torch.no_grad():
-            self.base.weight += (self.lora_b @ self.lora_a * self.scale).to(self.base.weight.dtype)
-        return self.base
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+LEGACY_ADAPTER = "adapter.safetensors"  # plaudit's own format before PEFT: `plaudit convert-adapter` reads it
 
 
-def _targets(model: nn.Module, last_layers: int) -> list[str]:
+def target_modules(model: nn.Module, last_layers: int) -> list[str]:
     """Names of the linear layers inside the last `last_layers` transformer blocks."""
     numbered = [(name, int(m.group(1))) for name, module in model.named_modules()
                 if isinstance(module, nn.Linear) and (m := re.search(r"\.layers?\.(\d+)\.", name))]
@@ -50,42 +32,91 @@ def _targets(model: nn.Module, last_layers: int) -> list[str]:
     return [name for name, i in numbered if i > top - last_layers]
 
 
-def _swap(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name), child, module)
+def lora_config(targets: Sequence[str], rank: int, alpha: float, heads: Sequence[str], base: str = ""):
+    from peft import LoraConfig
+
+    return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, bias="none", target_modules=list(targets),
+                      modules_to_save=list(heads) or None, base_model_name_or_path=base or None)
 
 
-def add_lora(model: nn.Module, last_layers: int, rank: int, alpha: float) -> list[str]:
-    """Wrap every linear layer of the last blocks; returns the wrapped names."""
-    names = _targets(model, last_layers)
-    for name in names:
-        _swap(model, name, LoRALinear(model.get_submodule(name), rank, alpha))
-    return names
+def add_lora(model: nn.Module, last_layers: int, rank: int, alpha: float, heads: Sequence[str] = ()) -> Any:
+    """LoRA on every linear layer of the last blocks, and trainable copies of the heads: in
+    place, so `model` itself trains; the returned PeftModel saves what was trained."""
+    from peft import get_peft_model
+
+    return get_peft_model(model, lora_config(target_modules(model, last_layers), rank, alpha, heads))
 
 
-def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if ".lora_" in k}
+SHAPE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
 
 
-def merge_lora(model: nn.Module) -> None:
-    """Fold every adapter into its linear layer, leaving a plain model."""
-    for name, module in list(model.named_modules()):
-        if isinstance(module, LoRALinear):
-            _swap(model, name, module.merged())
+def base_shape(model: nn.Module) -> dict[str, Any]:
+    """What an adapter's base must have: its architecture's type and sizes (from the first
+    transformers config found, a GPM's backbone's included)."""
+    config = next(m.config for m in model.modules() if hasattr(m, "config") and hasattr(m.config, "to_dict"))
+    return {k: getattr(config, k, None) for k in SHAPE_KEYS}
 
 
-def apply_adapter(model: nn.Module, directory: Path, metadata: dict[str, Any], head_prefixes: tuple[str, ...]) -> None:
-    """Load a plaudit model folder's adapters and heads into `model` (its base) and merge them."""
-    add_lora(model, **metadata["adapter"])
-    if not (directory / ADAPTER_FILE).exists():
-        raise ModelLoadError(f"{directory}: {METADATA_FILE} declares an adapter but {ADAPTER_FILE} is missing")
+def heads_of(model: nn.Module, head_prefixes: Sequence[str]) -> list[str]:
+    """The head modules a family trains beside the adapters (`score.` -> `score`), those present."""
+    names = dict(model.named_children())
+    return [p.rstrip(".") for p in head_prefixes if names.get(p.rstrip(".")) is not None]
+
+
+def apply_adapter(model: nn.Module, directory: Path, base: str, shape: dict[str, Any] | None = None) -> nn.Module:
+    """`model` (the base) with a model folder's PEFT adapters and heads merged in: a plain model.
+    Refused when the files do not fit that base (another architecture, depth, rank or head;
+    `shape`: the base's shape when the adapter was trained, from plaudit.json)."""
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+
+    if shape and shape != base_shape(model):
+        raise ModelLoadError(f"{directory}: the adapter does not match its base {base!r}: trained on "
+                             f"{shape}, the base is {base_shape(model)}")
+    if not (directory / ADAPTER_CONFIG).exists():
+        if (directory / LEGACY_ADAPTER).exists():
+            raise ModelLoadError(f"{directory}: an adapter in plaudit's format before PEFT; convert it once with "
+                                 f"`plaudit convert-adapter {directory}`")
+        raise ModelLoadError(f"{directory}: declares an adapter but {ADAPTER_CONFIG} is missing")
+    if not (directory / ADAPTER_WEIGHTS).exists():
+        raise ModelLoadError(f"{directory}: declares an adapter but {ADAPTER_WEIGHTS} is missing")
     try:
-        missing, unexpected = model.load_state_dict(load_file(str(directory / ADAPTER_FILE)), strict=False)
-    except RuntimeError as e:  # shapes differ: trained on another base, or another rank
-        raise ModelLoadError(f"{directory}: {ADAPTER_FILE} does not fit its base {metadata['base']!r}: "
-                             f"{str(e).splitlines()[-1].strip()}") from None
-    expected = {k for k in model.state_dict() if ".lora_" in k or k.startswith(head_prefixes)}
-    if unexpected or expected & set(missing):
-        raise ModelLoadError(f"{directory}: {ADAPTER_FILE} does not match its base {metadata['base']!r} "
-                             f"(missing {sorted(expected & set(missing))[:3]}, unexpected {unexpected[:3]})")
-    merge_lora(model)
+        config = LoraConfig.from_pretrained(str(directory))
+        config.base_model_name_or_path = None  # plaudit.json names the base; PEFT would warn on the path
+        peft_model = get_peft_model(model, config)
+        result = set_peft_model_state_dict(peft_model, load_file(str(directory / ADAPTER_WEIGHTS)))
+    except (RuntimeError, ValueError, KeyError) as e:  # shapes differ: trained on another base or rank
+        raise ModelLoadError(f"{directory}: the adapter does not fit its base {base!r}: "
+                             f"{str(e).strip().splitlines()[-1].strip()}") from None
+    missing = [k for k in result.missing_keys if ".lora_" in k or ".modules_to_save." in k]
+    if result.unexpected_keys or missing:
+        raise ModelLoadError(f"{directory}: the adapter does not match its base {base!r} "
+                             f"(missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})")
+    return peft_model.merge_and_unload()
+
+
+def convert_legacy(directory: Path, base_config: Any = None) -> list[str]:
+    """Rewrite a folder's pre-PEFT adapter (`X.lora_a`, `X.lora_b`, head tensors) in PEFT's format,
+    the same numbers under PEFT's names; returns the files written. The old file is removed.
+    `base_config` (the base's transformers config) adds the base's shape to plaudit.json."""
+    from .loading import read_metadata, write_metadata
+
+    metadata = read_metadata(directory)
+    state = load_file(str(directory / LEGACY_ADAPTER))
+    targets = sorted({k.removesuffix(".lora_a") for k in state if k.endswith(".lora_a")})
+    heads = sorted({k.split(".")[0] for k in state if ".lora_" not in k})
+    adapter = metadata["adapter"]
+    converted = {}
+    for key, tensor in state.items():
+        if key.endswith((".lora_a", ".lora_b")):
+            module, _, which = key.rpartition(".")
+            key = f"{module}.lora_{which[-1].upper()}.weight"
+        converted[f"base_model.model.{key}"] = tensor.contiguous()
+    lora_config(targets, adapter["rank"], adapter["alpha"], heads, metadata.get("base", "")).save_pretrained(
+        str(directory))
+    if base_config is not None:
+        metadata["adapter"]["base_shape"] = {k: getattr(base_config, k, None) for k in SHAPE_KEYS}
+        write_metadata(directory, metadata)
+    save_file(converted, str(directory / ADAPTER_WEIGHTS))
+    (directory / LEGACY_ADAPTER).unlink()
+    return [ADAPTER_CONFIG, ADAPTER_WEIGHTS]
+

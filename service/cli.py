@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import TypeAdapter, ValidationError
 
 from plaudit.rewardmodels import InputError, ModelLoadError, load_scorer
-from plaudit.rewardmodels.loading import resolve_path
+from plaudit.rewardmodels.loading import read_metadata, resolve_path
 from plaudit.rewardmodels.base import Prompt
 from plaudit.training.bt import BTConfig, train_bt
 from plaudit.training.calibration import calibrate
@@ -238,6 +238,18 @@ def cmd_eval_codepref(args) -> None:
     print(json.dumps(eval_codepref(scorer, tasks), indent=2))
 
 
+def cmd_convert_adapter(args) -> None:
+    """Model folders from before plaudit's adapters were PEFT's, rewritten in PEFT's format."""
+    from transformers import AutoConfig
+
+    from plaudit.rewardmodels.lora import convert_legacy
+
+    for folder in args.folders:
+        directory = resolve_path(folder)
+        base = AutoConfig.from_pretrained(resolve_path(read_metadata(directory)["base"]))
+        print(json.dumps({"folder": str(directory), "written": convert_legacy(directory, base)}))
+
+
 def cmd_calibrate(args) -> None:
     cfg = load_config(args.config)
     directory = resolve_path(cfg.models[args.model].path if args.model in cfg.models else args.model)
@@ -287,6 +299,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--config")
     p.set_defaults(run=cmd_judge)
+
+    p = sub.add_parser("convert-adapter", help="rewrite model folders trained before plaudit used PEFT "
+                                              "(adapter.safetensors) in PEFT's format, the same weights")
+    p.add_argument("folders", nargs="+")
+    p.set_defaults(run=cmd_convert_adapter)
 
     p = sub.add_parser("calibrate", help="fit a temperature on held-out pairs and store it in the model's metadata")
     p.add_argument("--model", required=True, help="a model directory, or a configured model's name")

@@ -7,6 +7,8 @@ neighbours shows up as a difference between two ways of computing the same rewar
 """
 from __future__ import annotations
 
+import copy
+
 import json
 import math
 import itertools
@@ -26,7 +28,7 @@ from plaudit.rewardmodels.bt import last_token_rewards
 from plaudit.rewardmodels.queries import score_queries
 from plaudit.rewardmodels.encoding import encode_item, micro_batches
 from plaudit.rewardmodels.loading import choose_device
-from plaudit.rewardmodels.lora import LoRALinear, add_lora, merge_lora
+from plaudit.rewardmodels.lora import add_lora, apply_adapter, target_modules
 
 TOL = 1e-4
 
@@ -625,30 +627,32 @@ IDS = torch.tensor([[4, 90, 88, 264, 204, 294, 78, 89, 74, 262, 5, 204], [4, 70,
 
 def test_zero_lora_is_the_identity_and_merges_to_the_original(llama):
     original = hidden(llama, IDS)
-    names = add_lora(llama, last_layers=1, rank=4, alpha=8.0)
+    names = target_modules(llama, last_layers=1)
     assert names and all(".layers.1." in n for n in names)  # only the last block
     assert len(names) == 7  # q, k, v, o, gate, up, down
-    assert torch.allclose(hidden(llama, IDS), original, atol=1e-6)
-    merge_lora(llama)
-    assert torch.allclose(hidden(llama, IDS), original, atol=1e-6)
+    adapter = add_lora(llama, last_layers=1, rank=4, alpha=8.0)
+    assert torch.allclose(hidden(llama, IDS), original, atol=1e-6)  # PEFT adapts the model in place
+    assert torch.allclose(hidden(adapter.merge_and_unload(), IDS), original, atol=1e-6)
 
 
-def test_merged_lora_equals_unmerged(llama):
-    """Serving merges adapters into the weights: it must compute what training computed."""
+def test_merged_lora_equals_unmerged(llama, tmp_path):
+    """Serving merges adapters into the weights: it must compute what training computed, from
+    the files PEFT wrote."""
+    fresh = copy.deepcopy(llama)
     original = hidden(llama, IDS)
-    names = add_lora(llama, last_layers=2, rank=4, alpha=8.0)
+    adapter = add_lora(llama, last_layers=2, rank=4, alpha=8.0)
     torch.manual_seed(1)
-    for name in names:
-        module = llama.get_submodule(name)
-        assert isinstance(module, LoRALinear)
-        with torch.no_grad():
-            module.lora_b.normal_(0, 0.2)
+    with torch.no_grad():
+        for name, parameter in llama.named_parameters():
+            if ".lora_B." in name:
+                parameter.normal_(0, 0.2)
     adapted = hidden(llama, IDS)
     assert (adapted - original).abs().max() > 1e-2, "the adapters must change the output"
-    merge_lora(llama)
-    assert not any(isinstance(m, LoRALinear) for m in llama.modules())
-    assert all(type(llama.get_submodule(n)) is nn.Linear for n in names)
-    assert (hidden(llama, IDS) - adapted).abs().max() < 1e-5
+    adapter.save_pretrained(str(tmp_path))
+    merged = apply_adapter(fresh, tmp_path, "tiny")
+    assert type(merged) is type(llama)  # a plain transformers model again
+    assert all(type(merged.get_submodule(n)) is nn.Linear for n in target_modules(merged, 2))
+    assert (hidden(merged, IDS) - adapted).abs().max() < 1e-5
 
 
 def test_inputs_are_validated():

@@ -16,9 +16,8 @@ import torch
 from conftest import tiny_training
 from plaudit.rewardmodels import InputError, Item, ModelLoadError, Scorer, Scores, load_scorer
 from plaudit.rewardmodels.bt import last_token_rewards
-from plaudit.rewardmodels.lora import ADAPTER_FILE
+from plaudit.rewardmodels.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from plaudit.rewardmodels.encoding import encode_item
-from plaudit.rewardmodels.lora import add_lora
 from plaudit.training.bt import BTConfig, train_bt
 from plaudit.training.data import PreferencePair, read_pairs
 from plaudit.training.evaluate import eval_pairs
@@ -173,21 +172,25 @@ def test_on_log_rows(trained):
 
 
 def test_output_folder_is_small_and_described(trained, tiny_base):
-    """What is shipped: plaudit.json plus an adapter file holding only LoRA and head weights."""
+    """What is shipped: plaudit.json plus a PEFT adapter holding only LoRA and head weights."""
     from safetensors.torch import load_file
 
     out, summary, _, _ = trained
-    assert (out / "plaudit.json").is_file() and (out / ADAPTER_FILE).is_file()
-    size = (out / ADAPTER_FILE).stat().st_size
+    assert (out / "plaudit.json").is_file() and (out / ADAPTER_WEIGHTS).is_file()
+    size = (out / ADAPTER_WEIGHTS).stat().st_size
     assert size < 200_000 and size < (tiny_base / "model.safetensors").stat().st_size / 2
-    keys = load_file(str(out / ADAPTER_FILE)).keys()
-    assert keys and all(".lora_" in k or k.startswith("score.") for k in keys)
+    keys = [k.removeprefix("base_model.model.") for k in load_file(str(out / ADAPTER_WEIGHTS)).keys()]
+    assert keys and all(".lora_A." in k or ".lora_B." in k or k.startswith("score.") for k in keys)
     assert "score.weight" in keys
     assert {k.split(".layers.")[1].split(".")[0] for k in keys if ".lora_" in k} == {"0", "1"}  # lora_layers=2
+    config = json.loads((out / ADAPTER_CONFIG).read_text())
+    assert (config["peft_type"], config["r"], config["lora_alpha"], config["modules_to_save"]) == \
+        ("LORA", 8, 16.0, ["score"])
 
     meta = json.loads((out / "plaudit.json").read_text())
     assert meta["kind"] == "bt" and meta["base"] == str(tiny_base)
-    assert meta["adapter"] == {"last_layers": 2, "rank": 8, "alpha": 16.0}
+    assert meta["adapter"] == {"last_layers": 2, "rank": 8, "alpha": 16.0, "base_shape": {
+        "model_type": "llama", "hidden_size": 32, "num_hidden_layers": 2, "vocab_size": 300}}
     norm = meta["normalization"]
     assert norm["stored"] is True and norm["std"] > 0 and isinstance(norm["mean"], float)
     assert meta["max_length"] == 256
@@ -205,17 +208,14 @@ def test_loading_is_deterministic(trained):
 
 def test_loaded_model_matches_the_trained_one(trained):
     """The served model (adapters merged into the weights, rewards normalised) computes what the
-    trained model computes (adapters unmerged, as in training), so margins keep their sign."""
-    from safetensors.torch import load_file
+    trained model computes: the folder read by PEFT itself, adapters unmerged as in training."""
+    from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     out, _, _, pairs = trained
     meta = json.loads((out / "plaudit.json").read_text())
-    model = AutoModelForSequenceClassification.from_pretrained(meta["base"], num_labels=1, dtype=torch.float32)
-    add_lora(model, **meta["adapter"])
-    missing, unexpected = model.load_state_dict(load_file(str(out / ADAPTER_FILE)), strict=False)
-    assert not unexpected and not [k for k in missing if ".lora_" in k or k.startswith("score.")]
-    model.eval()
+    base = AutoModelForSequenceClassification.from_pretrained(meta["base"], num_labels=1, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, str(out)).get_base_model().eval()
     tokenizer = AutoTokenizer.from_pretrained(meta["base"])
     mean, std = meta["normalization"]["mean"], meta["normalization"]["std"]
 
@@ -306,6 +306,47 @@ def test_missing_adapter_file_is_a_load_error(trained, tmp_path):
     import shutil
 
     folder = shutil.copytree(trained[0], tmp_path / "no-adapter")
-    (folder / ADAPTER_FILE).unlink()
+    (folder / ADAPTER_WEIGHTS).unlink()
     with pytest.raises(ModelLoadError):
         load_scorer(folder)
+
+
+# Rewards of the packaged default BT model on these items, measured with plaudit's adapter
+# format before the defaults were converted to PEFT's (2026-11-30): the conversion kept them.
+BEFORE_PEFT = [1.5543714225869738, -0.18768786783043803, 1.2243622512280472, 1.4960117765245633]
+ADD_PROMPT = "Write a Python function `add(a, b)` that returns the sum."
+ADD_RESPONSES = ["```python\ndef add(a, b):\n    return a + b\n```", "def add(a, b):\n    return a - b",
+                 "I don't know.", "return a+b"]
+
+
+def test_the_converted_default_scores_as_before():
+    from plaudit.service.config import DEFAULT_MODEL_DIR
+
+    rewards = load_scorer(DEFAULT_MODEL_DIR).score([Item(prompt=ADD_PROMPT, response=r) for r in ADD_RESPONSES]).rewards
+    assert rewards == pytest.approx(BEFORE_PEFT, abs=1e-5)
+
+
+def test_convert_adapter_rewrites_an_old_folder_with_the_same_rewards(trained, tmp_path, capsys):
+    """An adapter in plaudit's pre-PEFT format (`X.lora_a`, `X.lora_b`, heads) is refused with the
+    command that converts it; converted, it scores as the PEFT folder it was made from."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from plaudit.rewardmodels.lora import LEGACY_ADAPTER
+    from plaudit.service.cli import main
+
+    out, _, _, pairs = trained
+    old = shutil.copytree(out, tmp_path / "old")
+    state = {k.removeprefix("base_model.model.").replace(".lora_A.weight", ".lora_a").replace(".lora_B.weight",
+                                                                                               ".lora_b"): v
+             for k, v in load_file(str(old / ADAPTER_WEIGHTS)).items()}
+    save_file(state, str(old / LEGACY_ADAPTER))
+    (old / ADAPTER_WEIGHTS).unlink()
+    (old / ADAPTER_CONFIG).unlink()
+    with pytest.raises(ModelLoadError, match="plaudit convert-adapter"):
+        load_scorer(old)
+    main(["convert-adapter", str(old)])
+    assert '"written"' in capsys.readouterr().out and not (old / LEGACY_ADAPTER).exists()
+    items = [Item(prompt=p.prompt, response=r) for p in pairs[:6] for r in (p.chosen, p.rejected)]
+    assert load_scorer(old).score(items).rewards == pytest.approx(load_scorer(out).score(items).rewards, abs=1e-6)

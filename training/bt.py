@@ -34,7 +34,7 @@ def train_bt(pairs: list[PreferencePair], out: str | Path, config: BTConfig,
     """Train, write the model folder to `out`, and return the training summary."""
     from transformers import AutoModelForSequenceClassification
 
-    model, tokenizer, params, pad_id = prepare(
+    model, tokenizer, params, pad_id, adapter = prepare(
         lambda base: AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=torch.float32),
         config, HEAD_PREFIXES)
 
@@ -51,6 +51,6 @@ def train_bt(pairs: list[PreferencePair], out: str | Path, config: BTConfig,
 
     examples = [(encode(p.chosen, p.prompt), encode(p.rejected, p.prompt)) for p in pairs]
     summary, rewards = fit(examples, step, params, config, on_log, data)
-    save_adapter(model, out, HEAD_PREFIXES, config,
+    save_adapter(adapter, out, config,
                  {"kind": "bt", "normalization": normalization(rewards), "training": summary})
     return summary

@@ -30,7 +30,7 @@ def train_codepref(records: list[CodePrefRecord], out: str | Path, config: CodeP
                    on_log: Callable[[dict], None] = lambda row: log.info("%s", row), data: str = "") -> dict:
     from transformers import AutoModelForCausalLM
 
-    model, tokenizer, params, pad_id = prepare(
+    model, tokenizer, params, pad_id, adapter = prepare(
         lambda base: AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), config, ())
     labels = label_ids(tokenizer)
 
@@ -46,6 +46,6 @@ def train_codepref(records: list[CodePrefRecord], out: str | Path, config: CodeP
         return F.cross_entropy(logits, target), margin, margin
 
     summary, _ = fit([encode(r) for r in records], step, params, config, on_log, data)
-    save_adapter(model, out, (), config, {"kind": "codepref", "labels": ["A", "B"],
+    save_adapter(adapter, out, config, {"kind": "codepref", "labels": ["A", "B"],
                                           "default_criterion": DEFAULT_CRITERION, "training": summary})
     return summary

@@ -32,7 +32,7 @@ def train_gpm(pairs: list[PreferencePair], out: str | Path, config: GPMConfig,
               on_log: Callable[[dict], None] = lambda row: log.info("%s", row), data: str = "") -> dict:
     from transformers import AutoModel
 
-    net, tokenizer, params, pad_id = prepare(
+    net, tokenizer, params, pad_id, adapter = prepare(
         lambda base: GPMNet(AutoModel.from_pretrained(base, dtype=torch.float32), config.dims, config.prompt_head),
         config, HEAD_PREFIXES)
 
@@ -52,5 +52,5 @@ def train_gpm(pairs: list[PreferencePair], out: str | Path, config: GPMConfig,
 
     examples = [encode(p) for p in pairs]
     summary, _ = fit(examples, step, params, config, on_log, data)
-    save_adapter(net, out, HEAD_PREFIXES, config, {"kind": "gpm", "tau": config.tau, "training": summary})
+    save_adapter(adapter, out, config, {"kind": "gpm", "tau": config.tau, "training": summary})
     return summary

@@ -1,6 +1,6 @@
-"""What every reward-model trainer shares: LoRA on the last blocks of a frozen backbone
+"""What every reward-model trainer shares: LoRA (PEFT) on the last blocks of a frozen backbone
 plus a family's head, the epoch loop over examples (preference pairs, or PRM step
-records), and saving the small adapter file with the model's metadata. A family supplies
+records), and saving the adapter in PEFT's format with the model's metadata. A family supplies
 only its head, its encoding and its loss."""
 from __future__ import annotations
 
@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from plaudit.rewardmodels.base import InputError
 from plaudit.rewardmodels.loading import choose_device, resolve_path, write_metadata
-from plaudit.rewardmodels.lora import ADAPTER_FILE, add_lora, lora_state_dict
+from plaudit.rewardmodels.lora import add_lora, base_shape, heads_of
 
 
 @dataclass
@@ -40,29 +39,28 @@ class TrainConfig:
 Step = Callable[[Sequence[Any], torch.device], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
-def adapt(model: nn.Module, config: TrainConfig, head_prefixes: tuple[str, ...]) -> list[nn.Parameter]:
-    """Freeze the backbone, add LoRA to its last blocks; the adapters and heads train."""
+def adapt(model: nn.Module, config: TrainConfig, head_prefixes: tuple[str, ...]) -> tuple[Any, list[nn.Parameter]]:
+    """Freeze the backbone, add LoRA to its last blocks (PEFT, in place); the adapters and the
+    heads train. Returns the PeftModel that saves them, and the trainable parameters."""
     model.requires_grad_(False)
-    add_lora(model, config.lora_layers, config.lora_rank, config.lora_alpha)
-    trainable = [p for n, p in model.named_parameters() if ".lora_" in n or n.startswith(head_prefixes)]
-    for p in trainable:
-        p.requires_grad_(True)
-    return trainable
+    adapter = add_lora(model, config.lora_layers, config.lora_rank, config.lora_alpha, heads_of(model, head_prefixes))
+    return adapter, [p for p in model.parameters() if p.requires_grad]
 
 
 def prepare(build: Callable[[Path], nn.Module], config: TrainConfig, head_prefixes: tuple[str, ...]
-            ) -> tuple[nn.Module, Any, list[nn.Parameter], int]:
+            ) -> tuple[nn.Module, Any, list[nn.Parameter], int, Any]:
     """Seed, build the family's model on the base backbone, add adapters: (model, tokenizer,
-    trainable parameters, pad id), the model on its device in training mode."""
+    trainable parameters, pad id, the PeftModel for `save_adapter`), the model on its device in
+    training mode. The family's forward passes use `model` itself, adapters in place."""
     from transformers import AutoTokenizer
 
     torch.manual_seed(config.seed)
     base = resolve_path(config.base)
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = build(base)
-    params = adapt(model, config, head_prefixes)
+    adapter, params = adapt(model, config, head_prefixes)
     model.to(choose_device(config.device)[0]).train()
-    return model, tokenizer, params, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return model, tokenizer, params, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0, adapter
 
 
 def fit(examples: Sequence[Any], step: Step, params: list[nn.Parameter], config: TrainConfig,
@@ -109,15 +107,13 @@ def normalization(rewards: list[float]) -> dict:
             "source": "raw rewards of the training pairs during the last epoch"}
 
 
-def save_adapter(model: nn.Module, out: str | Path, head_prefixes: tuple[str, ...], config: TrainConfig,
-                 metadata: dict[str, Any]) -> None:
-    """Write the adapters and heads (a few MB) plus metadata naming the base they fit."""
+def save_adapter(adapter: Any, out: str | Path, config: TrainConfig, metadata: dict[str, Any]) -> None:
+    """Write the adapters and heads in PEFT's format (a few MB) plus metadata naming the base they fit."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    state = lora_state_dict(model)
-    state.update({k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()
-                  if k.startswith(head_prefixes)})
-    save_file(state, str(out / ADAPTER_FILE))
+    adapter.peft_config["default"].base_model_name_or_path = config.base  # not this machine's path
+    adapter.save_pretrained(str(out))
     write_metadata(out, {"base": config.base, "max_length": config.max_length,
                          "adapter": {"last_layers": config.lora_layers, "rank": config.lora_rank,
-                                     "alpha": config.lora_alpha}, **metadata})
+                                     "alpha": config.lora_alpha, "base_shape": base_shape(adapter.get_base_model())},
+                         **metadata})

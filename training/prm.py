@@ -38,7 +38,7 @@ def train_prm(records: list[StepRecord], out: str | Path, config: PRMConfig,
 
     if config.aggregate not in AGGREGATES:
         raise InputError("aggregate", f"must be one of {sorted(AGGREGATES)}, got {config.aggregate!r}")
-    model, tokenizer, params, pad_id = prepare(
+    model, tokenizer, params, pad_id, adapter = prepare(
         lambda base: AutoModelForTokenClassification.from_pretrained(base, num_labels=2, dtype=torch.float32),
         config, HEAD_PREFIXES)
 
@@ -60,6 +60,6 @@ def train_prm(records: list[StepRecord], out: str | Path, config: PRMConfig,
 
     examples = [encode(n, r) for n, r in enumerate(records, 1)]
     summary, _ = fit(examples, step, params, config, on_log, data)
-    save_adapter(model, out, HEAD_PREFIXES, config, {"kind": "prm", "separator": config.separator,
+    save_adapter(adapter, out, config, {"kind": "prm", "separator": config.separator,
                                                       "aggregate": config.aggregate, "training": summary})
     return summary
