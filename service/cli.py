@@ -238,6 +238,16 @@ def cmd_eval_codepref(args) -> None:
     print(json.dumps(eval_codepref(scorer, tasks), indent=2))
 
 
+def cmd_export(args) -> None:
+    from plaudit.training.export import export
+
+    configured = load_config(args.config).models.get(args.model)
+    path = configured.path if configured is not None else args.model
+    if path is None:
+        raise SystemExit(f"--model: {args.model!r} has no weights to export (kind {configured.kind})")
+    print(json.dumps(export(path, args.out)))
+
+
 def cmd_convert_adapter(args) -> None:
     """Model folders from before plaudit's adapters were PEFT's, rewritten in PEFT's format."""
     from transformers import AutoConfig
@@ -299,6 +309,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--config")
     p.set_defaults(run=cmd_judge)
+
+    p = sub.add_parser("export", help="a BT or PRM model as a plain transformers checkpoint (adapter merged) that "
+                                      "transformers, TRL and vLLM load and score as plaudit does before normalising")
+    p.add_argument("--model", required=True, help="a configured model's name, or a model folder")
+    p.add_argument("--out", required=True)
+    p.add_argument("--config", help="the service config that names the models (default: the packaged ones)")
+    p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("convert-adapter", help="rewrite model folders trained before plaudit used PEFT "
                                               "(adapter.safetensors) in PEFT's format, the same weights")

@@ -350,3 +350,65 @@ def test_convert_adapter_rewrites_an_old_folder_with_the_same_rewards(trained, t
     assert '"written"' in capsys.readouterr().out and not (old / LEGACY_ADAPTER).exists()
     items = [Item(prompt=p.prompt, response=r) for p in pairs[:6] for r in (p.chosen, p.rejected)]
     assert load_scorer(old).score(items).rewards == pytest.approx(load_scorer(out).score(items).rewards, abs=1e-6)
+
+
+def test_export_is_a_plain_checkpoint_that_transformers_scores_as_plaudit(trained, tmp_path, capsys):
+    """`plaudit export`: plain transformers (AutoModelForSequenceClassification, its own
+    pooling, right-padded batch) gives plaudit's raw rewards; plaudit serves the export with
+    the same normalised rewards as the adapter folder."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from plaudit.service.cli import main
+
+    out, _, _, pairs = trained
+    main(["export", "--model", str(out), "--out", str(tmp_path / "plain")])
+    assert '"architecture": "LlamaForSequenceClassification"' in capsys.readouterr().out
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "plain").eval()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "plain")
+    items = [Item(prompt=p.prompt, response=r) for p in pairs[:6] for r in (p.chosen, p.rejected)]
+    texts = [tokenizer.apply_chat_template(
+        ([m.model_dump() for m in it.prompt] if isinstance(it.prompt, list) else [{"role": "user", "content": it.prompt}])
+        + [{"role": "assistant", "content": it.response}], tokenize=False) for it in items]
+    batch = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        plain = model(**batch).logits[:, 0].tolist()
+    served = load_scorer(out)
+    scored = served.score(items)
+    raw = [r * served.std + served.mean for r in scored.rewards]
+    fitting = [i for i, cut in enumerate(scored.truncated) if not cut]  # plaudit cut the others to max_length
+    assert len(fitting) >= 8 and [raw[i] for i in fitting] == pytest.approx([plain[i] for i in fitting], abs=1e-4)
+    assert load_scorer(tmp_path / "plain").score(items).rewards == pytest.approx(served.score(items).rewards,
+                                                                                 abs=1e-4)
+
+
+@pytest.mark.slow
+def test_the_default_exports_to_a_checkpoint_transformers_scores_as_plaudit(tmp_path, capsys):
+    """The packaged SmolLM2 model, whose pad token is its end-of-turn token: exported with a
+    spare pad token, plain transformers reads the same last token as plaudit, in a padded batch
+    (this checks the pooling of the exported model against plaudit's `last_token_rewards`)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from plaudit.service.cli import main
+    from plaudit.service.config import DEFAULT_MODEL_DIR
+
+    main(["export", "--model", "default", "--out", str(tmp_path / "plain")])
+    assert '"pad_token": "<|endoftext|>"' in capsys.readouterr().out
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "plain").eval()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "plain")
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": ADD_PROMPT},
+                                            {"role": "assistant", "content": r}], tokenize=False)
+             for r in ADD_RESPONSES]
+    with torch.no_grad():
+        plain = model(**tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")).logits[:, 0]
+    served = load_scorer(DEFAULT_MODEL_DIR)
+    raw = [r * served.std + served.mean for r in BEFORE_PEFT]
+    assert plain.tolist() == pytest.approx(raw, abs=1e-4)
+    # Sequences that end on the end-of-turn token itself (a trainer's query): transformers'
+    # pooling reads the same token as plaudit's only because the export pads with another token.
+    batch = tokenizer([t.rstrip("\n") for t in texts], add_special_tokens=False, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        pooled = model(**batch).logits[:, 0]
+        at_last_token = last_token_rewards(model, batch["input_ids"], batch["attention_mask"])
+        assert pooled.tolist() == pytest.approx(at_last_token.tolist(), abs=1e-4)
+        model.config.pad_token_id = tokenizer.eos_token_id  # as the backbone ships: pad == <|im_end|>
+        assert (model(**batch).logits[:, 0] - at_last_token).abs().max() > 1e-2
