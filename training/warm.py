@@ -8,7 +8,9 @@ weights first (so the average moves the backbone's last blocks, not just a linea
 which would equal averaging predictions), in fp32, reading one member at a time so that
 peak memory is one accumulator plus one member whatever M is. Every tensor's name and
 shape is checked, and members must share their init (a fingerprint of the base weights).
-A greedy soup keeps a member only if held-out accuracy does not drop.
+A greedy soup keeps a member only if held-out accuracy does not drop. When the members
+are LoRA adapters of one base, the same average is also written as one exact adapter of
+rank M x r in out/adapter/ (a few MB instead of a full checkpoint).
 """
 from __future__ import annotations
 
@@ -22,11 +24,12 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from plaudit.rewardmodels import InputError, Item, ModelLoadError, load_scorer
 from plaudit.rewardmodels.bt import load_classifier
 from plaudit.rewardmodels.loading import read_metadata, resolve_path, write_metadata
+from plaudit.rewardmodels.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, lora_config
 
 from .bt import BTConfig, train_bt
 from .data import PreferencePair
@@ -175,6 +178,38 @@ def _accuracy(state: dict[str, torch.Tensor], members: Sequence[Member], out: Pa
     return eval_pairs(load_scorer(out), pairs)["accuracy"]
 
 
+ADAPTER = "adapter"  # out/adapter/: the merge as one exact LoRA adapter, when the members are adapters
+
+
+def concatenated_adapter(members: Sequence[Member], out: Path) -> dict[str, Any] | None:
+    """The members' average as one PEFT adapter over their base, exactly: the mean of their
+    weight deltas, (1/M) sum_i s_i B_i A_i, is one LoRA of rank M x r with A = [A_1; ...; A_M]
+    and B = [s_1 B_1, ..., s_M B_M] / M (scale folded in, alpha = rank); heads averaged. None
+    when a member is not a LoRA adapter or the members adapt different modules."""
+    configs = [json.loads((m.directory / ADAPTER_CONFIG).read_text()) if "adapter" in m.metadata and
+               (m.directory / ADAPTER_CONFIG).exists() else None for m in members]
+    if any(c is None for c in configs) or len({tuple(sorted(c["target_modules"])) for c in configs}) != 1:
+        return None
+    states = [load_file(str(m.directory / ADAPTER_WEIGHTS)) for m in members]
+    merged: dict[str, torch.Tensor] = {}
+    for key in states[0]:
+        if ".lora_A." in key:
+            merged[key] = torch.cat([state[key].float() for state in states], dim=0)
+        elif ".lora_B." in key:
+            merged[key] = torch.cat([state[key].float() * (c["lora_alpha"] / c["r"]) / len(members)
+                                     for state, c in zip(states, configs)], dim=1)
+        else:  # a head (modules_to_save): averaged like the full merge averages it
+            merged[key] = sum(state[key].float() for state in states) / len(members)
+    rank = sum(c["r"] for c in configs)
+    out.mkdir(parents=True, exist_ok=True)
+    lora_config(configs[0]["target_modules"], rank, rank, configs[0]["modules_to_save"] or (),
+                members[0].metadata["base"]).save_pretrained(str(out))
+    save_file({k: v.contiguous() for k, v in merged.items()}, str(out / ADAPTER_WEIGHTS))
+    adapter = {**members[0].metadata["adapter"], "rank": rank, "alpha": float(rank)}
+    return {"base": members[0].metadata["base"], "max_length": members[0].metadata.get("max_length"),
+            "adapter": adapter}
+
+
 def merge(directories: Sequence[str | Path], out: str | Path, soup: list[PreferencePair] | None = None,
           calibration: list[PreferencePair] | None = None) -> dict:
     """Average the members into `out`, a plain BT checkpoint. With `soup` pairs, a greedy soup:
@@ -211,4 +246,8 @@ def merge(directories: Sequence[str | Path], out: str | Path, soup: list[Prefere
         norm = {"mean": sum(n["mean"] for n in norms) / len(norms), "std": sum(n["std"] for n in norms) / len(norms),
                 "stored": True, "source": "mean of the members' normalisations (no pairs given)"}
     write_metadata(out, {"kind": "bt", "normalization": norm, "init": init, "warm": report})
+    adapter = concatenated_adapter(chosen, out / ADAPTER)
+    if adapter is not None:
+        write_metadata(out / ADAPTER, {"kind": "bt", **adapter, "normalization": norm, "init": init, "warm": report})
+        report["adapter"] = str(out / ADAPTER)
     return report
