@@ -412,3 +412,18 @@ def test_the_default_exports_to_a_checkpoint_transformers_scores_as_plaudit(tmp_
         assert pooled.tolist() == pytest.approx(at_last_token.tolist(), abs=1e-4)
         model.config.pad_token_id = tokenizer.eos_token_id  # as the backbone ships: pad == <|im_end|>
         assert (model(**batch).logits[:, 0] - at_last_token).abs().max() > 1e-2
+
+
+def test_normalisation_is_measured_with_the_final_model(trained):
+    """The stored mean and std are those of the trained model's raw rewards on its training
+    pairs (not of rewards logged while the weights were still moving): served, the training
+    pairs' rewards have mean 0 and standard deviation 1."""
+    import statistics
+
+    out, _, _, pairs = trained
+    meta = json.loads((out / "plaudit.json").read_text())
+    assert meta["normalization"]["source"] == f"raw rewards of the {len(pairs)} training pairs, final model"
+    rewards = load_scorer(out).score([Item(prompt=p.prompt, response=r) for p in pairs
+                                      for r in (p.chosen, p.rejected)]).rewards
+    assert statistics.fmean(rewards) == pytest.approx(0.0, abs=1e-4)
+    assert statistics.pstdev(rewards) == pytest.approx(1.0, abs=1e-4)

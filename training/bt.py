@@ -19,7 +19,7 @@ from plaudit.rewardmodels.bt import HEAD_PREFIXES, last_token_rewards
 from plaudit.rewardmodels.encoding import encode_item, pad
 
 from .data import PreferencePair
-from .loop import TrainConfig, fit, normalization, prepare, save_adapter
+from .loop import TrainConfig, final_outputs, fit, normalization, prepare, save_adapter
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,8 @@ def train_bt(pairs: list[PreferencePair], out: str | Path, config: BTConfig,
         return loss, chosen - rejected, rewards
 
     examples = [(encode(p.chosen, p.prompt), encode(p.rejected, p.prompt)) for p in pairs]
-    summary, rewards = fit(examples, step, params, config, on_log, data)
-    save_adapter(adapter, out, config,
-                 {"kind": "bt", "normalization": normalization(rewards), "training": summary})
+    summary = fit(examples, step, params, config, on_log, data)
+    norm = normalization(final_outputs(examples, step, model, config),
+                         f"raw rewards of the {len(examples)} training pairs, final model")
+    save_adapter(adapter, out, config, {"kind": "bt", "normalization": norm, "training": summary})
     return summary

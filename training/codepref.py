@@ -45,7 +45,7 @@ def train_codepref(records: list[CodePrefRecord], out: str | Path, config: CodeP
         margin = chosen - logits.gather(1, (1 - target)[:, None])[:, 0]
         return F.cross_entropy(logits, target), margin, margin
 
-    summary, _ = fit([encode(r) for r in records], step, params, config, on_log, data)
+    summary = fit([encode(r) for r in records], step, params, config, on_log, data)
     save_adapter(adapter, out, config, {"kind": "codepref", "labels": ["A", "B"],
                                           "default_criterion": DEFAULT_CRITERION, "training": summary})
     return summary

@@ -51,6 +51,6 @@ def train_gpm(pairs: list[PreferencePair], out: str | Path, config: GPMConfig,
         return -F.logsigmoid(logits).mean(), logits, logits
 
     examples = [encode(p) for p in pairs]
-    summary, _ = fit(examples, step, params, config, on_log, data)
+    summary = fit(examples, step, params, config, on_log, data)
     save_adapter(adapter, out, config, {"kind": "gpm", "tau": config.tau, "training": summary})
     return summary

@@ -64,9 +64,9 @@ def prepare(build: Callable[[Path], nn.Module], config: TrainConfig, head_prefix
 
 
 def fit(examples: Sequence[Any], step: Step, params: list[nn.Parameter], config: TrainConfig,
-        on_log: Callable[[dict], None], data: str = "") -> tuple[dict, list[float]]:
-    """Epochs of shuffled batches; returns the summary and the last epoch's logged outputs.
-    Loss is averaged over examples, accuracy and margin over decisions."""
+        on_log: Callable[[dict], None], data: str = "") -> dict:
+    """Epochs of shuffled batches; returns the summary. Loss is averaged over examples,
+    accuracy and margin over decisions."""
     if not examples or config.epochs < 1:
         raise InputError("data", f"training needs examples and at least one epoch ({len(examples)} examples, "
                                  f"{config.epochs} epochs)")
@@ -74,14 +74,14 @@ def fit(examples: Sequence[Any], step: Step, params: list[nn.Parameter], config:
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     order = list(range(len(examples)))
     rng = random.Random(config.seed if config.data_seed is None else config.data_seed)
-    start, steps, rewards, history = time.time(), 0, [], {}
+    start, steps, history = time.time(), 0, {}
     for epoch in range(config.epochs):
         rng.shuffle(order)
-        sums, rewards, decisions = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0}, [], 0
+        sums, decisions = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0}, 0
         for first in range(0, len(order), config.batch_size):
             batch = [examples[i] for i in order[first:first + config.batch_size]]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                loss, margin, batch_rewards = step(batch, device)
+                loss, margin, _ = step(batch, device)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -90,7 +90,6 @@ def fit(examples: Sequence[Any], step: Step, params: list[nn.Parameter], config:
             sums["accuracy"] += (margin > 0).float().sum().item()
             sums["margin"] += margin.sum().item()
             decisions += margin.numel()
-            rewards += batch_rewards.detach().float().cpu().tolist()
             seen = min(first + config.batch_size, len(order))
             if steps % 10 == 0 or seen == len(order):
                 history = {"loss": round(sums["loss"] / seen, 4),
@@ -99,12 +98,22 @@ def fit(examples: Sequence[Any], step: Step, params: list[nn.Parameter], config:
                         "seconds": round(time.time() - start, 1)})
     summary = {"data": data, "examples": len(examples), "steps": steps, "seconds": round(time.time() - start, 1),
                "final_epoch": history, "config": asdict(config)}
-    return summary, rewards
+    return summary
 
 
-def normalization(rewards: list[float]) -> dict:
+def final_outputs(examples: Sequence[Any], step: Step, model: nn.Module, config: TrainConfig) -> list[float]:
+    """The trained model's outputs (a BT model's rewards) on the examples, in eval mode, no
+    gradients: what normalisation is measured on once the weights have stopped moving."""
+    device, _ = choose_device(config.device)
+    model.eval()
+    with torch.no_grad():
+        return [float(r) for first in range(0, len(examples), config.batch_size)
+                for r in step(examples[first:first + config.batch_size], device)[2].float().cpu()]
+
+
+def normalization(rewards: list[float], source: str) -> dict:
     return {"mean": statistics.fmean(rewards), "std": statistics.pstdev(rewards) or 1.0, "stored": True,
-            "source": "raw rewards of the training pairs during the last epoch"}
+            "source": source}
 
 
 def save_adapter(adapter: Any, out: str | Path, config: TrainConfig, metadata: dict[str, Any]) -> None:

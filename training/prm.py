@@ -59,7 +59,7 @@ def train_prm(records: list[StepRecord], out: str | Path, config: PRMConfig,
         return loss, margin, picked.softmax(dim=-1)[:, 1]
 
     examples = [encode(n, r) for n, r in enumerate(records, 1)]
-    summary, _ = fit(examples, step, params, config, on_log, data)
+    summary = fit(examples, step, params, config, on_log, data)
     save_adapter(adapter, out, config, {"kind": "prm", "separator": config.separator,
                                                       "aggregate": config.aggregate, "training": summary})
     return summary

@@ -240,7 +240,7 @@ def merge(directories: Sequence[str | Path], out: str | Path, soup: list[Prefere
     if calibration:
         items = [Item(prompt=p.prompt, response=r) for p in calibration for r in (p.chosen, p.rejected)]
         rewards = load_scorer(out).score(items).rewards  # raw: the metadata has no normalisation yet
-        norm = {**normalization(rewards), "source": f"raw rewards of {len(calibration)} pairs after merging"}
+        norm = normalization(rewards, f"raw rewards of {len(calibration)} pairs after merging")
     else:
         norms = [m.metadata.get("normalization", {"mean": 0.0, "std": 1.0}) for m in members]
         norm = {"mean": sum(n["mean"] for n in norms) / len(norms), "std": sum(n["std"] for n in norms) / len(norms),
