@@ -164,6 +164,8 @@ def add_config_flags(p: argparse.ArgumentParser, config_class) -> None:
         flag = "--" + f.name.replace("_", "-")
         if f.type in ("bool", bool):
             p.add_argument(flag, action="store_true", help=f.metadata.get("help"))
+        elif "const" in f.metadata:  # a flag that may go without its value
+            p.add_argument(flag, nargs="?", const=f.metadata["const"], default=f.default, help=f.metadata.get("help"))
         else:
             kind = {"int": int, "float": float, "int | None": int}.get(str(f.type), str)
             p.add_argument(flag, type=kind, default=f.default, help=f.metadata.get("help"))

@@ -366,9 +366,11 @@ def test_export_is_a_plain_checkpoint_that_transformers_scores_as_plaudit(traine
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "plain").eval()
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "plain")
     items = [Item(prompt=p.prompt, response=r) for p in pairs[:6] for r in (p.chosen, p.rejected)]
-    texts = [tokenizer.apply_chat_template(
-        ([m.model_dump() for m in it.prompt] if isinstance(it.prompt, list) else [{"role": "user", "content": it.prompt}])
-        + [{"role": "assistant", "content": it.response}], tokenize=False) for it in items]
+    def messages(prompt):
+        return [m.model_dump() for m in prompt] if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+
+    texts = [tokenizer.apply_chat_template(messages(it.prompt) + [{"role": "assistant", "content": it.response}],
+                                           tokenize=False) for it in items]
     batch = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
     with torch.no_grad():
         plain = model(**batch).logits[:, 0].tolist()
@@ -427,3 +429,41 @@ def test_normalisation_is_measured_with_the_final_model(trained):
                                       for r in (p.chosen, p.rejected)]).rewards
     assert statistics.fmean(rewards) == pytest.approx(0.0, abs=1e-4)
     assert statistics.pstdev(rewards) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_a_run_killed_midway_resumes_to_the_uninterrupted_result(tiny_base, tmp_path, capsys):
+    """kill -9 after a checkpoint, then the same command with --resume: the final model equals
+    an uninterrupted run's (rewards on held-out items to 1e-4), and the rerun says its step."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from plaudit.service.cli import main
+    from plaudit.training.loop import CHECKPOINTS, last_checkpoint
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(p.model_dump_json() + "\n" for p in marker_pairs(24, seed=100)))
+    command = ["train", "bt", "--data", str(data), "--base", str(tiny_base), "--epochs", "6", "--lr", "5e-3",
+               "--batch-size", "4", "--lora-layers", "2", "--max-length", "256", "--device", "cpu",
+               "--save-steps", "8"]
+    main([*command, "--out", str(tmp_path / "straight")])
+    killed = tmp_path / "killed"
+    run = subprocess.Popen([sys.executable, "-m", "plaudit", *command, "--out", str(killed)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while last_checkpoint(killed / CHECKPOINTS) is None and run.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait()
+    assert not (killed / "plaudit.json").exists(), "the run finished before it could be killed"
+    step = int(last_checkpoint(killed / CHECKPOINTS).name.rpartition("-")[2])
+    assert 0 < step < 36
+    capsys.readouterr()
+    main([*command, "--out", str(killed), "--resume"])
+    assert f'"from_step": {step}' in capsys.readouterr().out
+    items = [Item(prompt=p.prompt, response=r) for p in marker_pairs(12, seed=7) for r in (p.chosen, p.rejected)]
+    straight, resumed = load_scorer(tmp_path / "straight"), load_scorer(killed)
+    assert resumed.score(items).rewards == pytest.approx(straight.score(items).rewards, abs=1e-4)
+    assert resumed.metadata["training"]["steps"] == straight.metadata["training"]["steps"] == 36

@@ -215,3 +215,20 @@ def test_warm_noise_experiment_reports_every_contender(tiny_base, tmp_path):
     assert report["flipped"] == 4 and report["test_pairs"] == 16
     assert set(report["accuracy"]) == {"member-0", "member-1", "ensemble", "warm"}
     assert all(0.0 <= a <= 1.0 for a in report["accuracy"].values())
+
+
+def test_a_rerun_keeps_complete_members_and_resumes_the_interrupted_one(tiny_base, tmp_path):
+    """`warm train` run again after an interruption: member 0 (complete) is not trained again,
+    member 1 (its plaudit.json never written, checkpoints left) goes on from its last checkpoint."""
+    out = tmp_path / "warm"
+    pairs = marker_pairs(16, seed=3)
+    train_warm(pairs, out, config(tiny_base, epochs=2, save_steps=2), members=2, on_log=lambda row: None)
+    kept = (out / MEMBERS / "member-0" / "adapter_model.safetensors").stat().st_mtime_ns
+    (out / MEMBERS / "member-1" / "plaudit.json").unlink()
+    rows: list[dict] = []
+    train_warm(pairs, out, config(tiny_base, epochs=2, save_steps=2), members=2, on_log=rows.append)
+    assert {"member": 0, "skipped": "complete"} in rows
+    assert {"member": 1, "resume": str(out / MEMBERS / "member-1" / "checkpoints" / "checkpoint-8"),
+            "from_step": 8} in rows
+    assert (out / MEMBERS / "member-0" / "adapter_model.safetensors").stat().st_mtime_ns == kept
+    assert (out / MEMBERS / "member-1" / "plaudit.json").exists() and load_scorer(out).kind == "bt"

@@ -34,14 +34,14 @@ def train_bt(pairs: list[PreferencePair], out: str | Path, config: BTConfig,
     """Train, write the model folder to `out`, and return the training summary."""
     from transformers import AutoModelForSequenceClassification
 
-    model, tokenizer, params, pad_id, adapter = prepare(
+    model, tokenizer, pad_id, adapter = prepare(
         lambda base: AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=torch.float32),
         config, HEAD_PREFIXES)
 
     def encode(response: str, prompt) -> list[int]:
         return encode_item(tokenizer, Item(prompt=prompt, response=response), config.max_length)[0]
 
-    def step(batch, device):
+    def step(model, batch, device):
         n = len(batch)
         rewards = last_token_rewards(model, *pad([c for c, _ in batch] + [r for _, r in batch], pad_id, device))
         rewards = rewards.float()
@@ -50,7 +50,7 @@ def train_bt(pairs: list[PreferencePair], out: str | Path, config: BTConfig,
         return loss, chosen - rejected, rewards
 
     examples = [(encode(p.chosen, p.prompt), encode(p.rejected, p.prompt)) for p in pairs]
-    summary = fit(examples, step, params, config, on_log, data)
+    summary = fit(examples, step, model, config, out, on_log, data)
     norm = normalization(final_outputs(examples, step, model, config),
                          f"raw rewards of the {len(examples)} training pairs, final model")
     save_adapter(adapter, out, config, {"kind": "bt", "normalization": norm, "training": summary})

@@ -30,7 +30,7 @@ def train_codepref(records: list[CodePrefRecord], out: str | Path, config: CodeP
                    on_log: Callable[[dict], None] = lambda row: log.info("%s", row), data: str = "") -> dict:
     from transformers import AutoModelForCausalLM
 
-    model, tokenizer, params, pad_id, adapter = prepare(
+    model, tokenizer, pad_id, adapter = prepare(
         lambda base: AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), config, ())
     labels = label_ids(tokenizer)
 
@@ -38,14 +38,14 @@ def train_codepref(records: list[CodePrefRecord], out: str | Path, config: CodeP
         text = prompt_text(tokenizer, pair_prompt(r.instruction, r.code_a, r.code_b, r.criterion))
         return encode_text(tokenizer, text, config.max_length)[0], "AB".index(r.answer)
 
-    def step(batch, device):
+    def step(model, batch, device):
         logits = label_logits(model, labels, *pad([ids for ids, _ in batch], pad_id, device)).float()
         target = torch.tensor([answer for _, answer in batch], device=device)
         chosen = logits.gather(1, target[:, None])[:, 0]
         margin = chosen - logits.gather(1, (1 - target)[:, None])[:, 0]
         return F.cross_entropy(logits, target), margin, margin
 
-    summary = fit([encode(r) for r in records], step, params, config, on_log, data)
+    summary = fit([encode(r) for r in records], step, model, config, out, on_log, data)
     save_adapter(adapter, out, config, {"kind": "codepref", "labels": ["A", "B"],
                                           "default_criterion": DEFAULT_CRITERION, "training": summary})
     return summary

@@ -32,7 +32,7 @@ def train_gpm(pairs: list[PreferencePair], out: str | Path, config: GPMConfig,
               on_log: Callable[[dict], None] = lambda row: log.info("%s", row), data: str = "") -> dict:
     from transformers import AutoModel
 
-    net, tokenizer, params, pad_id, adapter = prepare(
+    net, tokenizer, pad_id, adapter = prepare(
         lambda base: GPMNet(AutoModel.from_pretrained(base, dtype=torch.float32), config.dims, config.prompt_head),
         config, HEAD_PREFIXES)
 
@@ -41,7 +41,7 @@ def train_gpm(pairs: list[PreferencePair], out: str | Path, config: GPMConfig,
                 for r in (p.chosen, p.rejected)]
         return seqs + [encode_text(tokenizer, prompt_text(tokenizer, p.prompt), config.max_length)[0]]
 
-    def step(batch, device):
+    def step(net, batch, device):
         n = len(batch)
         columns = list(zip(*batch))  # chosen seqs, rejected seqs, prompt seqs
         states = last_token_states(net.backbone, *pad([s for col in columns for s in col], pad_id, device))
@@ -51,6 +51,6 @@ def train_gpm(pairs: list[PreferencePair], out: str | Path, config: GPMConfig,
         return -F.logsigmoid(logits).mean(), logits, logits
 
     examples = [encode(p) for p in pairs]
-    summary = fit(examples, step, params, config, on_log, data)
+    summary = fit(examples, step, net, config, out, on_log, data)
     save_adapter(adapter, out, config, {"kind": "gpm", "tau": config.tau, "training": summary})
     return summary

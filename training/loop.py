@@ -1,10 +1,10 @@
 """What every reward-model trainer shares: LoRA (PEFT) on the last blocks of a frozen backbone
-plus a family's head, the epoch loop over examples (preference pairs, or PRM step
-records), and saving the adapter in PEFT's format with the model's metadata. A family supplies
-only its head, its encoding and its loss."""
+plus a family's head, training through the transformers Trainer over pre-tokenised examples
+(preference pairs, or PRM step records) with checkpoints and resume, and saving the adapter
+in PEFT's format with the model's metadata. A family supplies only its head, its encoding and
+its step (the loss)."""
 from __future__ import annotations
 
-import random
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from plaudit.rewardmodels.base import InputError
@@ -32,73 +33,153 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"help": "initialisation (head, adapters) and, unless --data-seed, data order"})
     data_seed: int | None = field(default=None, metadata={"help": "data order only: WARM members share the init"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "batches per optimizer step"})
+    lr_scheduler_type: str = field(default="constant", metadata={"help": "constant, linear, cosine, ... "
+                                                                         "(transformers' schedules)"})
+    warmup_steps: float = field(default=0.0, metadata={"help": "steps warming the rate up (below 1: a share of "
+                                                                  "all steps)"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0: none)"})
+    save_steps: int = field(default=50, metadata={"help": "a checkpoint in OUT/checkpoints/ every N steps"})
+    report_to: str = field(default="none", metadata={"help": "none, tensorboard, ... (transformers' integrations)"})
+    resume: str | None = field(default=None, metadata={
+        "help": "continue from the last checkpoint in OUT/checkpoints/ (or the named one)", "const": "last"})
 
 
-# One optimisation step's view of a batch: (loss, one signed margin per decision (> 0 is
-# right: a pair ordered correctly, a step classified correctly), outputs to log).
-Step = Callable[[Sequence[Any], torch.device], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-
-
-def adapt(model: nn.Module, config: TrainConfig, head_prefixes: tuple[str, ...]) -> tuple[Any, list[nn.Parameter]]:
-    """Freeze the backbone, add LoRA to its last blocks (PEFT, in place); the adapters and the
-    heads train. Returns the PeftModel that saves them, and the trainable parameters."""
-    model.requires_grad_(False)
-    adapter = add_lora(model, config.lora_layers, config.lora_rank, config.lora_alpha, heads_of(model, head_prefixes))
-    return adapter, [p for p in model.parameters() if p.requires_grad]
+# One optimisation step's view of a batch, given the model to run it through (the Trainer's,
+# wrapped for data parallelism when there are several processes): (loss, one signed margin per
+# decision (> 0 is right: a pair ordered correctly, a step classified correctly), outputs).
+Step = Callable[[nn.Module, Sequence[Any], torch.device], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+CHECKPOINTS = "checkpoints"  # OUT/checkpoints/checkpoint-STEP: what --resume continues from
+TRAINABLE = "trainable.safetensors"  # a checkpoint's weights: the adapters and heads only
 
 
 def prepare(build: Callable[[Path], nn.Module], config: TrainConfig, head_prefixes: tuple[str, ...]
-            ) -> tuple[nn.Module, Any, list[nn.Parameter], int, Any]:
-    """Seed, build the family's model on the base backbone, add adapters: (model, tokenizer,
-    trainable parameters, pad id, the PeftModel for `save_adapter`), the model on its device in
-    training mode. The family's forward passes use `model` itself, adapters in place."""
+            ) -> tuple[nn.Module, Any, int, Any]:
+    """Seed, build the family's model on the base backbone, freeze it and add LoRA to its last
+    blocks (PEFT, in place; the adapters and heads train): (model, tokenizer, pad id, the
+    PeftModel for `save_adapter`), the model on its device in training mode."""
     from transformers import AutoTokenizer
 
     torch.manual_seed(config.seed)
     base = resolve_path(config.base)
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = build(base)
-    adapter, params = adapt(model, config, head_prefixes)
+    model.requires_grad_(False)
+    adapter = add_lora(model, config.lora_layers, config.lora_rank, config.lora_alpha, heads_of(model, head_prefixes))
     model.to(choose_device(config.device)[0]).train()
-    return model, tokenizer, params, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0, adapter
+    return model, tokenizer, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0, adapter
 
 
-def fit(examples: Sequence[Any], step: Step, params: list[nn.Parameter], config: TrainConfig,
+class StepModule(nn.Module):
+    """A family's model and its step as one module, so that the Trainer (and DDP around it)
+    runs every forward pass through `forward`."""
+
+    def __init__(self, model: nn.Module, step: Step):
+        super().__init__()
+        self.model, self.step = model, step
+
+    def forward(self, examples: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.step(self.model, examples, next(self.model.parameters()).device)
+
+
+class Tally:
+    """Loss, accuracy and margin over the examples of the current epoch, as the rows log them."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss, self.correct, self.margin, self.decisions, self.examples = 0.0, 0.0, 0.0, 0, 0
+
+    def add(self, loss: torch.Tensor, margin: torch.Tensor, examples: int) -> None:
+        self.loss += loss.item() * examples
+        self.correct += (margin > 0).float().sum().item()
+        self.margin += margin.sum().item()
+        self.decisions += margin.numel()
+        self.examples += examples
+
+    def row(self) -> dict[str, float]:
+        return {"loss": round(self.loss / max(self.examples, 1), 4),
+                "accuracy": round(self.correct / max(self.decisions, 1), 4),
+                "margin": round(self.margin / max(self.decisions, 1), 4)}
+
+
+def last_checkpoint(folder: Path) -> Path | None:
+    """The newest complete checkpoint (its trainer state written) in OUT/checkpoints/."""
+    done = [c for c in folder.glob("checkpoint-*") if (c / "trainer_state.json").exists() and (c / TRAINABLE).exists()]
+    return max(done, key=lambda c: int(c.name.rpartition("-")[2]), default=None)
+
+
+def fit(examples: Sequence[Any], step: Step, model: nn.Module, config: TrainConfig, out: str | Path,
         on_log: Callable[[dict], None], data: str = "") -> dict:
-    """Epochs of shuffled batches; returns the summary. Loss is averaged over examples,
-    accuracy and margin over decisions."""
+    """Train through the transformers Trainer: shuffled batches (seeded), AdamW, checkpoints of
+    the adapters, optimizer and RNG states in OUT/checkpoints/ every `save_steps`, resumable
+    (`resume`), and data-parallel when launched with torchrun. Returns the summary; rows logged
+    every 10 steps and at each epoch's end average loss over examples, accuracy and margin
+    over decisions, since the epoch began."""
+    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+
     if not examples or config.epochs < 1:
         raise InputError("data", f"training needs examples and at least one epoch ({len(examples)} examples, "
                                  f"{config.epochs} epochs)")
     device, _ = choose_device(config.device)
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-    order = list(range(len(examples)))
-    rng = random.Random(config.seed if config.data_seed is None else config.data_seed)
-    start, steps, history = time.time(), 0, {}
-    for epoch in range(config.epochs):
-        rng.shuffle(order)
-        sums, decisions = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0}, 0
-        for first in range(0, len(order), config.batch_size):
-            batch = [examples[i] for i in order[first:first + config.batch_size]]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                loss, margin, _ = step(batch, device)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            steps += 1
-            sums["loss"] += loss.item() * len(batch)
-            sums["accuracy"] += (margin > 0).float().sum().item()
-            sums["margin"] += margin.sum().item()
-            decisions += margin.numel()
-            seen = min(first + config.batch_size, len(order))
-            if steps % 10 == 0 or seen == len(order):
-                history = {"loss": round(sums["loss"] / seen, 4),
-                           **{k: round(sums[k] / decisions, 4) for k in ("accuracy", "margin")}}
-                on_log({"epoch": epoch + 1, "step": steps, "examples": seen, **history,
-                        "seconds": round(time.time() - start, 1)})
-    summary = {"data": data, "examples": len(examples), "steps": steps, "seconds": round(time.time() - start, 1),
-               "final_epoch": history, "config": asdict(config)}
-    return summary
+    tally, start, history = Tally(), time.time(), {}
+
+    class PlauditTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss, margin, outputs = model(inputs["examples"])
+            tally.add(loss.detach(), margin.detach(), len(inputs["examples"]))
+            return (loss, outputs) if return_outputs else loss
+
+        def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+            folder = Path(output_dir or self.args.output_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            save_file({n: p.detach().cpu().contiguous() for n, p in self.model.named_parameters() if p.requires_grad},
+                      str(folder / TRAINABLE))
+
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+            target = model or self.model
+            state = load_file(str(Path(resume_from_checkpoint) / TRAINABLE))
+            trainable = {n for n, p in target.named_parameters() if p.requires_grad}
+            if set(state) != trainable:
+                raise InputError("resume", f"{resume_from_checkpoint} holds other weights than this run trains "
+                                           f"(e.g. {sorted(set(state) ^ trainable)[:2]}): another configuration")
+            target.load_state_dict(state, strict=False)
+
+    class Rows(TrainerCallback):
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            tally.reset()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            nonlocal history
+            if state.global_step % 10 == 0 or state.global_step % steps_per_epoch == 0 \
+                    or state.global_step == state.max_steps:
+                history = tally.row()
+                if state.is_world_process_zero:
+                    on_log({"epoch": int(-(-state.global_step // steps_per_epoch)), "step": state.global_step,
+                            "examples": tally.examples, **history, "seconds": round(time.time() - start, 1)})
+
+    args = TrainingArguments(
+        output_dir=str(Path(out) / CHECKPOINTS), num_train_epochs=config.epochs, learning_rate=config.lr,
+        per_device_train_batch_size=config.batch_size, gradient_accumulation_steps=config.gradient_accumulation_steps,
+        lr_scheduler_type=config.lr_scheduler_type, warmup_steps=config.warmup_steps,
+        max_grad_norm=config.max_grad_norm, weight_decay=0.0, seed=config.seed, data_seed=config.data_seed,
+        save_strategy="steps", save_steps=config.save_steps, save_total_limit=2, logging_strategy="no",
+        report_to=config.report_to, remove_unused_columns=False, dataloader_drop_last=False,
+        use_cpu=device.type == "cpu", bf16=device.type == "cuda" and torch.cuda.is_bf16_supported(),
+        disable_tqdm=True)
+    steps_per_epoch = -(-len(examples) // (config.batch_size * config.gradient_accumulation_steps * args.world_size))
+    trainer = PlauditTrainer(model=StepModule(model, step), args=args, train_dataset=list(examples),
+                             data_collator=lambda batch: {"examples": batch}, callbacks=[Rows()])
+    trainer.remove_callback(PrinterCallback)  # its Python-dict lines would break the CLI's JSON output
+    checkpoint = None
+    if config.resume:
+        checkpoint = last_checkpoint(Path(args.output_dir)) if config.resume == "last" else Path(config.resume)
+        on_log({"resume": str(checkpoint) if checkpoint else None,
+                "from_step": int(checkpoint.name.rpartition("-")[2]) if checkpoint else 0})
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    return {"data": data, "examples": len(examples), "steps": result.global_step,
+            "seconds": round(time.time() - start, 1), "final_epoch": history, "config": asdict(config)}
 
 
 def final_outputs(examples: Sequence[Any], step: Step, model: nn.Module, config: TrainConfig) -> list[float]:
@@ -108,7 +189,7 @@ def final_outputs(examples: Sequence[Any], step: Step, model: nn.Module, config:
     model.eval()
     with torch.no_grad():
         return [float(r) for first in range(0, len(examples), config.batch_size)
-                for r in step(examples[first:first + config.batch_size], device)[2].float().cpu()]
+                for r in step(model, examples[first:first + config.batch_size], device)[2].float().cpu()]
 
 
 def normalization(rewards: list[float], source: str) -> dict:

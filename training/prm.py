@@ -38,7 +38,7 @@ def train_prm(records: list[StepRecord], out: str | Path, config: PRMConfig,
 
     if config.aggregate not in AGGREGATES:
         raise InputError("aggregate", f"must be one of {sorted(AGGREGATES)}, got {config.aggregate!r}")
-    model, tokenizer, params, pad_id, adapter = prepare(
+    model, tokenizer, pad_id, adapter = prepare(
         lambda base: AutoModelForTokenClassification.from_pretrained(base, num_labels=2, dtype=torch.float32),
         config, HEAD_PREFIXES)
 
@@ -47,7 +47,7 @@ def train_prm(records: list[StepRecord], out: str | Path, config: PRMConfig,
                                          f"{data or 'data'}: record {number} completions")
         return ids, positions, [int(label) for label in r.labels]
 
-    def step(batch, device):
+    def step(model, batch, device):
         ids, mask = pad([seq for seq, _, _ in batch], pad_id, device)
         logits = model(input_ids=ids, attention_mask=mask).logits.float()
         rows = torch.tensor([row for row, (_, positions, _) in enumerate(batch) for _ in positions], device=device)
@@ -59,7 +59,7 @@ def train_prm(records: list[StepRecord], out: str | Path, config: PRMConfig,
         return loss, margin, picked.softmax(dim=-1)[:, 1]
 
     examples = [encode(n, r) for n, r in enumerate(records, 1)]
-    summary = fit(examples, step, params, config, on_log, data)
+    summary = fit(examples, step, model, config, out, on_log, data)
     save_adapter(adapter, out, config, {"kind": "prm", "separator": config.separator,
                                                       "aggregate": config.aggregate, "training": summary})
     return summary

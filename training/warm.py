@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 import shutil
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -28,13 +28,13 @@ from safetensors.torch import load_file, save_file
 
 from plaudit.rewardmodels import InputError, Item, ModelLoadError, load_scorer
 from plaudit.rewardmodels.bt import load_classifier
-from plaudit.rewardmodels.loading import read_metadata, resolve_path, write_metadata
+from plaudit.rewardmodels.loading import METADATA_FILE, read_metadata, resolve_path, write_metadata
 from plaudit.rewardmodels.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, lora_config
 
 from .bt import BTConfig, train_bt
 from .data import PreferencePair
 from .evaluate import eval_pairs
-from .loop import normalization
+from .loop import CHECKPOINTS, last_checkpoint, normalization
 
 log = logging.getLogger(__name__)
 MEMBERS = "members"
@@ -54,16 +54,26 @@ def member_lrs(config: WarmConfig, members: int) -> list[float]:
 
 def train_warm(pairs: list[PreferencePair], out: str | Path, config: WarmConfig, members: int,
                on_log: Callable[[dict], None] = lambda row: log.info("%s", row), data: str = "") -> dict:
-    """Train the members into out/members/ (an ensemble folder), then merge them into out."""
+    """Train the members into out/members/ (an ensemble folder), then merge them into out. Run
+    again, members already complete (the same configuration) are kept, and one that was
+    interrupted goes on from its last checkpoint."""
     if members < 2:
         raise InputError("members", f"WARM averages at least 2 members, got {members}")
     out = Path(out)
     names = [f"member-{m}" for m in range(members)]
     summaries = []
     for m, (name, lr) in enumerate(zip(names, member_lrs(config, members))):
-        member = replace(config, lr=lr, data_seed=config.seed * 1000 + m + 1)  # one init, its own data order
-        summaries.append(train_bt(pairs, out / MEMBERS / name, member,
-                                  on_log=lambda row, m=m: on_log({"member": m, **row}), data=data))
+        member = replace(config, lr=lr, data_seed=config.seed * 1000 + m + 1, resume=None)  # one init, own order
+        folder = out / MEMBERS / name
+        done = read_metadata(folder).get("training") if (folder / METADATA_FILE).exists() else None
+        if done and {**done["config"], "resume": None} == asdict(member):  # a rerun: this member is complete
+            on_log({"member": m, "skipped": "complete"})
+            summaries.append(done)
+            continue
+        if last_checkpoint(folder / CHECKPOINTS) is not None:  # interrupted: go on from its last checkpoint
+            member = replace(member, resume="last")
+        summaries.append(train_bt(pairs, folder, member, on_log=lambda row, m=m: on_log({"member": m, **row}),
+                                  data=data))
     write_metadata(out / MEMBERS, {"kind": "ensemble", "members": names, "warm": {"data": data}})
     report = merge([out / MEMBERS / n for n in names], out, calibration=pairs[:64])
     return {**report, "training": [{"lr": s["config"]["lr"], "data_seed": s["config"]["data_seed"],
