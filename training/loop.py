@@ -116,7 +116,7 @@ def fit(examples: Sequence[Any], step: Step, model: nn.Module, config: TrainConf
     the adapters, optimizer and RNG states in OUT/checkpoints/ every `save_steps`, resumable
     (`resume`), and data-parallel when launched with torchrun. Returns the summary; rows logged
     every 10 steps and at each epoch's end average loss over examples, accuracy and margin
-    over decisions, since the epoch began."""
+    over decisions, since the epoch began (with several processes: the first one's share)."""
     from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
     if not examples or config.epochs < 1:
@@ -167,7 +167,7 @@ def fit(examples: Sequence[Any], step: Step, model: nn.Module, config: TrainConf
         save_strategy="steps", save_steps=config.save_steps, save_total_limit=2, logging_strategy="no",
         report_to=config.report_to, remove_unused_columns=False, dataloader_drop_last=False,
         use_cpu=device.type == "cpu", bf16=device.type == "cuda" and torch.cuda.is_bf16_supported(),
-        disable_tqdm=True)
+        disable_tqdm=True, ddp_find_unused_parameters=False)
     steps_per_epoch = -(-len(examples) // (config.batch_size * config.gradient_accumulation_steps * args.world_size))
     trainer = PlauditTrainer(model=StepModule(model, step), args=args, train_dataset=list(examples),
                              data_collator=lambda batch: {"examples": batch}, callbacks=[Rows()])
@@ -197,8 +197,16 @@ def normalization(rewards: list[float], source: str) -> dict:
             "source": source}
 
 
+def main_process() -> bool:
+    """True unless this is one of several processes (torchrun) and not the first."""
+    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+
+
 def save_adapter(adapter: Any, out: str | Path, config: TrainConfig, metadata: dict[str, Any]) -> None:
-    """Write the adapters and heads in PEFT's format (a few MB) plus metadata naming the base they fit."""
+    """Write the adapters and heads in PEFT's format (a few MB) plus metadata naming the base
+    they fit; with several processes, the first writes."""
+    if not main_process():
+        return
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     adapter.peft_config["default"].base_model_name_or_path = config.base  # not this machine's path
