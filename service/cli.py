@@ -158,17 +158,12 @@ def cmd_train(args) -> None:
     print(json.dumps(summary))
 
 
-def add_config_flags(p: argparse.ArgumentParser, config_class) -> None:
-    """One flag per field of a trainer's config dataclass, with its default."""
-    for f in fields(config_class):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            p.add_argument(flag, action="store_true", help=f.metadata.get("help"))
-        elif "const" in f.metadata:  # a flag that may go without its value
-            p.add_argument(flag, nargs="?", const=f.metadata["const"], default=f.default, help=f.metadata.get("help"))
-        else:
-            kind = {"int": int, "float": float, "int | None": int}.get(str(f.type), str)
-            p.add_argument(flag, type=kind, default=f.default, help=f.metadata.get("help"))
+def config_flags(config_class) -> argparse.ArgumentParser:
+    """A trainer config's fields as flags (transformers' HfArgumentParser: TrainingArguments'
+    names, `--learning-rate` or `--learning_rate`), to add to a command as a parent parser."""
+    from transformers import HfArgumentParser
+
+    return HfArgumentParser(config_class, add_help=False)
 
 
 BUILDERS = {  # data builder: (function, its cap's keyword, help)
@@ -356,18 +351,17 @@ def parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a reward model").add_subparsers(dest="family", required=True)
     for family, (config_class, _, _, help_text) in TRAINERS.items():
-        p = train.add_parser(family, help=help_text)
+        p = train.add_parser(family, help=help_text, parents=[config_flags(config_class)])
         p.add_argument("--data", required=True, help="JSONL training records")
         p.add_argument("--out", required=True, help="model directory to write")
-        add_config_flags(p, config_class)
         p.set_defaults(run=cmd_train)
 
     warm = sub.add_parser("warm", help="weight-averaged reward models (WARM)").add_subparsers(dest="step", required=True)
-    p = warm.add_parser("train", help="train M BT members from one init, serve them as an ensemble, merge them")
+    p = warm.add_parser("train", help="train M BT members from one init, serve them as an ensemble, merge them",
+                        parents=[config_flags(WarmConfig)])
     p.add_argument("--data", required=True, help="JSONL preference pairs")
     p.add_argument("--members", type=int, default=3, help="M, the number of fine-tunes to average")
     p.add_argument("--out", required=True, help="the merged model; the members go to OUT/members/")
-    add_config_flags(p, WarmConfig)
     p.set_defaults(run=cmd_warm_train)
     p = warm.add_parser("merge", help="average BT models fine-tuned from one init into one BT model")
     p.add_argument("members", nargs="+", help="model directories (plaudit adapters or full checkpoints)")

@@ -54,7 +54,7 @@ def test_data_train_eval_chain(tiny_base, tmp_path):
     assert all(r["chosen"] != r["rejected"] and r["prompt"] for r in lines)
     model = tmp_path / "model"
     log = plaudit("train", "bt", "--data", str(pairs), "--out", str(model), "--base", str(tiny_base),
-                  "--epochs", "1", "--lora-layers", "1").stdout.splitlines()
+                  "--num-train-epochs", "1", "--lora-layers", "1").stdout.splitlines()
     assert "loss" in json.loads(log[0]) and json.loads(log[-1])["examples"] == len(lines)
     report = json.loads(plaudit("eval", "pairs", "--model", str(model), "--data", str(pairs)).stdout)
     assert report["pairs"] == len(lines) and 0.0 <= report["accuracy"] <= 1.0
@@ -68,7 +68,7 @@ def test_steps_data_train_eval_chain(tiny_base, tmp_path):
     assert stats["written"] == len(records) > 0 and stats["bad_labels"] > 0
     model = tmp_path / "prm"
     log = plaudit("train", "prm", "--data", str(steps), "--out", str(model), "--base", str(tiny_base),
-                  "--epochs", "1", "--lora-layers", "1", "--aggregate", "mean").stdout.splitlines()
+                  "--num-train-epochs", "1", "--lora-layers", "1", "--aggregate", "mean").stdout.splitlines()
     assert json.loads(log[-1])["examples"] == len(records)
     assert load_scorer(model).metadata["aggregate"] == "mean"
     report = json.loads(plaudit("eval", "steps", "--model", str(model), "--data", str(steps)).stdout)
@@ -84,7 +84,7 @@ def test_warm_train_then_merge_with_soup(tiny_base, tmp_path):
                              for i in range(6)))
     out = tmp_path / "warm"
     log = plaudit("warm", "train", "--data", str(pairs), "--members", "2", "--out", str(out), "--base", str(tiny_base),
-                  "--epochs", "1", "--lora-layers", "1").stdout.splitlines()
+                  "--num-train-epochs", "1", "--lora-layers", "1").stdout.splitlines()
     assert {json.loads(line).get("member") for line in log[:-1]} == {0, 1}
     assert json.loads(log[-1])["members"] == [str(out / "members" / f"member-{i}") for i in range(2)]
     report = json.loads(plaudit("warm", "merge", str(out / "members" / "member-0"), str(out / "members" / "member-1"),

@@ -151,7 +151,7 @@ def test_critic_evol_then_train_and_evaluate(tiny_base, tmp_path):
     assert set(record["models"]) == {"weak", "critic"}
     model = tmp_path / "codepref"
     plaudit("train", "codepref", "--data", str(out.with_name("critic.pairwise.jsonl")), "--out", str(model),
-            "--base", str(tiny_base), "--epochs", "1", "--lora-layers", "1", "--max-length", "256")
+            "--base", str(tiny_base), "--num-train-epochs", "1", "--lora-layers", "1", "--max-length", "256")
     bench = tmp_path / "bench.jsonl"
     bench.write_text(json.dumps({"task_id": "b1", "instruction": "Write is_positive.", "criteria": "correctness",
                                  "choices": [POSITIVE.replace(">=", ">"), POSITIVE], "gt_choice": 0}) + "\n")

@@ -56,7 +56,7 @@ def test_default_model_metadata(default_model):
     assert meta["kind"] == "bt" and meta["base"] == "default"
     assert meta["normalization"]["stored"] is True and meta["normalization"]["std"] > 0
     assert meta["training"]["pairs"] > 400
-    assert (DEFAULT_MODEL_DIR / "adapter.safetensors").stat().st_size < 5_000_000
+    assert (DEFAULT_MODEL_DIR / "adapter_model.safetensors").stat().st_size < 5_000_000
 
 
 def test_default_model_prefers_passing_code_on_heldout_problems(default_model, heldout_pairs):

@@ -74,7 +74,7 @@ def models(tiny_bt, tiny_bt_plain, tiny_base, tmp_path_factory) -> dict[str, Pat
     for member in ("m0", "m1"):
         shutil.copytree(tiny_bt, ensemble / member)
     write_metadata(ensemble, {"kind": "ensemble", "members": ["m0", "m1"]})
-    train_codepref(records(4), tmp / "codepref", tiny_training(CodePrefConfig, tiny_base, epochs=1),
+    train_codepref(records(4), tmp / "codepref", tiny_training(CodePrefConfig, tiny_base, num_train_epochs=1),
                    on_log=lambda row: None)
     return {"bt": tiny_bt, "bt-plain": tiny_bt_plain, "gpm": make_gpm(tiny_base, tmp / "gpm"),
             "prm": make_prm(tiny_bt, tmp / "prm"), "ensemble": ensemble, "codepref": tmp / "codepref"}

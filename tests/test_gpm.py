@@ -60,7 +60,7 @@ def test_gpm_fits_cycles_that_bt_cannot_on_the_real_backbone(tmp_path):
 
 def test_loaded_metadata_is_read_from_the_weights(gpm, tiny_base, tmp_path):
     assert gpm.kind == "gpm" and gpm.metadata["embedding_dim"] == 6 and gpm.metadata["prompt_head"] is False
-    train_gpm(cyclic_pairs(2), tmp_path / "gated", GPMConfig(base=str(tiny_base), epochs=1, dims=4,
+    train_gpm(cyclic_pairs(2), tmp_path / "gated", GPMConfig(base=str(tiny_base), num_train_epochs=1, dims=4,
                                                              prompt_head=True, lora_layers=1), on_log=lambda r: None)
     meta = json.loads((tmp_path / "gated" / "plaudit.json").read_text())
     assert "dims" not in meta and "prompt_head" not in meta  # only the weights say

@@ -43,7 +43,8 @@ def new_venv(folder: Path) -> Path:
 def test_the_wheel_holds_one_top_level_name_and_the_defaults(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names if ".dist-info/" not in n} == {"plaudit"}
-    for packaged in ("plaudit/models/default-bt/adapter.safetensors", "plaudit/models/default-gpm/plaudit.json",
+    for packaged in ("plaudit/models/default-bt/adapter_model.safetensors", "plaudit/models/default-bt/adapter_config.json",
+                     "plaudit/models/default-gpm/plaudit.json",
                      "plaudit/models/default-prm/plaudit.json", "plaudit/judges/prompts/tick_checklist.md",
                      "plaudit/rewardmodels/prompts/codepref.md", "plaudit/training/codepref_tasks/security.yaml",
                      "plaudit/service/app.py", "plaudit/client.py"):

@@ -46,7 +46,7 @@ def marked_records(n: int, seed: int) -> list[StepRecord]:
 
 
 def config(base, **overrides) -> PRMConfig:
-    return tiny_training(PRMConfig, base, **{"epochs": 6, **overrides})
+    return tiny_training(PRMConfig, base, **{"num_train_epochs": 6, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_prm_learns_the_step_rule(trained_prm, tiny_base, tmp_path):
     out, summary, rows = trained_prm
     held_out = marked_records(30, seed=99)
     learned = eval_steps(load_scorer(out), held_out)
-    train_prm(marked_records(40, seed=1), tmp_path / "untrained", config(tiny_base, epochs=1, lr=0.0),
+    train_prm(marked_records(40, seed=1), tmp_path / "untrained", config(tiny_base, num_train_epochs=1, learning_rate=0.0),
               on_log=lambda row: None)
     untrained = eval_steps(load_scorer(tmp_path / "untrained"), held_out)
     assert learned["step_auroc"] > 0.9, learned

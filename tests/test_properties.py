@@ -44,7 +44,7 @@ def make_gpm(base: Path, out: Path) -> Path:
     from plaudit.training.experiments import cyclic_pairs
     from plaudit.training.gpm import GPMConfig, train_gpm
 
-    train_gpm(cyclic_pairs(2), out, tiny_training(GPMConfig, base, epochs=1, dims=4, prompt_head=True, lora_layers=1),
+    train_gpm(cyclic_pairs(2), out, tiny_training(GPMConfig, base, num_train_epochs=1, dims=4, prompt_head=True, lora_layers=1),
               on_log=lambda row: None)
     return out
 

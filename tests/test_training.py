@@ -140,7 +140,7 @@ def test_untrained_model_does_not_know_the_rule(trained, tiny_base, tmp_path):
     """Guard for the learning test: with lr=0 the same setup stays far below the trained model,
     so a high accuracy after training is learned, not an accident of the random init."""
     out = tmp_path / "untrained"
-    train_bt(marker_pairs(24, seed=100), out, config(tiny_base, epochs=1, lr=0.0), on_log=lambda row: None)
+    train_bt(marker_pairs(24, seed=100), out, config(tiny_base, num_train_epochs=1, learning_rate=0.0), on_log=lambda row: None)
     untrained = eval_pairs(load_scorer(out), marker_pairs(24, seed=999))["accuracy"]
     learned = eval_pairs(load_scorer(trained[0]), marker_pairs(24, seed=999))["accuracy"]
     assert untrained < learned - 0.25, (untrained, learned)
@@ -194,7 +194,7 @@ def test_output_folder_is_small_and_described(trained, tiny_base):
     norm = meta["normalization"]
     assert norm["stored"] is True and norm["std"] > 0 and isinstance(norm["mean"], float)
     assert meta["max_length"] == 256
-    assert meta["training"] == summary and meta["training"]["config"]["lr"] == 5e-3
+    assert meta["training"] == summary and meta["training"]["config"]["learning_rate"] == 5e-3
 
 
 def test_loading_is_deterministic(trained):
@@ -445,8 +445,8 @@ def test_a_run_killed_midway_resumes_to_the_uninterrupted_result(tiny_base, tmp_
 
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(p.model_dump_json() + "\n" for p in marker_pairs(24, seed=100)))
-    command = ["train", "bt", "--data", str(data), "--base", str(tiny_base), "--epochs", "6", "--lr", "5e-3",
-               "--batch-size", "4", "--lora-layers", "2", "--max-length", "256", "--device", "cpu",
+    command = ["train", "bt", "--data", str(data), "--base", str(tiny_base), "--num-train-epochs", "6", "--learning-rate", "5e-3",
+               "--per-device-train-batch-size", "4", "--lora-layers", "2", "--max-length", "256", "--device", "cpu",
                "--save-steps", "8"]
     main([*command, "--out", str(tmp_path / "straight")])
     killed = tmp_path / "killed"
@@ -480,12 +480,12 @@ def test_two_processes_train_as_one_with_the_same_global_batch(tiny_base, tmp_pa
 
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(p.model_dump_json() + "\n" for p in marker_pairs(24, seed=100)))
-    command = ["train", "bt", "--data", str(data), "--base", str(tiny_base), "--epochs", "2", "--lr", "5e-3",
+    command = ["train", "bt", "--data", str(data), "--base", str(tiny_base), "--num-train-epochs", "2", "--learning-rate", "5e-3",
                "--lora-layers", "2", "--max-length", "256", "--device", "cpu"]
-    main([*command, "--batch-size", "4", "--out", str(tmp_path / "one")])
+    main([*command, "--per-device-train-batch-size", "4", "--out", str(tmp_path / "one")])
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                           "-m", "plaudit",
-                          *command, "--batch-size", "2", "--out", str(tmp_path / "two")],
+                          *command, "--per-device-train-batch-size", "2", "--out", str(tmp_path / "two")],
                          capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-2000:]
     items = [Item(prompt=p.prompt, response=r) for p in marker_pairs(12, seed=7) for r in (p.chosen, p.rejected)]

@@ -27,7 +27,7 @@ FROZEN = "model.layers.0.self_attn.q_proj.weight"
 
 
 def config(base, **overrides) -> WarmConfig:
-    return tiny_training(WarmConfig, base, **{"epochs": 3, "lora_layers": 1, **overrides})
+    return tiny_training(WarmConfig, base, **{"num_train_epochs": 3, "lora_layers": 1, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def merged_state(directory: Path) -> dict[str, torch.Tensor]:
 def test_members_share_the_init_and_differ_in_order_and_lr(warm):
     out, report = warm
     members = report["training"]
-    assert [m["lr"] for m in members] == pytest.approx([2.5e-3, 5e-3, 1e-2])
+    assert [m["learning_rate"] for m in members] == pytest.approx([2.5e-3, 5e-3, 1e-2])
     assert len({m["data_seed"] for m in members}) == 3
     seeds = {json.loads((out / MEMBERS / f"member-{i}" / "plaudit.json").read_text())["training"]["config"]["seed"]
              for i in range(3)}
@@ -123,7 +123,7 @@ def test_members_of_another_backbone_are_refused(warm, tmp_path):
     """Same architecture, different pretrained weights: averaging them is meaningless."""
     out, _ = warm
     other_base = make_tiny(tmp_path / "other-base", head=False, seed=1)
-    train_warm(marker_pairs(8, seed=1), tmp_path / "other", config(other_base, epochs=1), members=2,
+    train_warm(marker_pairs(8, seed=1), tmp_path / "other", config(other_base, num_train_epochs=1), members=2,
                on_log=lambda row: None)
     with pytest.raises(ModelLoadError) as err:
         merge([out / MEMBERS / "member-0", tmp_path / "other" / MEMBERS / "member-0"], tmp_path / "bad")
@@ -222,11 +222,11 @@ def test_a_rerun_keeps_complete_members_and_resumes_the_interrupted_one(tiny_bas
     member 1 (its plaudit.json never written, checkpoints left) goes on from its last checkpoint."""
     out = tmp_path / "warm"
     pairs = marker_pairs(16, seed=3)
-    train_warm(pairs, out, config(tiny_base, epochs=2, save_steps=2), members=2, on_log=lambda row: None)
+    train_warm(pairs, out, config(tiny_base, num_train_epochs=2, save_steps=2), members=2, on_log=lambda row: None)
     kept = (out / MEMBERS / "member-0" / "adapter_model.safetensors").stat().st_mtime_ns
     (out / MEMBERS / "member-1" / "plaudit.json").unlink()
     rows: list[dict] = []
-    train_warm(pairs, out, config(tiny_base, epochs=2, save_steps=2), members=2, on_log=rows.append)
+    train_warm(pairs, out, config(tiny_base, num_train_epochs=2, save_steps=2), members=2, on_log=rows.append)
     assert {"member": 0, "skipped": "complete"} in rows
     assert {"member": 1, "resume": str(out / MEMBERS / "member-1" / "checkpoints" / "checkpoint-8"),
             "from_step": 8} in rows

@@ -55,7 +55,8 @@ def cyclic(out: str | Path, base: str = "default", prompts: int = 8, epochs: int
     (all preferences 0) on SmolLM2 in our runs, while full batches reached 100%."""
     pairs = cyclic_pairs(prompts, seed)
     report = {"pairs": len(pairs), "prompts": prompts, "base": base, "epochs": epochs, "bt_ceiling": 2 / 3}
-    common = dict(base=base, epochs=epochs, lr=lr, lora_layers=lora_layers, seed=seed, batch_size=len(pairs))
+    common = dict(base=base, num_train_epochs=epochs, learning_rate=lr, lora_layers=lora_layers, seed=seed,
+                  per_device_train_batch_size=len(pairs))
     for family, trainer, config in (("bt", train_bt, BTConfig(**common)), ("gpm", train_gpm, GPMConfig(**common))):
         if family not in families:
             continue
@@ -85,7 +86,7 @@ def warm_noise(out: str | Path, train: str | Path, test: str | Path, members: in
     clean = read_pairs(train)[:limit]
     noisy, flipped = flip_labels(clean, flip, seed)
     held_out = read_pairs(test)[:test_limit]
-    config = WarmConfig(base=base, epochs=epochs, lr=lr, lora_layers=lora_layers, seed=seed)
+    config = WarmConfig(base=base, num_train_epochs=epochs, learning_rate=lr, lora_layers=lora_layers, seed=seed)
     warm = train_warm(noisy, out, config, members, on_log=on_log, data=f"{train} ({flipped} flipped)")
     pairs = [Pair(prompt=p.prompt, a=p.chosen, b=p.rejected) for p in held_out]
     names = [Path(m).name for m in warm["members"]]
@@ -98,4 +99,4 @@ def warm_noise(out: str | Path, train: str | Path, test: str | Path, members: in
 
     return {"train_pairs": len(clean), "flipped": flipped, "test_pairs": len(held_out), "members": members,
             "epochs": epochs, "accuracy": {name: accuracy(ms) for name, ms in margins.items()},
-            "member_lrs": [t["lr"] for t in warm["training"]], "seconds": round(time.time() - start, 1)}
+            "member_lrs": [t["learning_rate"] for t in warm["training"]], "seconds": round(time.time() - start, 1)}

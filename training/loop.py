@@ -23,14 +23,16 @@ from plaudit.rewardmodels.lora import add_lora, base_shape, heads_of
 @dataclass
 class TrainConfig:
     base: str = field(default="default", metadata={"help": "backbone directory, or 'default' (packaged SmolLM2-135M)"})
-    epochs: int = 2
-    lr: float = 1e-3
-    batch_size: int = field(default=4, metadata={"help": "examples (preference pairs, PRM records) per step"})
+    num_train_epochs: int = 2
+    learning_rate: float = 1e-3
+    per_device_train_batch_size: int = field(default=4, metadata={
+        "help": "examples (preference pairs, PRM records) per step and process"})
+    max_steps: int = field(default=-1, metadata={"help": "stop after N optimizer steps (overrides the epochs)"})
     lora_layers: int = field(default=8, metadata={"help": "adapt the last N transformer blocks"})
     lora_rank: int = 8
     lora_alpha: float = 16.0
     max_length: int = field(default=1024, metadata={"help": "tokens per sequence; the prompt is cut from the left"})
-    seed: int = field(default=0, metadata={"help": "initialisation (head, adapters) and, unless --data-seed, data order"})
+    seed: int = field(default=0, metadata={"help": "initialisation (head, adapters) and, unless data_seed, data order"})
     data_seed: int | None = field(default=None, metadata={"help": "data order only: WARM members share the init"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N"})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "batches per optimizer step"})
@@ -42,7 +44,8 @@ class TrainConfig:
     save_steps: int = field(default=50, metadata={"help": "a checkpoint in OUT/checkpoints/ every N steps"})
     report_to: str = field(default="none", metadata={"help": "none, tensorboard, ... (transformers' integrations)"})
     resume: str | None = field(default=None, metadata={
-        "help": "continue from the last checkpoint in OUT/checkpoints/ (or the named one)", "const": "last"})
+        "help": "continue from the last checkpoint in OUT/checkpoints/ (or the named one)", "nargs": "?",
+        "const": "last"})
 
 
 # One optimisation step's view of a batch, given the model to run it through (the Trainer's,
@@ -119,9 +122,9 @@ def fit(examples: Sequence[Any], step: Step, model: nn.Module, config: TrainConf
     over decisions, since the epoch began (with several processes: the first one's share)."""
     from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-    if not examples or config.epochs < 1:
+    if not examples or config.num_train_epochs < 1:
         raise InputError("data", f"training needs examples and at least one epoch ({len(examples)} examples, "
-                                 f"{config.epochs} epochs)")
+                                 f"{config.num_train_epochs} epochs)")
     device, _ = choose_device(config.device)
     tally, start, history = Tally(), time.time(), {}
 
@@ -160,15 +163,16 @@ def fit(examples: Sequence[Any], step: Step, model: nn.Module, config: TrainConf
                             "examples": tally.examples, **history, "seconds": round(time.time() - start, 1)})
 
     args = TrainingArguments(
-        output_dir=str(Path(out) / CHECKPOINTS), num_train_epochs=config.epochs, learning_rate=config.lr,
-        per_device_train_batch_size=config.batch_size, gradient_accumulation_steps=config.gradient_accumulation_steps,
+        output_dir=str(Path(out) / CHECKPOINTS), num_train_epochs=config.num_train_epochs, max_steps=config.max_steps,
+        learning_rate=config.learning_rate,
+        per_device_train_batch_size=config.per_device_train_batch_size, gradient_accumulation_steps=config.gradient_accumulation_steps,
         lr_scheduler_type=config.lr_scheduler_type, warmup_steps=config.warmup_steps,
         max_grad_norm=config.max_grad_norm, weight_decay=0.0, seed=config.seed, data_seed=config.data_seed,
         save_strategy="steps", save_steps=config.save_steps, save_total_limit=2, logging_strategy="no",
         report_to=config.report_to, remove_unused_columns=False, dataloader_drop_last=False,
         use_cpu=device.type == "cpu", bf16=device.type == "cuda" and torch.cuda.is_bf16_supported(),
         disable_tqdm=True, ddp_find_unused_parameters=False)
-    steps_per_epoch = -(-len(examples) // (config.batch_size * config.gradient_accumulation_steps * args.world_size))
+    steps_per_epoch = -(-len(examples) // (config.per_device_train_batch_size * config.gradient_accumulation_steps * args.world_size))
     trainer = PlauditTrainer(model=StepModule(model, step), args=args, train_dataset=list(examples),
                              data_collator=lambda batch: {"examples": batch}, callbacks=[Rows()])
     trainer.remove_callback(PrinterCallback)  # its Python-dict lines would break the CLI's JSON output
@@ -188,8 +192,8 @@ def final_outputs(examples: Sequence[Any], step: Step, model: nn.Module, config:
     device, _ = choose_device(config.device)
     model.eval()
     with torch.no_grad():
-        return [float(r) for first in range(0, len(examples), config.batch_size)
-                for r in step(model, examples[first:first + config.batch_size], device)[2].float().cpu()]
+        return [float(r) for first in range(0, len(examples), config.per_device_train_batch_size)
+                for r in step(model, examples[first:first + config.per_device_train_batch_size], device)[2].float().cpu()]
 
 
 def normalization(rewards: list[float], source: str) -> dict:
