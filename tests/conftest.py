@@ -65,8 +65,8 @@ def make_tiny(directory: Path, *, head: bool, chat_template: bool = True, num_la
 
 def tiny_training(config_class, base: Path, **overrides):
     """A trainer config for the tiny backbone: small, CPU, a learning rate that learns in seconds."""
-    values = dict(base=str(base), num_train_epochs=4, learning_rate=5e-3, per_device_train_batch_size=4, lora_layers=2, lora_rank=8,
-                  lora_alpha=16.0, max_length=256, seed=0, device="cpu")
+    values = dict(base=str(base), num_train_epochs=4, learning_rate=5e-3, per_device_train_batch_size=4,
+                  lora_layers=2, lora_rank=8, lora_alpha=16.0, max_length=256, seed=0, device="cpu")
     return config_class(**{**values, **overrides})
 
 

@@ -33,7 +33,8 @@ def records(n: int = 16) -> list[CodePrefRecord]:
 @pytest.fixture(scope="module")
 def trained(tiny_base, tmp_path_factory):
     out = tmp_path_factory.mktemp("codepref")
-    summary = train_codepref(records(8), out, tiny_training(CodePrefConfig, tiny_base, num_train_epochs=30, learning_rate=1e-2),
+    summary = train_codepref(records(8), out,
+                             tiny_training(CodePrefConfig, tiny_base, num_train_epochs=30, learning_rate=1e-2),
                              on_log=lambda row: None)
     return out, summary
 

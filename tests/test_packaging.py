@@ -43,7 +43,8 @@ def new_venv(folder: Path) -> Path:
 def test_the_wheel_holds_one_top_level_name_and_the_defaults(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names if ".dist-info/" not in n} == {"plaudit"}
-    for packaged in ("plaudit/models/default-bt/adapter_model.safetensors", "plaudit/models/default-bt/adapter_config.json",
+    for packaged in ("plaudit/models/default-bt/adapter_model.safetensors",
+                     "plaudit/models/default-bt/adapter_config.json",
                      "plaudit/models/default-gpm/plaudit.json",
                      "plaudit/models/default-prm/plaudit.json", "plaudit/judges/prompts/tick_checklist.md",
                      "plaudit/rewardmodels/prompts/codepref.md", "plaudit/training/codepref_tasks/security.yaml",
@@ -121,7 +122,8 @@ def test_installed_server_serves_the_packaged_defaults(wheel, tmp_path, default_
             ("default", "bt"), ("default-gpm", "gpm"), ("default-prm", "prm"), ("execution", "execution"),
             ("default-code", "composite"), ("local", "judge")]
         code = httpx2.post(f"{server.url}/score", json={"model": "default-code", "items": [
-            {"prompt": "Write add.", "response": "def add(a, b):\n    return a + b", "reference": "assert add(1, 2) == 3"}]},
+            {"prompt": "Write add.", "response": "def add(a, b):\n    return a + b",
+             "reference": "assert add(1, 2) == 3"}]},
             timeout=120)
         assert code.status_code == 200 and 1.0 < code.json()["rewards"][0] < 1.1, code.text
         scored = httpx2.post(f"{server.url}/score", json={"items": ITEMS}, timeout=120)
