@@ -154,7 +154,7 @@ def cmd_train(args) -> None:
     config_class, trainer, read, _ = TRAINERS[args.family]
     config = _config(config_class, args)
     summary = trainer(read(args.data), args.out, config, on_log=lambda row: print(json.dumps(row), flush=True),
-                      data=str(args.data))
+                      data=str(args.data), heldout=read(config.eval_data) if config.eval_data else ())
     print(json.dumps(summary))
 
 

@@ -492,3 +492,21 @@ def test_two_processes_train_as_one_with_the_same_global_batch(tiny_base, tmp_pa
     one, both = load_scorer(tmp_path / "one"), load_scorer(tmp_path / "two")
     assert both.metadata["training"]["steps"] == one.metadata["training"]["steps"] == 12
     assert both.score(items).rewards == pytest.approx(one.score(items).rewards, abs=1e-3)
+
+
+def test_held_out_data_is_evaluated_during_training(tiny_base, tmp_path, capsys):
+    """--eval-data: the held-out pairs are scored every --eval-steps and at the end; the rows say
+    so, and the last evaluation (accuracy on pairs never trained on) is in the summary."""
+    from plaudit.service.cli import main
+
+    data, heldout = tmp_path / "pairs.jsonl", tmp_path / "heldout.jsonl"
+    data.write_text("".join(p.model_dump_json() + "\n" for p in marker_pairs(24, seed=100)))
+    heldout.write_text("".join(p.model_dump_json() + "\n" for p in marker_pairs(12, seed=999)))
+    main(["train", "bt", "--data", str(data), "--eval-data", str(heldout), "--eval-steps", "5", "--base",
+          str(tiny_base), "--num-train-epochs", "4", "--learning-rate", "5e-3", "--lora-layers", "2",
+          "--max-length", "256", "--device", "cpu", "--out", str(tmp_path / "out")])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    evals = [r for r in rows if r.get("eval") is True]
+    assert [r["step"] for r in evals] == [5, 10, 15, 20, 24] and all(r["examples"] == 12 for r in evals)
+    assert evals[-1]["loss"] < evals[0]["loss"] and evals[-1]["accuracy"] >= 0.75
+    assert rows[-1]["eval"] == {k: evals[-1][k] for k in ("loss", "accuracy", "margin")}

@@ -30,7 +30,8 @@ class BTConfig(TrainConfig):
 
 
 def train_bt(pairs: list[PreferencePair], out: str | Path, config: BTConfig,
-             on_log: Callable[[dict], None] = lambda row: log.info("%s", row), data: str = "") -> dict:
+             on_log: Callable[[dict], None] = lambda row: log.info("%s", row), data: str = "",
+             heldout: list[PreferencePair] = ()) -> dict:
     """Train, write the model folder to `out`, and return the training summary."""
     from transformers import AutoModelForSequenceClassification
 
@@ -50,7 +51,8 @@ def train_bt(pairs: list[PreferencePair], out: str | Path, config: BTConfig,
         return loss, chosen - rejected, rewards
 
     examples = [(encode(p.chosen, p.prompt), encode(p.rejected, p.prompt)) for p in pairs]
-    summary = fit(examples, step, model, config, out, on_log, data)
+    summary = fit(examples, step, model, config, out, on_log, data,
+                  [(encode(p.chosen, p.prompt), encode(p.rejected, p.prompt)) for p in heldout])
     norm = normalization(final_outputs(examples, step, model, config),
                          f"raw rewards of the {len(examples)} training pairs, final model")
     save_adapter(adapter, out, config, {"kind": "bt", "normalization": norm, "training": summary})

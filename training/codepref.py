@@ -27,7 +27,8 @@ class CodePrefConfig(TrainConfig):
 
 
 def train_codepref(records: list[CodePrefRecord], out: str | Path, config: CodePrefConfig,
-                   on_log: Callable[[dict], None] = lambda row: log.info("%s", row), data: str = "") -> dict:
+                   on_log: Callable[[dict], None] = lambda row: log.info("%s", row), data: str = "",
+                   heldout: list[CodePrefRecord] = ()) -> dict:
     from transformers import AutoModelForCausalLM
 
     model, tokenizer, pad_id, adapter = prepare(
@@ -45,7 +46,7 @@ def train_codepref(records: list[CodePrefRecord], out: str | Path, config: CodeP
         margin = chosen - logits.gather(1, (1 - target)[:, None])[:, 0]
         return F.cross_entropy(logits, target), margin, margin
 
-    summary = fit([encode(r) for r in records], step, model, config, out, on_log, data)
+    summary = fit([encode(r) for r in records], step, model, config, out, on_log, data, [encode(r) for r in heldout])
     save_adapter(adapter, out, config, {"kind": "codepref", "labels": ["A", "B"],
                                           "default_criterion": DEFAULT_CRITERION, "training": summary})
     return summary

@@ -29,7 +29,8 @@ class GPMConfig(TrainConfig):
 
 
 def train_gpm(pairs: list[PreferencePair], out: str | Path, config: GPMConfig,
-              on_log: Callable[[dict], None] = lambda row: log.info("%s", row), data: str = "") -> dict:
+              on_log: Callable[[dict], None] = lambda row: log.info("%s", row), data: str = "",
+              heldout: list[PreferencePair] = ()) -> dict:
     from transformers import AutoModel
 
     net, tokenizer, pad_id, adapter = prepare(
@@ -51,6 +52,6 @@ def train_gpm(pairs: list[PreferencePair], out: str | Path, config: GPMConfig,
         return -F.logsigmoid(logits).mean(), logits, logits
 
     examples = [encode(p) for p in pairs]
-    summary = fit(examples, step, net, config, out, on_log, data)
+    summary = fit(examples, step, net, config, out, on_log, data, [encode(p) for p in heldout])
     save_adapter(adapter, out, config, {"kind": "gpm", "tau": config.tau, "training": summary})
     return summary

@@ -43,6 +43,9 @@ class TrainConfig:
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0: none)"})
     save_steps: int = field(default=50, metadata={"help": "a checkpoint in OUT/checkpoints/ every N steps"})
     report_to: str = field(default="none", metadata={"help": "none, tensorboard, ... (transformers' integrations)"})
+    eval_data: str | None = field(default=None, metadata={
+        "help": "held-out records in the training data's format, evaluated every eval_steps (plaudit train)"})
+    eval_steps: int = field(default=50, metadata={"help": "evaluate on eval_data every N steps, and at the end"})
     resume: str | None = field(default=None, metadata={
         "help": "continue from the last checkpoint in OUT/checkpoints/ (or the named one)", "nargs": "?",
         "const": "last"})
@@ -114,25 +117,42 @@ def last_checkpoint(folder: Path) -> Path | None:
 
 
 def fit(examples: Sequence[Any], step: Step, model: nn.Module, config: TrainConfig, out: str | Path,
-        on_log: Callable[[dict], None], data: str = "") -> dict:
+        on_log: Callable[[dict], None], data: str = "", heldout: Sequence[Any] = ()) -> dict:
     """Train through the transformers Trainer: shuffled batches (seeded), AdamW, checkpoints of
     the adapters, optimizer and RNG states in OUT/checkpoints/ every `save_steps`, resumable
     (`resume`), and data-parallel when launched with torchrun. Returns the summary; rows logged
     every 10 steps and at each epoch's end average loss over examples, accuracy and margin
-    over decisions, since the epoch began (with several processes: the first one's share)."""
+    over decisions, since the epoch began (with several processes: the first one's share).
+    `heldout` examples are evaluated every `eval_steps` and at the end: rows with "eval": true,
+    and the last in the summary's "eval"."""
     from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
     if not examples or config.num_train_epochs < 1:
         raise InputError("data", f"training needs examples and at least one epoch ({len(examples)} examples, "
                                  f"{config.num_train_epochs} epochs)")
     device, _ = choose_device(config.device)
-    tally, start, history = Tally(), time.time(), {}
+    tally, held, start, history, evaluated = Tally(), Tally(), time.time(), {}, {}
 
     class PlauditTrainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             loss, margin, outputs = model(inputs["examples"])
             tally.add(loss.detach(), margin.detach(), len(inputs["examples"]))
             return (loss, outputs) if return_outputs else loss
+
+        def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+            with torch.no_grad():
+                loss, margin, _ = model(inputs["examples"])
+            held.add(loss, margin, len(inputs["examples"]))
+            return loss.detach(), None, None
+
+        def evaluate(self, *args, **kwargs):
+            nonlocal evaluated
+            held.reset()
+            metrics = super().evaluate(*args, **kwargs)
+            evaluated = held.row()
+            if self.state.is_world_process_zero:
+                on_log({"eval": True, "step": self.state.global_step, "examples": held.examples, **evaluated})
+            return metrics
 
         def _save(self, output_dir: str | None = None, state_dict=None) -> None:
             folder = Path(output_dir or self.args.output_dir)
@@ -162,19 +182,21 @@ def fit(examples: Sequence[Any], step: Step, model: nn.Module, config: TrainConf
                     on_log({"epoch": int(-(-state.global_step // steps_per_epoch)), "step": state.global_step,
                             "examples": tally.examples, **history, "seconds": round(time.time() - start, 1)})
 
+    batch = config.per_device_train_batch_size
     args = TrainingArguments(
         output_dir=str(Path(out) / CHECKPOINTS), num_train_epochs=config.num_train_epochs, max_steps=config.max_steps,
-        learning_rate=config.learning_rate,
-        per_device_train_batch_size=config.per_device_train_batch_size, gradient_accumulation_steps=config.gradient_accumulation_steps,
-        lr_scheduler_type=config.lr_scheduler_type, warmup_steps=config.warmup_steps,
-        max_grad_norm=config.max_grad_norm, weight_decay=0.0, seed=config.seed, data_seed=config.data_seed,
-        save_strategy="steps", save_steps=config.save_steps, save_total_limit=2, logging_strategy="no",
+        learning_rate=config.learning_rate, per_device_train_batch_size=batch, per_device_eval_batch_size=batch,
+        gradient_accumulation_steps=config.gradient_accumulation_steps, lr_scheduler_type=config.lr_scheduler_type,
+        warmup_steps=config.warmup_steps, max_grad_norm=config.max_grad_norm, weight_decay=0.0, seed=config.seed,
+        data_seed=config.data_seed, save_strategy="steps", save_steps=config.save_steps, save_total_limit=2,
+        logging_strategy="no", eval_strategy="steps" if heldout else "no", eval_steps=config.eval_steps,
         report_to=config.report_to, remove_unused_columns=False, dataloader_drop_last=False,
         use_cpu=device.type == "cpu", bf16=device.type == "cuda" and torch.cuda.is_bf16_supported(),
         disable_tqdm=True, ddp_find_unused_parameters=False)
-    steps_per_epoch = -(-len(examples) // (config.per_device_train_batch_size * config.gradient_accumulation_steps * args.world_size))
+    steps_per_epoch = -(-len(examples) // (batch * config.gradient_accumulation_steps * args.world_size))
     trainer = PlauditTrainer(model=StepModule(model, step), args=args, train_dataset=list(examples),
-                             data_collator=lambda batch: {"examples": batch}, callbacks=[Rows()])
+                             eval_dataset=list(heldout) or None, data_collator=lambda batch: {"examples": batch},
+                             callbacks=[Rows()])
     trainer.remove_callback(PrinterCallback)  # its Python-dict lines would break the CLI's JSON output
     checkpoint = None
     if config.resume:
@@ -182,8 +204,9 @@ def fit(examples: Sequence[Any], step: Step, model: nn.Module, config: TrainConf
         on_log({"resume": str(checkpoint) if checkpoint else None,
                 "from_step": int(checkpoint.name.rpartition("-")[2]) if checkpoint else 0})
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    return {"data": data, "examples": len(examples), "steps": result.global_step,
-            "seconds": round(time.time() - start, 1), "final_epoch": history, "config": asdict(config)}
+    summary = {"data": data, "examples": len(examples), "steps": result.global_step,
+               "seconds": round(time.time() - start, 1), "final_epoch": history, "config": asdict(config)}
+    return {**summary, "eval": evaluated} if heldout else summary
 
 
 def final_outputs(examples: Sequence[Any], step: Step, model: nn.Module, config: TrainConfig) -> list[float]:
@@ -192,8 +215,9 @@ def final_outputs(examples: Sequence[Any], step: Step, model: nn.Module, config:
     device, _ = choose_device(config.device)
     model.eval()
     with torch.no_grad():
-        return [float(r) for first in range(0, len(examples), config.per_device_train_batch_size)
-                for r in step(model, examples[first:first + config.per_device_train_batch_size], device)[2].float().cpu()]
+        size = config.per_device_train_batch_size
+        return [float(r) for first in range(0, len(examples), size)
+                for r in step(model, examples[first:first + size], device)[2].float().cpu()]
 
 
 def normalization(rewards: list[float], source: str) -> dict:

@@ -32,7 +32,8 @@ class PRMConfig(TrainConfig):
 
 
 def train_prm(records: list[StepRecord], out: str | Path, config: PRMConfig,
-              on_log: Callable[[dict], None] = lambda row: log.info("%s", row), data: str = "") -> dict:
+              on_log: Callable[[dict], None] = lambda row: log.info("%s", row), data: str = "",
+              heldout: list[StepRecord] = ()) -> dict:
     """Train, write the model folder to `out`, and return the training summary."""
     from transformers import AutoModelForTokenClassification
 
@@ -59,7 +60,7 @@ def train_prm(records: list[StepRecord], out: str | Path, config: PRMConfig,
         return loss, margin, picked.softmax(dim=-1)[:, 1]
 
     examples = [encode(n, r) for n, r in enumerate(records, 1)]
-    summary = fit(examples, step, model, config, out, on_log, data)
+    summary = fit(examples, step, model, config, out, on_log, data, [encode(n, r) for n, r in enumerate(heldout, 1)])
     save_adapter(adapter, out, config, {"kind": "prm", "separator": config.separator,
                                                       "aggregate": config.aggregate, "training": summary})
     return summary
