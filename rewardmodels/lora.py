@@ -50,11 +50,15 @@ def add_lora(model: nn.Module, last_layers: int, rank: int, alpha: float, heads:
 SHAPE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
 
 
-def base_shape(model: nn.Module) -> dict[str, Any]:
-    """What an adapter's base must have: its architecture's type and sizes (from the first
-    transformers config found, a GPM's backbone's included)."""
-    config = next(m.config for m in model.modules() if hasattr(m, "config") and hasattr(m.config, "to_dict"))
+def config_shape(config: Any) -> dict[str, Any]:
+    """What an adapter's base must have: its architecture's type and sizes."""
     return {k: getattr(config, k, None) for k in SHAPE_KEYS}
+
+
+def base_shape(model: nn.Module) -> dict[str, Any]:
+    """The shape of a model's first transformers config (a GPM's backbone's included)."""
+    configs = (m.config for m in model.modules() if hasattr(m, "config") and hasattr(m.config, "to_dict"))
+    return config_shape(next(configs))
 
 
 def heads_of(model: nn.Module, head_prefixes: Sequence[str]) -> list[str]:
@@ -114,7 +118,7 @@ def convert_legacy(directory: Path, base_config: Any = None) -> list[str]:
     lora_config(targets, adapter["rank"], adapter["alpha"], heads, metadata.get("base", "")).save_pretrained(
         str(directory))
     if base_config is not None:
-        metadata["adapter"]["base_shape"] = {k: getattr(base_config, k, None) for k in SHAPE_KEYS}
+        metadata["adapter"]["base_shape"] = config_shape(base_config)
         write_metadata(directory, metadata)
     save_file(converted, str(directory / ADAPTER_WEIGHTS))
     (directory / LEGACY_ADAPTER).unlink()

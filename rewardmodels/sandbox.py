@@ -70,9 +70,10 @@ def _interpreter() -> str:
 
 
 def sandbox_unavailable() -> str | None:
-    """Why bubblewrap cannot run sandboxes here, or None when it can (a probe run)."""
+    """Why bubblewrap cannot run sandboxes here, or None when it can (a probe run, which leaves
+    the process as it was: reading the default config must not make it adopt orphans)."""
     try:
-        Sandbox("bwrap", slots=1, max_waiting=0)
+        Sandbox("bwrap", slots=1, max_waiting=0, adopt_orphans=False)
     except ModelLoadError as e:
         return str(e)
     return None
@@ -83,14 +84,15 @@ class Sandbox:
     `max_waiting` runs already wait."""
 
     def __init__(self, kind: Literal["bwrap", "none"] = "bwrap", limits: SandboxLimits = SandboxLimits(),
-                 slots: int = 4, max_waiting: int = 256):
+                 slots: int = 4, max_waiting: int = 256, adopt_orphans: bool = True):
         self.kind, self.limits, self.max_waiting = kind, limits, max_waiting
         self.python = _interpreter()
         self.as_root = os.geteuid() == 0
         self._slots: list[int] = list(range(slots))
         self._free = threading.Condition()
         self._waiting = 0
-        _become_subreaper()
+        if adopt_orphans:  # what serves runs reaps its sandboxes' first processes (see _become_subreaper)
+            _become_subreaper()
         if kind == "none":
             log.warning("sandbox: none: programs sent for execution run UNSANDBOXED with plaudit's own rights")
         else:

@@ -243,3 +243,24 @@ def test_humaneval_rl_data_reads_as_each_trainer_reads_it(execution, tmp_path, o
               for p, r in zip(problems, rows)]
     rewards = execution.score(solved + broken).rewards
     assert rewards[:6] == [1.0] * 6 and max(rewards[6:]) < 1.0
+
+
+def test_only_what_serves_runs_adopts_orphans(tmp_path):
+    """The default config probes bubblewrap; that probe must leave the reading process as it was.
+    Loading the execution kind makes its process adopt (and reap) the sandboxes' orphans."""
+    import subprocess
+    import sys
+
+    check = ("import ctypes, sys\n"
+             "from plaudit.service.config import default_config\n"
+             "from plaudit.rewardmodels import load_scorer\n"
+             "def adopting():\n"
+             "    value = ctypes.c_int()\n"
+             "    ctypes.CDLL(None).prctl(37, ctypes.byref(value), 0, 0, 0)  # PR_GET_CHILD_SUBREAPER\n"
+             "    return value.value\n"
+             "assert 'execution' in default_config().models\n"
+             "before = adopting()\n"
+             "load_scorer(None, name='x', kind='execution')\n"
+             "print(before, adopting())\n")
+    run = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert run.stdout.split() == ["0", "1"], run.stderr[-1000:]

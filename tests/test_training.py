@@ -20,6 +20,7 @@ from plaudit.rewardmodels.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from plaudit.rewardmodels.encoding import encode_item
 from plaudit.training.bt import BTConfig, train_bt
 from plaudit.training.data import PreferencePair, read_pairs
+from plaudit.training.humaneval import write_jsonl
 from plaudit.training.evaluate import eval_pairs
 
 # --- read_pairs ------------------------------------------------------------------------------------
@@ -120,6 +121,11 @@ def marker_pairs(n: int, seed: int) -> list[PreferencePair]:
             prompt = [{"role": "user", "content": prompt}]
         pairs.append(PreferencePair(prompt=prompt, chosen=f"{first} tested {rest}", rejected=f"{first} {rest}"))
     return pairs
+
+
+def write_pairs(path, pairs: list[PreferencePair]) -> None:
+    """Pairs as the training commands read them (TRL's JSONL)."""
+    write_jsonl([p.model_dump() for p in pairs], path)
 
 
 def config(base, **overrides) -> BTConfig:
@@ -444,7 +450,7 @@ def test_a_run_killed_midway_resumes_to_the_uninterrupted_result(tiny_base, tmp_
     from plaudit.training.loop import CHECKPOINTS, last_checkpoint
 
     data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(p.model_dump_json() + "\n" for p in marker_pairs(24, seed=100)))
+    write_pairs(data, marker_pairs(24, seed=100))
     command = ["train", "bt", "--data", str(data), "--base", str(tiny_base), "--num-train-epochs", "6", "--learning-rate", "5e-3",
                "--per-device-train-batch-size", "4", "--lora-layers", "2", "--max-length", "256", "--device", "cpu",
                "--save-steps", "8"]
@@ -479,7 +485,7 @@ def test_two_processes_train_as_one_with_the_same_global_batch(tiny_base, tmp_pa
     from plaudit.service.cli import main
 
     data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(p.model_dump_json() + "\n" for p in marker_pairs(24, seed=100)))
+    write_pairs(data, marker_pairs(24, seed=100))
     command = ["train", "bt", "--data", str(data), "--base", str(tiny_base), "--num-train-epochs", "2", "--learning-rate", "5e-3",
                "--lora-layers", "2", "--max-length", "256", "--device", "cpu"]
     main([*command, "--per-device-train-batch-size", "4", "--out", str(tmp_path / "one")])
@@ -500,8 +506,8 @@ def test_held_out_data_is_evaluated_during_training(tiny_base, tmp_path, capsys)
     from plaudit.service.cli import main
 
     data, heldout = tmp_path / "pairs.jsonl", tmp_path / "heldout.jsonl"
-    data.write_text("".join(p.model_dump_json() + "\n" for p in marker_pairs(24, seed=100)))
-    heldout.write_text("".join(p.model_dump_json() + "\n" for p in marker_pairs(12, seed=999)))
+    write_pairs(data, marker_pairs(24, seed=100))
+    write_pairs(heldout, marker_pairs(12, seed=999))
     main(["train", "bt", "--data", str(data), "--eval-data", str(heldout), "--eval-steps", "5", "--base",
           str(tiny_base), "--num-train-epochs", "4", "--learning-rate", "5e-3", "--lora-layers", "2",
           "--max-length", "256", "--device", "cpu", "--out", str(tmp_path / "out")])

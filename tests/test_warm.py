@@ -19,7 +19,7 @@ from plaudit.rewardmodels.loading import read_metadata
 from plaudit.service.api import ModelPool, score as score_endpoint
 from plaudit.service.config import ModelConfig, ServiceConfig
 from plaudit.schemas import ScoreRequest
-from test_training import marker_pairs
+from test_training import marker_pairs, write_pairs
 from plaudit.training.warm import MEMBERS, Member, WarmConfig, average, merge, train_warm
 
 ADAPTED = "model.layers.1.self_attn.q_proj.weight"  # in the last block: LoRA merges into it
@@ -209,7 +209,7 @@ def test_warm_noise_experiment_reports_every_contender(tiny_base, tmp_path):
     from plaudit.training.experiments import warm_noise
 
     for name, seed in (("train", 100), ("test", 999)):
-        (tmp_path / f"{name}.jsonl").write_text("".join(p.model_dump_json() + "\n" for p in marker_pairs(16, seed)))
+        write_pairs(tmp_path / f"{name}.jsonl", marker_pairs(16, seed))
     report = warm_noise(tmp_path / "run", tmp_path / "train.jsonl", tmp_path / "test.jsonl", members=2,
                         epochs=2, lr=5e-3, lora_layers=1, base=str(tiny_base))
     assert report["flipped"] == 4 and report["test_pairs"] == 16

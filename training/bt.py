@@ -19,7 +19,7 @@ from plaudit.rewardmodels.bt import HEAD_PREFIXES, last_token_rewards
 from plaudit.rewardmodels.encoding import encode_item, pad
 
 from .data import PreferencePair
-from .loop import TrainConfig, final_outputs, fit, normalization, prepare, save_adapter
+from .loop import TrainConfig, final_outputs, fit, main_process, normalization, prepare, save_adapter
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,8 @@ def train_bt(pairs: list[PreferencePair], out: str | Path, config: BTConfig,
     examples = [(encode(p.chosen, p.prompt), encode(p.rejected, p.prompt)) for p in pairs]
     summary = fit(examples, step, model, config, out, on_log, data,
                   [(encode(p.chosen, p.prompt), encode(p.rejected, p.prompt)) for p in heldout])
-    norm = normalization(final_outputs(examples, step, model, config),
-                         f"raw rewards of the {len(examples)} training pairs, final model")
-    save_adapter(adapter, out, config, {"kind": "bt", "normalization": norm, "training": summary})
+    if main_process():  # the one that writes the model measures its scale
+        norm = normalization(final_outputs(examples, step, model, config),
+                             f"raw rewards of the {len(examples)} training pairs, final model")
+        save_adapter(adapter, out, config, {"kind": "bt", "normalization": norm, "training": summary})
     return summary

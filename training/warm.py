@@ -63,7 +63,8 @@ def train_warm(pairs: list[PreferencePair], out: str | Path, config: WarmConfig,
     names = [f"member-{m}" for m in range(members)]
     summaries = []
     for m, (name, lr) in enumerate(zip(names, member_lrs(config, members))):
-        member = replace(config, learning_rate=lr, data_seed=config.seed * 1000 + m + 1, resume=None)  # one init, own order
+        # one init, its own data order
+        member = replace(config, learning_rate=lr, data_seed=config.seed * 1000 + m + 1, resume=None)
         folder = out / MEMBERS / name
         done = read_metadata(folder).get("training") if (folder / METADATA_FILE).exists() else None
         if done and {**done["config"], "resume": None} == asdict(member):  # a rerun: this member is complete
@@ -76,8 +77,9 @@ def train_warm(pairs: list[PreferencePair], out: str | Path, config: WarmConfig,
                                   data=data))
     write_metadata(out / MEMBERS, {"kind": "ensemble", "members": names, "warm": {"data": data}})
     report = merge([out / MEMBERS / n for n in names], out, calibration=pairs[:64])
-    return {**report, "training": [{"learning_rate": s["config"]["learning_rate"], "data_seed": s["config"]["data_seed"],
-                         "final_epoch": s["final_epoch"], "seconds": s["seconds"]} for s in summaries]}
+    return {**report, "training": [{"learning_rate": s["config"]["learning_rate"],
+                                    "data_seed": s["config"]["data_seed"], "final_epoch": s["final_epoch"],
+                                    "seconds": s["seconds"]} for s in summaries]}
 
 
 def fingerprint(directory: Path) -> str:
