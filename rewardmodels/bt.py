@@ -9,7 +9,7 @@ from torch import nn
 
 from .base import Item, ModelLoadError, Scores
 from .batcher import BatchedScorer
-from .encoding import Batching, encode_item, encode_text, last_token_states, rendered_text
+from .encoding import Batching, encode_item, encode_text, fp32_linear, last_token_states, rendered_text
 from .loading import choose_device, read_metadata, resolve_path
 from .lora import apply_adapter
 
@@ -26,8 +26,8 @@ def last_token_rewards(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) 
     """
     head = getattr(model, "score", None)
     if head is None:
-        return model(input_ids=ids, attention_mask=mask).logits[:, 0]
-    return head(last_token_states(model.base_model, ids, mask)).squeeze(-1)
+        return model(input_ids=ids, attention_mask=mask).logits[:, 0].float()
+    return fp32_linear(last_token_states(model.base_model, ids, mask), head.weight, head.bias).squeeze(-1)
 
 
 def load_classifier(directory: Path, metadata: dict[str, Any], dtype: torch.dtype, num_labels: int = 1,

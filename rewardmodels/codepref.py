@@ -18,7 +18,7 @@ from torch import nn
 
 from .base import Comparison, InputError, Item, ModelLoadError, Pair, Prompt, Ranking, Scores, best_first
 from .batcher import BatchedScorer
-from .encoding import Batching, _plain, encode_text, last_token_states, prompt_text, query_messages
+from .encoding import Batching, _plain, encode_text, fp32_linear, last_token_states, prompt_text, query_messages
 from .loading import choose_device, read_metadata, resolve_path
 from .lora import apply_adapter
 
@@ -42,8 +42,11 @@ def label_ids(tokenizer: Any) -> list[int]:
 
 
 def label_logits(model: nn.Module, labels: list[int], ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """[logit of A, logit of B] at each row's last real token; the LM head runs on that position only."""
-    return model.lm_head(last_token_states(model.model, ids, mask))[:, labels]
+    """[logit of A, logit of B] at each row's last real token: only the LM head's two label
+    rows run, on that position only, in fp32."""
+    head = model.lm_head
+    return fp32_linear(last_token_states(model.model, ids, mask), head.weight[labels],
+                       None if head.bias is None else head.bias[labels])
 
 
 class CodePreference(BatchedScorer):

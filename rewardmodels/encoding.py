@@ -17,10 +17,11 @@ from .queries import untemplated
 
 # What one more forward call costs, in padded tokens' worth of compute. On a CPU a padded
 # token costs as much as a real one and a call costs little (measured for SmolLM2-135M: about
-# 1 ms a token, 10-20 ms a call), so padding is what to avoid. On a GPU a call's fixed
-# cost dominates until a batch holds thousands of tokens, so fewer, fuller calls win
-# (an estimate: no GPU measured it yet).
-CALL_OVERHEAD_TOKENS = {"cpu": 32, "cuda": 4096}
+# 1 ms a token, 10-20 ms a call), so padding is what to avoid. On a GPU a call's fixed cost
+# dominates: SmolLM2-135M's shape in bf16 on an H200 took 18-31 ms a call (kernel launches for
+# 30 blocks) and about 1 us a token, a call worth 16k-35k tokens (benchmarks/gpu_check.py), so
+# batches fill up to the token limit.
+CALL_OVERHEAD_TOKENS = {"cpu": 32, "cuda": 16384}
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,14 @@ def pad(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tup
         ids[row, : len(s)] = torch.tensor(s, dtype=torch.long)
         mask[row, : len(s)] = 1
     return ids.to(device), mask.to(device)
+
+
+def fp32_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """A head's linear map in fp32 whatever the model's dtype (and outside autocast): in bf16 the
+    step between representable rewards near |r| = 3 is 0.016, coarser than the margins a reward
+    model is asked to tell apart."""
+    with torch.autocast(x.device.type, enabled=False):
+        return torch.nn.functional.linear(x.float(), weight.float(), None if bias is None else bias.float())
 
 
 def last_token_states(backbone: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 
 from .base import AGGREGATES, InputError, Item, ModelLoadError, Prompt, Scores, StepScores, Steps
 from .bt import ClassifierScorer
-from .encoding import _fit, _ids, prompt_text
+from .encoding import _fit, _ids, fp32_linear, prompt_text
 
 DEFAULT_SEPARATOR = "\n"
 
@@ -64,8 +64,15 @@ class ProcessRewardModel(ClassifierScorer):
             raise ModelLoadError(f"{self.name}: aggregate {self.aggregate!r} is not one of {sorted(AGGREGATES)}")
 
     def rows(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """P(class 1 = good step) at every token; the caller reads it at the step ends."""
-        return self.model(input_ids=ids, attention_mask=mask).logits.float().softmax(dim=-1)[..., 1]
+        """P(class 1 = good step) at every token; the caller reads it at the step ends. A decoder's
+        `.score` head runs in fp32 on the hidden states."""
+        head = getattr(self.model, "score", None)
+        if head is None:
+            logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
+        else:
+            states = self.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+            logits = fp32_linear(states, head.weight, head.bias)
+        return logits.softmax(dim=-1)[..., 1]
 
     def _step_scores(self, traces: Sequence[Steps], fields: Sequence[str]) -> list[StepScores]:
         encoded = [encode_steps(self.tokenizer, t.prompt, t.steps, self.separator, self.max_length, field)

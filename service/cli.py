@@ -266,8 +266,9 @@ def cmd_calibrate(args) -> None:
 
 
 def cmd_experiment_cyclic(args) -> None:
-    print(json.dumps(cyclic(args.out, base=args.base, prompts=args.prompts, epochs=args.epochs, lr=args.lr,
-                            lora_layers=args.lora_layers, seed=args.seed), indent=2))
+    flags = {k: getattr(args, k) for k in ("num_train_epochs", "learning_rate", "lora_layers")
+             if getattr(args, k) is not None}
+    print(json.dumps(cyclic(args.out, base=args.base, prompts=args.prompts, seed=args.seed, **flags), indent=2))
 
 
 def cmd_experiment_warm_noise(args) -> None:
@@ -416,13 +417,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config")
     p.set_defaults(run=cmd_eval_codepref)
     experiment = sub.add_parser("experiment", help="documented experiments").add_subparsers(dest="name", required=True)
-    p = experiment.add_parser("cyclic", help="BT vs GPM on rock-paper-scissors preferences")
+    p = experiment.add_parser("cyclic", help="BT vs GPM on a different 3-cycle of responses under every prompt")
     p.add_argument("--out", default="runs/cyclic", help="where the two trained models go")
     p.add_argument("--base", default="default")
-    p.add_argument("--prompts", type=int, default=8, help="cycles of three responses")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--lr", type=float, default=5e-3)
-    p.add_argument("--lora-layers", type=int, default=4)
+    p.add_argument("--prompts", type=int, default=30, help="cycles of three responses (each its own words)")
+    p.add_argument("--num-train-epochs", type=int, help="instead of each trainer's default")
+    p.add_argument("--learning-rate", type=float, help="instead of each trainer's default")
+    p.add_argument("--lora-layers", type=int, help="instead of each trainer's default")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=cmd_experiment_cyclic)
     p = experiment.add_parser("warm-noise", help="members vs ensemble vs WARM average with flipped training labels")

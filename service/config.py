@@ -45,7 +45,7 @@ class ModelConfig(BaseModel):
     max_batch_tokens: int = Field(default=16384, gt=0)
     call_overhead_tokens: int | None = Field(default=None, ge=0, description=(
         "a forward call's cost in padded tokens, weighed against padding when batches are cut; "
-        "default by device: 32 on CPU, 4096 on GPU"))
+        "default by device: 32 on CPU, 16384 on GPU"))
 
     @model_validator(mode="after")
     def _path_or_kind(self):

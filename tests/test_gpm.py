@@ -16,7 +16,7 @@ from servers import running_service
 from plaudit.training.experiments import cyclic, cyclic_pairs
 from plaudit.training.gpm import GPMConfig, train_gpm
 
-PROMPT = "Settle a game (#0): answer with one hand."
+PROMPT = "Question 0: pick the best word for the topic meadow."
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def cyclic_run(tiny_base, tmp_path_factory):
     mechanics. Whether training fits the cycle is tested on the real backbone (slow test below):
     a 2-layer random model fits it for some seeds and stays at chance for others."""
     out = tmp_path_factory.mktemp("cyclic")
-    return out, cyclic(out, base=str(tiny_base), prompts=4, epochs=30, lr=1e-2, lora_layers=2)
+    return out, cyclic(out, base=str(tiny_base), prompts=4, num_train_epochs=30, learning_rate=1e-2, lora_layers=2)
 
 
 @pytest.fixture(scope="module")
@@ -52,14 +52,15 @@ def test_bt_cannot_order_a_cycle(cyclic_run):
 @pytest.mark.slow
 def test_gpm_fits_cycles_that_bt_cannot_on_the_real_backbone(tmp_path):
     """The paper's headline at small scale, on the packaged SmolLM2-135M: the documented
-    `plaudit experiment cyclic` with its defaults, its GPM half (about 4 minutes on 2 cores;
-    that BT cannot pass 2/3 on a cycle is arithmetic, checked on the tiny model above)."""
+    `plaudit experiment cyclic` with its defaults (30 different cycles), its GPM half (about 6
+    minutes on 2 cores; that BT cannot pass 2/3 on a cycle is arithmetic, checked on the tiny
+    model above)."""
     report = cyclic(tmp_path, families=("gpm",))
     assert report["gpm"]["accuracy"] >= 0.95, report
 
 
 def test_loaded_metadata_is_read_from_the_weights(gpm, tiny_base, tmp_path):
-    assert gpm.kind == "gpm" and gpm.metadata["embedding_dim"] == 6 and gpm.metadata["prompt_head"] is False
+    assert gpm.kind == "gpm" and gpm.metadata["embedding_dim"] == 16 and gpm.metadata["prompt_head"] is False
     train_gpm(cyclic_pairs(2), tmp_path / "gated", GPMConfig(base=str(tiny_base), num_train_epochs=1, dims=4,
                                                              prompt_head=True, lora_layers=1), on_log=lambda r: None)
     meta = json.loads((tmp_path / "gated" / "plaudit.json").read_text())

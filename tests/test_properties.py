@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -20,7 +21,9 @@ from plaudit.rewardmodels import Batching, InputError, Item, Steps, load_scorer
 from plaudit.rewardmodels.encoding import encode_item
 from plaudit.rewardmodels.queries import score_queries
 
-TOL = 1e-4  # float32 matmuls over different batch shapes
+# float32 matmuls over different batch shapes; on a GPU the scorers load in bf16 (device "auto"),
+# where a batch's shape changes the rounding of its sums (the bound tests/test_gpu.py states)
+TOL = 0.05 if torch.cuda.is_available() else 1e-4
 MAX_LENGTH = 64  # small, so that the long texts below are truncated
 SETTINGS = settings(max_examples=25, deadline=None)
 

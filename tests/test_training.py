@@ -142,6 +142,22 @@ def trained(tiny_base, tmp_path_factory):
     return out, summary, rows, pairs
 
 
+def test_adapters_train_at_their_own_rate(tiny_base, tmp_path):
+    """--adapter-learning-rate 0 leaves every LoRA B at its zero init while the head trains."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
+    train_bt(marker_pairs(8, seed=1), tmp_path, config(tiny_base, num_train_epochs=1, adapter_learning_rate=0.0),
+             on_log=lambda row: None)
+    weights = load_file(str(tmp_path / ADAPTER_WEIGHTS))
+    lora_b = [w for k, w in weights.items() if ".lora_B." in k]
+    assert lora_b and all(torch.count_nonzero(w) == 0 for w in lora_b)
+    trained_head = next(w for k, w in weights.items() if "score" in k)
+    torch.manual_seed(0)  # the head's initialisation, as prepare() seeds it
+    initial = AutoModelForSequenceClassification.from_pretrained(tiny_base, num_labels=1).score.weight
+    assert not torch.allclose(trained_head, initial)
+
+
 def test_untrained_model_does_not_know_the_rule(trained, tiny_base, tmp_path):
     """Guard for the learning test: with lr=0 the same setup stays far below the trained model,
     so a high accuracy after training is learned, not an accident of the random init."""

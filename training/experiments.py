@@ -4,15 +4,17 @@ warm_noise: WARM's robustness claim at small scale. A quarter of the training pa
 their labels flipped; each member, the prediction ensemble (mean reward) and the WARM
 weight average are scored on clean held-out pairs.
 
-cyclic: GPM's headline result at small scale. Responses form rock-paper-scissors cycles
-(paper beats rock, scissors beat paper, rock beats scissors). A scalar reward cannot order a cycle: BT gets at
-most 2 of every 3 pairs right and its margins around a cycle sum to zero; a GPM's
-skew-symmetric preference can represent the cycle and fits it.
+cyclic: GPM's headline result at small scale. Each prompt has its own cycle of three short
+responses (b beats a, c beats b, a beats c), over different words for different prompts. A
+scalar reward cannot order a cycle: BT gets at most 2 of every 3 pairs right and its margins
+around a cycle sum to zero; a GPM's skew-symmetric preference can represent every cycle, and
+with the trainer's default flags it fits them.
 """
 from __future__ import annotations
 
 import random
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Callable
 
@@ -25,41 +27,45 @@ from .evaluate import eval_pairs
 from .gpm import GPMConfig, train_gpm
 from .warm import MEMBERS, WarmConfig, train_warm
 
-HANDS = ("rock", "paper", "scissors")  # each beats the one before it, and rock beats scissors
-TOPICS = ("a game", "a contest", "a coin toss", "a quarrel", "a tie-break", "a bet", "a duel", "a choice",
-          "a draw", "a match", "a round", "a dispute")
+WORDS = tuple("""river stone cloud maple fern moss pebble breeze meadow brook willow thunder frost ember dune
+    canyon glacier lichen orchid pine reef tide valley aurora cedar delta marsh summit tundra grove lantern anchor
+    compass harbor violin candle ladder mirror basket feather garden island jacket kettle lemon magnet needle
+    orange pepper quilt rocket saddle tiger umbrella wagon yogurt zebra acorn bamboo cactus dolphin eagle falcon
+    gravel honey iris jungle koala lizard mango nectar olive parrot quartz raven salmon tulip unicorn vapor walnut
+    beacon cobalt dagger emerald fossil goblet hammock igloo jasmine kayak""".split())  # 90: every prompt its own three
 
 
 def cyclic_pairs(prompts: int, seed: int = 0) -> list[PreferencePair]:
-    """Rock-paper-scissors over responses: under every prompt, paper > rock, scissors > paper,
-    rock > scissors. The prompts vary; the cycle does not."""
+    """Under every prompt, three words of its own (none shared with another prompt while the
+    90 words last) form a cycle: b > a, c > b, a > c. Every cycle is different, so no single
+    ordering, nor one direction in embedding space, fits them all."""
     rng = random.Random(seed)
+    words = rng.sample(WORDS, len(WORDS))
     pairs = []
     for p in range(prompts):
-        prompt = f"Settle {TOPICS[p % len(TOPICS)]} (#{p}): answer with one hand."
-        hands = [f"I play {h}." for h in HANDS]
-        order = list(range(3))
-        rng.shuffle(order)  # the pairs of a prompt come in a random order
-        pairs += [PreferencePair(prompt=prompt, chosen=hands[(i + 1) % 3], rejected=hands[i]) for i in order]
+        a, b, c = (words[(3 * p + i) % len(words)] for i in range(3))
+        prompt = f"Question {p}: pick the best word for the topic {rng.choice(WORDS)}."
+        cycle = [(b, a), (c, b), (a, c)]
+        rng.shuffle(cycle)  # the pairs of a prompt come in a random order
+        pairs += [PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected) for chosen, rejected in cycle]
     return pairs
 
 
-def cyclic(out: str | Path, base: str = "default", prompts: int = 8, epochs: int = 30, lr: float = 5e-3,
-           lora_layers: int = 4, seed: int = 0, families: tuple[str, ...] = ("bt", "gpm")) -> dict:
-    """Train BT and GPM on the same cyclic pairs; accuracy on those pairs is the test of
-    expressiveness (what each can fit), not of generalisation.
-
-    Every step sees all pairs (full batch), so each cycle is whole in every gradient. With
-    small shuffled batches a step may hold, say, two "paper > rock" pairs and no other side
-    of that cycle; that unbalanced, BT-like pull drove the GPM into the collapsed solution
-    (all preferences 0) on SmolLM2 in our runs, while full batches reached 100%."""
+def cyclic(out: str | Path, base: str = "default", prompts: int = 30, seed: int = 0,
+           families: tuple[str, ...] = ("bt", "gpm"), **flags) -> dict:
+    """Train BT and GPM on the same cyclic pairs with the trainers' default flags (or `flags`,
+    TrainConfig's names); accuracy on those pairs is the test of expressiveness (what each can
+    fit), not of generalisation."""
+    unknown = set(flags) - {f.name for f in fields(GPMConfig)} - {f.name for f in fields(BTConfig)}
+    if unknown:
+        raise TypeError(f"not a trainer flag: {sorted(unknown)}")
     pairs = cyclic_pairs(prompts, seed)
-    report = {"pairs": len(pairs), "prompts": prompts, "base": base, "epochs": epochs, "bt_ceiling": 2 / 3}
-    common = dict(base=base, num_train_epochs=epochs, learning_rate=lr, lora_layers=lora_layers, seed=seed,
-                  per_device_train_batch_size=len(pairs))
-    for family, trainer, config in (("bt", train_bt, BTConfig(**common)), ("gpm", train_gpm, GPMConfig(**common))):
+    report = {"pairs": len(pairs), "prompts": prompts, "base": base, "flags": flags, "bt_ceiling": 2 / 3}
+    for family, trainer, config_class in (("bt", train_bt, BTConfig), ("gpm", train_gpm, GPMConfig)):
         if family not in families:
             continue
+        names = {f.name for f in fields(config_class)}  # e.g. dims is the GPM's alone
+        config = config_class(base=base, seed=seed, **{k: v for k, v in flags.items() if k in names})
         start = time.time()
         trainer(pairs, Path(out) / family, config, on_log=lambda row: None)
         result = eval_pairs(load_scorer(Path(out) / family), pairs)

@@ -1,6 +1,7 @@
 """Train a GPM: LoRA on the last blocks, a value head to a 2k-dim embedding (and optionally
 a prompt head); loss -logsigmoid(s(chosen, rejected) / tau) on the same preference pairs as BT.
-Each pair's batch carries chosen, rejected and the prompt alone, as scoring does."""
+Each pair's batch carries chosen, rejected and the prompt alone, as scoring does. Before the
+first step the value head is centred on the training data (see plaudit.rewardmodels.gpm)."""
 from __future__ import annotations
 
 import logging
@@ -19,11 +20,18 @@ from .data import PreferencePair
 from .loop import TrainConfig, fit, prepare, save_adapter
 
 log = logging.getLogger(__name__)
+CENTRING_SAMPLE = 512  # pairs whose mean response-minus-prompt state centres the value head
 
 
 @dataclass
 class GPMConfig(TrainConfig):
-    dims: int = field(default=6, metadata={"help": "embedding dimension 2k (even)"})
+    """The GPM's own defaults: more epochs, a 16-dim embedding and slower adapters than BT's,
+    measured on 30 different 3-cycles (90 pairs, SmolLM2-135M): 96.7% of the pairs fitted;
+    2 epochs with adapters at 1e-4: 83.3%, at 3e-4: 87.8%."""
+    num_train_epochs: int = 4
+    adapter_learning_rate: float | None = field(default=1e-4, metadata={
+        "help": "the LoRA adapters' rate; the heads train at learning_rate"})
+    dims: int = field(default=16, metadata={"help": "embedding dimension 2k (even)"})
     prompt_head: bool = field(default=False, metadata={"help": "gate the blocks with a prompt head"})
     tau: float = field(default=0.1, metadata={"help": "P(i beats j) = sigmoid(s / tau)"})
 
@@ -42,16 +50,28 @@ def train_gpm(pairs: list[PreferencePair], out: str | Path, config: GPMConfig,
                 for r in (p.chosen, p.rejected)]
         return seqs + [encode_text(tokenizer, prompt_text(tokenizer, p.prompt), config.max_length)[0]]
 
-    def step(net, batch, device):
+    def differences(net, batch, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Chosen then rejected response-minus-prompt states, and the prompts' states."""
         n = len(batch)
         columns = list(zip(*batch))  # chosen seqs, rejected seqs, prompt seqs
-        states = last_token_states(net.backbone, *pad([s for col in columns for s in col], pad_id, device))
+        states = last_token_states(net.backbone, *pad([s for col in columns for s in col], pad_id, device)).float()
         prompts = states[2 * n:]
-        v = net.embed(states[:2 * n], torch.cat([prompts, prompts]))
+        return states[:2 * n] - torch.cat([prompts, prompts]), prompts
+
+    def step(net, batch, device):
+        n = len(batch)
+        x, prompts = differences(net, batch, device)
+        v = net.embed_difference(x)
         logits = preference(v[:n], v[n:], net.gates(prompts)) / config.tau
         return -F.logsigmoid(logits).mean(), logits, logits
 
     examples = [encode(p) for p in pairs]
+    device = next(net.parameters()).device
+    with torch.no_grad():  # the same first examples in every process, so DDP's copies agree
+        sample = examples[:CENTRING_SAMPLE]
+        size = config.per_device_train_batch_size
+        net.centre(torch.cat([differences(net, sample[i:i + size], device)[0]
+                              for i in range(0, len(sample), size)]).mean(dim=0))
     summary = fit(examples, step, net, config, out, on_log, data, [encode(p) for p in heldout])
     save_adapter(adapter, out, config, {"kind": "gpm", "tau": config.tau, "training": summary})
     return summary

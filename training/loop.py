@@ -36,6 +36,8 @@ class TrainConfig:
     data_seed: int | None = field(default=None, metadata={"help": "data order only: WARM members share the init"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N"})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "batches per optimizer step"})
+    adapter_learning_rate: float | None = field(default=None, metadata={
+        "help": "the LoRA adapters' rate, when it differs from the heads' (learning_rate)"})
     lr_scheduler_type: str = field(default="constant", metadata={"help": "constant, linear, cosine, ... "
                                                                          "(transformers' schedules)"})
     warmup_steps: float = field(default=0.0, metadata={"help": "steps warming the rate up (below 1: a share of "
@@ -153,6 +155,15 @@ def fit(examples: Sequence[Any], step: Step, model: nn.Module, config: TrainConf
             if self.state.is_world_process_zero:
                 on_log({"eval": True, "step": self.state.global_step, "examples": held.examples, **evaluated})
             return metrics
+
+        def create_optimizer(self, model=None):
+            """AdamW without weight decay; the adapters at their own rate when one is set."""
+            if self.optimizer is None and config.adapter_learning_rate is not None:
+                named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+                groups = [{"params": [p for n, p in named if "lora_" in n], "lr": config.adapter_learning_rate},
+                          {"params": [p for n, p in named if "lora_" not in n], "lr": config.learning_rate}]
+                self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.0)
+            return super().create_optimizer(model)
 
         def _save(self, output_dir: str | None = None, state_dict=None) -> None:
             folder = Path(output_dir or self.args.output_dir)
