@@ -6,9 +6,15 @@ set of micro-batches and hands each caller its rows. While the model is busy the
 fills, so batches grow with load and a lone request runs at once: adaptive batching
 without a tuned window. It batches the forward pass, which every family shares and
 which is item-independent, so the scores of one request never depend on another's.
+
+Nothing one batch does stops the worker: a forward that fails (out of memory, say) is run
+again in halves, so only the sequences that cannot run fail, and only their callers see the
+error; an observer that raises is logged and skipped; a caller whose worker has died gets an
+error instead of waiting forever.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from concurrent.futures import Future
@@ -20,6 +26,7 @@ from .base import InputError, LimitExceeded, Scorer
 from .encoding import Batching, end_markers, run_batched
 
 Seqs = Sequence[Sequence[int]]
+log = logging.getLogger(__name__)
 
 
 # Told of every forward call: (sequences it carried, each caller's seconds in the queue).
@@ -34,7 +41,8 @@ class ForwardBatcher:
         self.batches = 0  # forward calls made, and the sequences they carried: how well requests merge
         self.sequences = 0
         self.observers: list[BatchObserver] = []  # e.g. the service's metrics
-        threading.Thread(target=self._loop, name=f"forward-{name}", daemon=True).start()
+        self._worker = threading.Thread(target=self._loop, name=f"forward-{name}", daemon=True)
+        self._worker.start()
 
     def __call__(self, seqs: Seqs) -> list[torch.Tensor]:
         if not seqs:
@@ -43,7 +51,25 @@ class ForwardBatcher:
         with self._ready:
             self._pending.append((seqs, done, time.monotonic()))
             self._ready.notify()
-        return done.result()
+        while True:  # a result or an error, never a wait on a worker that is gone
+            try:
+                return done.result(timeout=1.0)
+            except TimeoutError:
+                if not self._worker.is_alive():
+                    raise RuntimeError(f"the forward worker of {self._worker.name} has stopped") from None
+
+    def _run_in_halves(self, seqs: list[Sequence[int]]) -> list[torch.Tensor | BaseException]:
+        """Rows for `seqs`; where the forward fails, the halves are run separately, down to
+        single sequences, whose failure is their row."""
+        try:
+            return list(self._run(seqs))
+        except Exception as e:  # noqa: BLE001 - handed to the callers of the failing sequences
+            if len(seqs) == 1:
+                return [e]
+            if torch.cuda.is_available() and isinstance(e, torch.cuda.OutOfMemoryError):
+                torch.cuda.empty_cache()
+            half = len(seqs) // 2
+            return self._run_in_halves(seqs[:half]) + self._run_in_halves(seqs[half:])
 
     def _loop(self) -> None:
         while True:
@@ -53,20 +79,22 @@ class ForwardBatcher:
                 calls, self._pending = self._pending, []
             started = time.monotonic()
             merged = [s for seqs, _, _ in calls for s in seqs]
-            try:
-                rows = self._run(merged)
-            except BaseException as e:  # the callers see the error; the worker lives on
-                for _, done, _ in calls:
-                    done.set_exception(e)
-                continue
+            rows = self._run_in_halves(merged)
             self.batches += 1
             self.sequences += len(merged)
             for observe in self.observers:
-                observe(len(merged), [started - queued for _, _, queued in calls])
+                try:
+                    observe(len(merged), [started - queued for _, _, queued in calls])
+                except Exception:  # noqa: BLE001 - metrics must not stop scoring
+                    log.exception("a batch observer of %s failed", self._worker.name)
             start = 0
             for seqs, done, _ in calls:
-                done.set_result(rows[start:start + len(seqs)])
-                start += len(seqs)
+                mine, start = rows[start:start + len(seqs)], start + len(seqs)
+                error = next((r for r in mine if isinstance(r, BaseException)), None)
+                if error is not None:
+                    done.set_exception(error)
+                else:
+                    done.set_result(mine)
 
 
 class BatchedScorer(Scorer):

@@ -570,8 +570,9 @@ def test_forward_batcher_merges_threads_and_routes_rows():
             assert torch.equal(row, derived(seq)), (k, row, seq)
 
 
-def test_forward_batcher_error_reaches_every_caller_and_worker_survives():
-    """A failing forward pass fails every request merged into it, and the next request still works."""
+def test_forward_batcher_runs_a_failing_batch_in_halves_so_only_the_bad_request_fails():
+    """A forward that fails is run again in halves: the poisoned request fails with the model's
+    error, the five merged with it get their rows, and the worker goes on."""
     run = GatedRun()
     batcher = ForwardBatcher(run, "test")
     first_threads, first = submit_all(batcher, [[[1, 2]]])
@@ -583,11 +584,29 @@ def test_forward_batcher_error_reaches_every_caller_and_worker_survives():
     for t in first_threads + threads:
         t.join(10)
     assert torch.equal(first[0][0], derived([1, 2]))
-    assert len(results) == len(requests)
-    assert all(isinstance(r, ValueError) and "poisoned" in str(r) for r in results.values())
-    # the worker is alive and routing correctly afterwards
+    poisoned = len(requests) - 1
+    assert isinstance(results[poisoned], ValueError) and "poisoned" in str(results[poisoned])
+    for k in range(poisoned):
+        assert [r.tolist() for r in results[k]] == [derived(requests[k][0]).tolist()]
+    assert run.calls[1] == 6 and max(run.calls[2:]) < 6  # the merged call failed, its halves ran
     assert [r.tolist() for r in batcher([[3, 4], [5]])] == [derived([3, 4]).tolist(), derived([5]).tolist()]
     assert batcher([]) == []
+
+
+def test_forward_batcher_survives_a_failing_observer():
+    batcher = ForwardBatcher(lambda seqs: [derived(s) for s in seqs], "test")
+    batcher.observers.append(lambda sequences, waits: 1 / 0)
+    assert [r.tolist() for r in batcher([[1, 2]])] == [derived([1, 2]).tolist()]
+    assert [r.tolist() for r in batcher([[7]])] == [derived([7]).tolist()]  # before: this call hung
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the worker's end, on purpose
+def test_forward_batcher_caller_gets_an_error_when_the_worker_is_gone():
+    def run(seqs):
+        raise SystemExit  # not an Exception: it ends the worker thread
+    batcher = ForwardBatcher(run, "test")
+    with pytest.raises(RuntimeError, match="stopped"):
+        batcher([[1]])
 
 
 def test_scorer_calls_from_threads_match_sequential(scorer):
