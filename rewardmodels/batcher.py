@@ -4,7 +4,10 @@ Many threads (the service's request handlers, or any multi-threaded Python calle
 submit token sequences; one worker thread runs everything pending as one length-sorted
 set of micro-batches and hands each caller its rows. While the model is busy the queue
 fills, so batches grow with load and a lone request runs at once: adaptive batching
-without a tuned window. It batches the forward pass, which every family shares and
+without a tuned window. Where a call costs about the same whatever it holds (a GPU), the
+worker also lingers, for at most `linger` times its last forward's time, until as many
+callers are waiting as its last batch served plus those that queued meanwhile: otherwise
+it alternates between two halves of its clients. It batches the forward pass, which every family shares and
 which is item-independent, so the scores of one request never depend on another's.
 
 Nothing one batch does stops the worker: a forward that fails (out of memory, say) is run
@@ -34,8 +37,8 @@ BatchObserver = Callable[[int, list[float]], None]
 
 
 class ForwardBatcher:
-    def __init__(self, run: Callable[[Seqs], list[torch.Tensor]], name: str = "model"):
-        self._run = run
+    def __init__(self, run: Callable[[Seqs], list[torch.Tensor]], name: str = "model", linger: float = 0.0):
+        self._run, self.linger = run, linger
         self._pending: list[tuple[Seqs, Future, float]] = []
         self._ready = threading.Condition()
         self.batches = 0  # forward calls made, and the sequences they carried: how well requests merge
@@ -72,14 +75,21 @@ class ForwardBatcher:
             return self._run_in_halves(seqs[:half]) + self._run_in_halves(seqs[half:])
 
     def _loop(self) -> None:
+        expected, last_forward_s = 0, 0.0  # callers likely to come back, and the last call's time
         while True:
             with self._ready:
                 while not self._pending:
                     self._ready.wait()
+                deadline = time.monotonic() + self.linger * last_forward_s
+                while len(self._pending) < expected and (left := deadline - time.monotonic()) > 0:
+                    self._ready.wait(left)
                 calls, self._pending = self._pending, []
             started = time.monotonic()
             merged = [s for seqs, _, _ in calls for s in seqs]
             rows = self._run_in_halves(merged)
+            last_forward_s = time.monotonic() - started
+            with self._ready:
+                expected = len(calls) + len(self._pending)
             self.batches += 1
             self.sequences += len(merged)
             for observe in self.observers:
@@ -109,7 +119,8 @@ class BatchedScorer(Scorer):
         self.tokenizer, self.max_length, self.device = tokenizer, max_length, device
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         batching = batching.on(device)
-        self.forward = ForwardBatcher(lambda seqs: run_batched(seqs, rows, batching, pad_id, device), name)
+        self.forward = ForwardBatcher(lambda seqs: run_batched(seqs, rows, batching, pad_id, device), name,
+                                      batching.linger or 0.0)
         self.max_request_tokens: int | None = None
 
     def run(self, encoded: Sequence[tuple[list[int], bool]], field: str) -> list[torch.Tensor]:

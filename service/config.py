@@ -46,6 +46,9 @@ class ModelConfig(BaseModel):
     call_overhead_tokens: int | None = Field(default=None, ge=0, description=(
         "a forward call's cost in padded tokens, weighed against padding when batches are cut; "
         "default by device: 32 on CPU, 16384 on GPU"))
+    linger: float | None = Field(default=None, ge=0, description=(
+        "how long the batcher waits for its last batch's callers to return, as a share of that "
+        "batch's forward time; default by device: 0 on CPU, 0.5 on GPU"))
 
     @model_validator(mode="after")
     def _path_or_kind(self):
@@ -57,7 +60,8 @@ class ModelConfig(BaseModel):
         if self.path is None:  # a kind without weights: its settings are all it reads
             return {"kind": self.kind, "settings": self.settings}
         return {"kind": self.kind, "device": self.device, "dtype": self.dtype, "max_length": self.max_length,
-                "batching": Batching(self.max_batch_size, self.max_batch_tokens, self.call_overhead_tokens)}
+                "batching": Batching(self.max_batch_size, self.max_batch_tokens, self.call_overhead_tokens,
+                                             self.linger)}
 
 
 class Limits(BaseModel):

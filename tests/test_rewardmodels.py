@@ -593,6 +593,29 @@ def test_forward_batcher_runs_a_failing_batch_in_halves_so_only_the_bad_request_
     assert batcher([]) == []
 
 
+def clients_merge(linger: float, clients: int = 8, rounds: int = 6) -> float:
+    """Sequences per forward call when `clients` threads each make `rounds` one-item calls
+    through a batcher whose forward takes 100 ms whatever it holds (as on a GPU)."""
+    def run(seqs):
+        time.sleep(0.1)
+        return [derived(s) for s in seqs]
+
+    batcher = ForwardBatcher(run, "test", linger=linger)
+    threads = [threading.Thread(target=lambda k=k: [batcher([[k, r]]) for r in range(rounds)]) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return batcher.sequences / batcher.batches
+
+
+def test_forward_batcher_lingers_for_its_last_callers_where_calls_cost_the_same():
+    """Without lingering, 8 clients split into two alternating halves (about 4 a call); waiting
+    up to one forward's time for the last batch's callers keeps them together."""
+    assert clients_merge(linger=1.0) >= 6
+    assert clients_merge(linger=0.0) < 6
+
+
 def test_forward_batcher_survives_a_failing_observer():
     batcher = ForwardBatcher(lambda seqs: [derived(s) for s in seqs], "test")
     batcher.observers.append(lambda sequences, waits: 1 / 0)
