@@ -48,13 +48,23 @@ class ForwardBatcher:
         self._worker.start()
 
     def __call__(self, seqs: Seqs) -> list[torch.Tensor]:
-        if not seqs:
-            return []
+        return self.wait(self.submit(seqs))
+
+    def submit(self, seqs: Seqs) -> Future:
+        """Queue `seqs` and return at once: a caller with several models (an ensemble) submits
+        to each, then waits, so its models run at the same time."""
         done: Future = Future()
+        if not seqs:
+            done.set_result([])
+            return done
         with self._ready:
             self._pending.append((seqs, done, time.monotonic()))
             self._ready.notify()
-        while True:  # a result or an error, never a wait on a worker that is gone
+        return done
+
+    def wait(self, done: Future) -> list[torch.Tensor]:
+        """The rows of a submission, or its error; never a wait on a worker that is gone."""
+        while True:
             try:
                 return done.result(timeout=1.0)
             except TimeoutError:
@@ -125,10 +135,14 @@ class BatchedScorer(Scorer):
 
     def run(self, encoded: Sequence[tuple[list[int], bool]], field: str) -> list[torch.Tensor]:
         """Forward rows for encoded sequences; an empty one is the caller's error, named by index."""
+        return self.forward.wait(self.submit(encoded, field))
+
+    def submit(self, encoded: Sequence[tuple[list[int], bool]], field: str) -> Future:
+        """`run` without the wait: checked now, the rows later from `self.forward.wait`."""
         for i, (ids, _) in enumerate(encoded):
             if not ids:
                 raise InputError(f"{field}[{i}]", "nothing to score: the text has no tokens")
-        return self.forward_within_limit([ids for ids, _ in encoded], field)
+        return self.submit_within_limit([ids for ids, _ in encoded], field)
 
     def limit_tokens(self, max_request_tokens: int) -> None:
         self.max_request_tokens = max_request_tokens
@@ -140,12 +154,16 @@ class BatchedScorer(Scorer):
         return [self.tokenizer.pad_token] if self.tokenizer.pad_token else []
 
     def forward_within_limit(self, seqs: Seqs, field: str) -> list[torch.Tensor]:
-        """`forward`, unless the sequences hold more tokens than one request may make the model read."""
+        return self.forward.wait(self.submit_within_limit(seqs, field))
+
+    def submit_within_limit(self, seqs: Seqs, field: str) -> Future:
+        """Submit to the forward batcher, unless the sequences hold more tokens than one request
+        may make the model read."""
         total = sum(len(s) for s in seqs)
         if self.max_request_tokens is not None and total > self.max_request_tokens:
             raise LimitExceeded(field, f"{total} tokens to read, over the limit of {self.max_request_tokens} "
                                        f"(limits.max_tokens)")
-        return self.forward(seqs)
+        return self.forward.submit(seqs)
 
     def stats(self) -> dict[str, Any]:
         return {"forward_calls": self.forward.batches, "sequences": self.forward.sequences}

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 from torch import nn
@@ -102,13 +102,25 @@ class BradleyTerry(ClassifierScorer):
     def rows(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return last_token_rewards(self.model, ids, mask)
 
-    def _scores(self, encoded: list[tuple[list[int], bool]], field: str) -> Scores:
-        raw = [float(r) for r in self.run(encoded, field)]
-        return Scores([(r - self.mean) / self.std for r in raw], [cut for _, cut in encoded])
+    def _submit_scores(self, encoded: list[tuple[list[int], bool]], field: str) -> Callable[[], Scores]:
+        pending = self.submit(encoded, field)
+
+        def collect() -> Scores:
+            raw = [float(r) for r in self.forward.wait(pending)]
+            return Scores([(r - self.mean) / self.std for r in raw], [cut for _, cut in encoded])
+        return collect
+
+    def submit_score(self, items: Sequence[Item]) -> Callable[[], Scores]:
+        """`score` in two halves: submit now, collect the Scores later (an ensemble submits to
+        every member before waiting on any)."""
+        return self._submit_scores([encode_item(self.tokenizer, it, self.max_length) for it in items], "items")
+
+    def submit_score_rendered(self, texts: Sequence[str]) -> Callable[[], Scores]:
+        return self._submit_scores([encode_text(self.tokenizer, rendered_text(self.tokenizer, t), self.max_length)
+                                    for t in texts], "query")
 
     def score(self, items: Sequence[Item]) -> Scores:
-        return self._scores([encode_item(self.tokenizer, it, self.max_length) for it in items], "items")
+        return self.submit_score(items)()
 
     def score_rendered(self, texts: Sequence[str]) -> Scores:
-        return self._scores([encode_text(self.tokenizer, rendered_text(self.tokenizer, t), self.max_length)
-                             for t in texts], "query")
+        return self.submit_score_rendered(texts)()

@@ -8,21 +8,20 @@ DIR/members/. Each member is loaded as its own kind with the same options.
 from __future__ import annotations
 
 import statistics
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .base import Item, ModelLoadError, Scorer, Scores
+from .bt import BradleyTerry
 from .loading import read_metadata, resolve_path
 
 
 class Ensemble(Scorer):
     kind = "ensemble"
 
-    def __init__(self, name: str, members: list[Scorer], metadata: dict[str, Any]):
+    def __init__(self, name: str, members: list[BradleyTerry], metadata: dict[str, Any]):
         super().__init__(name, metadata)
         self.members = members
-        self.pool = ThreadPoolExecutor(max_workers=len(members), thread_name_prefix=f"ensemble-{name}")
 
     @classmethod
     def load(cls, path: str | Path, name: str | None = None, **options: Any) -> "Ensemble":
@@ -41,18 +40,21 @@ class Ensemble(Scorer):
         metadata = {**metadata, "kind": "ensemble", "member_metadata": [m.metadata for m in members]}
         return cls(name or directory.name, members, metadata)
 
-    def _combine(self, call: Callable[[Scorer], Scores]) -> Scores:
-        """Members run concurrently (each has its own forward batcher); mean and spread per item."""
-        results = list(self.pool.map(call, self.members))
+    @staticmethod
+    def _combine(submitted: list[Callable[[], Scores]]) -> Scores:
+        """Mean and spread per item. Every member was submitted to before any is waited on, so
+        the members run at the same time, and concurrent requests merge in each member's
+        batcher (a pool of threads per request serialised them)."""
+        results = [collect() for collect in submitted]
         columns = list(zip(*(r.rewards for r in results)))
         return Scores([statistics.fmean(c) for c in columns], list(results[0].truncated),
                       [statistics.pstdev(c) for c in columns])
 
     def score(self, items: Sequence[Item]) -> Scores:
-        return self._combine(lambda m: m.score(items))
+        return self._combine([m.submit_score(items) for m in self.members])
 
     def score_rendered(self, texts: Sequence[str]) -> Scores:
-        return self._combine(lambda m: m.score_rendered(texts))
+        return self._combine([m.submit_score_rendered(texts) for m in self.members])
 
     def end_markers(self) -> Sequence[str]:
         return list(dict.fromkeys(marker for m in self.members for marker in m.end_markers()))

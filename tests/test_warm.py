@@ -6,6 +6,8 @@ import json
 import statistics
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -107,6 +109,24 @@ def test_ensemble_serves_mean_and_spread(warm):
     pool = ModelPool(ServiceConfig(models={"ens": ModelConfig(path=str(out / MEMBERS))}, default_model="ens"))
     answer = score_endpoint(pool, ScoreRequest(items=items[:2]))
     assert answer.uncertainty == pytest.approx(got.spread[:2], abs=1e-5)
+
+
+def test_concurrent_ensemble_requests_merge_in_every_member(warm):
+    """8 one-item requests at once: every member's batcher runs the first alone and merges the
+    other 7 (its forward slowed to 100 ms so that they queue). With a pool of M threads per
+    ensemble, requests reached the members one at a time: 8 forward calls each."""
+    out, _ = warm
+    ensemble = load_scorer(out / MEMBERS)
+    for member in ensemble.members:
+        run = member.forward._run
+        member.forward._run = lambda seqs, run=run: (time.sleep(0.1), run(seqs))[1]
+    items = [Item(prompt=p.prompt, response=p.chosen) for p in marker_pairs(8, seed=9)]
+    alone = ensemble.score(items).rewards
+    before = [m.forward.batches for m in ensemble.members]
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda it: ensemble.score([it]).rewards[0], items))
+    assert got == pytest.approx(alone, abs=1e-5)
+    assert all(m.forward.batches - b <= 3 for m, b in zip(ensemble.members, before))
 
 
 def test_greedy_soup_keeps_only_what_helps(warm, tmp_path):
