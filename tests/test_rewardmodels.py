@@ -611,8 +611,9 @@ def clients_merge(linger: float, clients: int = 8, rounds: int = 6) -> float:
 
 def test_forward_batcher_lingers_for_its_last_callers_where_calls_cost_the_same():
     """Without lingering, 8 clients split into two alternating halves (about 4 a call); waiting
-    up to one forward's time for the last batch's callers keeps them together."""
-    assert clients_merge(linger=1.0) >= 6
+    for the last batch's callers keeps them together. The wait ends as soon as they are back, so
+    a long limit (20 forwards' time) costs nothing here and holds on a loaded machine."""
+    assert clients_merge(linger=20.0) >= 6
     assert clients_merge(linger=0.0) < 6
 
 

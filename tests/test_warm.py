@@ -113,13 +113,13 @@ def test_ensemble_serves_mean_and_spread(warm):
 
 def test_concurrent_ensemble_requests_merge_in_every_member(warm):
     """8 one-item requests at once: every member's batcher runs the first alone and merges the
-    other 7 (its forward slowed to 100 ms so that they queue). With a pool of M threads per
-    ensemble, requests reached the members one at a time: 8 forward calls each."""
+    other 7 (its forward slowed to 300 ms so that they queue, even on a loaded machine). With a
+    pool of M threads per ensemble, requests reached the members one at a time: 8 calls each."""
     out, _ = warm
     ensemble = load_scorer(out / MEMBERS)
     for member in ensemble.members:
         run = member.forward._run
-        member.forward._run = lambda seqs, run=run: (time.sleep(0.1), run(seqs))[1]
+        member.forward._run = lambda seqs, run=run: (time.sleep(0.3), run(seqs))[1]
     items = [Item(prompt=p.prompt, response=p.chosen) for p in marker_pairs(8, seed=9)]
     alone = ensemble.score(items).rewards
     before = [m.forward.batches for m in ensemble.members]
