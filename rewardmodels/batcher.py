@@ -27,6 +27,7 @@ import torch
 
 from .base import InputError, LimitExceeded, Scorer
 from .encoding import Batching, end_markers, run_batched
+from .prefix import SharedPrefixForward, Split, can_share
 
 Seqs = Sequence[Sequence[int]]
 log = logging.getLogger(__name__)
@@ -120,7 +121,8 @@ class ForwardBatcher:
 class BatchedScorer(Scorer):
     """A scorer over one transformers model: its tokenizer, its length limit, and its
     forward passes merged across concurrent callers. `rows(ids, mask)` is the family's
-    forward, one output row per sequence of a padded micro-batch."""
+    forward, one output row per sequence of a padded micro-batch; given as a Split of a
+    decoder (backbone, head), sequences that share a prompt compute it once."""
 
     def __init__(self, name: str, metadata: dict[str, Any], tokenizer: Any, max_length: int,
                  rows: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], batching: Batching,
@@ -129,8 +131,14 @@ class BatchedScorer(Scorer):
         self.tokenizer, self.max_length, self.device = tokenizer, max_length, device
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         batching = batching.on(device)
-        self.forward = ForwardBatcher(lambda seqs: run_batched(seqs, rows, batching, pad_id, device), name,
-                                      batching.linger or 0.0)
+        self.prefixes: SharedPrefixForward | None = None
+        if isinstance(rows, Split) and can_share(rows.backbone):
+            self.prefixes = SharedPrefixForward(rows, batching, pad_id, device, int(batching.prefix_cache_mb * 2**20))
+            run: Callable[[Seqs], list[torch.Tensor]] = self.prefixes
+        else:
+            def run(seqs: Seqs) -> list[torch.Tensor]:
+                return run_batched(seqs, rows, batching, pad_id, device)
+        self.forward = ForwardBatcher(run, name, batching.linger or 0.0)
         self.max_request_tokens: int | None = None
 
     def run(self, encoded: Sequence[tuple[list[int], bool]], field: str) -> list[torch.Tensor]:
@@ -166,4 +174,7 @@ class BatchedScorer(Scorer):
         return self.forward.submit(seqs)
 
     def stats(self) -> dict[str, Any]:
-        return {"forward_calls": self.forward.batches, "sequences": self.forward.sequences}
+        stats: dict[str, Any] = {"forward_calls": self.forward.batches, "sequences": self.forward.sequences}
+        if self.prefixes is not None:
+            stats["prefix_cache"] = self.prefixes.stats()
+        return stats

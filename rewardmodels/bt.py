@@ -9,9 +9,10 @@ from torch import nn
 
 from .base import Item, ModelLoadError, Scores
 from .batcher import BatchedScorer
-from .encoding import Batching, encode_item, encode_text, fp32_linear, last_token_states, rendered_text
+from .encoding import Batching, encode_item, encode_text, fp32_linear, last_token, rendered_text
 from .loading import choose_device, read_metadata, resolve_path
 from .lora import apply_adapter
+from .prefix import Split
 
 HEAD_PREFIXES = ("score.", "classifier.")
 
@@ -24,10 +25,14 @@ def last_token_rewards(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) 
     pad token is also the end-of-turn token (as in SmolLM2). Encoder classifiers pool
     their own way ([CLS]), which padding cannot move.
     """
-    head = getattr(model, "score", None)
-    if head is None:
+    if getattr(model, "score", None) is None:
         return model(input_ids=ids, attention_mask=mask).logits[:, 0].float()
-    return fp32_linear(last_token_states(model.base_model, ids, mask), head.weight, head.bias).squeeze(-1)
+    return reward_head(model, model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
+
+
+def reward_head(model: nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A decoder classifier's `.score` head, in fp32, at each row's last real token."""
+    return fp32_linear(last_token(hidden, mask), model.score.weight, model.score.bias).squeeze(-1)
 
 
 def load_classifier(directory: Path, metadata: dict[str, Any], dtype: torch.dtype, num_labels: int = 1,
@@ -62,18 +67,25 @@ def load_classifier(directory: Path, metadata: dict[str, Any], dtype: torch.dtyp
 
 class ClassifierScorer(BatchedScorer):
     """A family served from a transformers classifier: one output per sequence (BT) or two
-    classes per token (PRM). Loading, device, dtype and length limits are the same for both."""
+    classes per token (PRM). Loading, device, dtype and length limits are the same for both.
+    A decoder's forward is its backbone then `head` over the hidden states, so that responses
+    to one prompt can share the prompt's pass (prefix.py); an encoder's runs whole (`rows`)."""
 
     per_token: ClassVar[bool] = False
     defaults: ClassVar[dict[str, Any]] = {}  # metadata a checkpoint without plaudit.json is read with
 
     def __init__(self, name: str, model: nn.Module, tokenizer: Any, metadata: dict[str, Any],
                  device: torch.device, max_length: int, batching: Batching):
-        super().__init__(name, metadata, tokenizer, max_length, lambda ids, mask: self.rows(ids, mask),
-                         batching, device)
         self.model = model
+        forward = Split(model.base_model, self.head) if getattr(model, "score", None) is not None else self.rows
+        super().__init__(name, metadata, tokenizer, max_length, forward, batching, device)
 
     def rows(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """One output row per sequence of a padded micro-batch, from the whole forward."""
+        raise NotImplementedError
+
+    def head(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """`rows` from a decoder's last hidden states."""
         raise NotImplementedError
 
     @classmethod
@@ -101,6 +113,9 @@ class BradleyTerry(ClassifierScorer):
 
     def rows(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return last_token_rewards(self.model, ids, mask)
+
+    def head(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return reward_head(self.model, hidden, mask)
 
     def _submit_scores(self, encoded: list[tuple[list[int], bool]], field: str) -> Callable[[], Scores]:
         pending = self.submit(encoded, field)

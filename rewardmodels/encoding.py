@@ -36,18 +36,34 @@ class Batching:
     `max_batch_tokens` tokens including padding. Within them, sequences are split into
     the batches that cost least: padded tokens plus `call_overhead_tokens` per forward
     call (None: the device's default from CALL_OVERHEAD_TOKENS, resolved at load time).
-    `linger`: see LINGER (None: the device's default)."""
+    `linger`: see LINGER (None: the device's default). `prefix_cache_mb`: how much memory the
+    prompts' keys and values kept for later requests may take (0: prompts are shared within a
+    batch only; see prefix.py)."""
 
     max_batch_size: int = 32
     max_batch_tokens: int = 16384
     call_overhead_tokens: int | None = None
     linger: float | None = None
+    prefix_cache_mb: float = 512
 
     def on(self, device: torch.device) -> "Batching":
         """These limits with the call overhead and the linger filled in for `device`."""
         kind = device.type if device.type in CALL_OVERHEAD_TOKENS else "cuda"
         return replace(self, call_overhead_tokens=CALL_OVERHEAD_TOKENS[kind] if self.call_overhead_tokens is None
                        else self.call_overhead_tokens, linger=LINGER[kind] if self.linger is None else self.linger)
+
+
+class Tokens(list):
+    """Token ids whose first `prefix` tokens are the prompt: sequences with the same prompt may
+    compute it once (prefix.py)."""
+
+    def __init__(self, ids: Sequence[int], prefix: int = 0):
+        super().__init__(ids)
+        self.prefix = prefix
+
+
+def prefix_length(seq: Sequence[int]) -> int:
+    return getattr(seq, "prefix", 0)
 
 
 def as_messages(prompt: Prompt) -> list[dict[str, str]]:
@@ -85,15 +101,15 @@ def prompt_text(tokenizer, prompt: Prompt) -> str:
     return _plain(prompt)
 
 
-def encode_item(tokenizer, item: Item, max_length: int) -> tuple[list[int], bool]:
-    """Token ids of prompt + response (chat template applied when there is one), and
-    whether they were truncated."""
+def encode_item(tokenizer, item: Item, max_length: int) -> tuple[Tokens, bool]:
+    """Token ids of prompt + response (chat template applied when there is one), marked with
+    the prompt's length, and whether they were truncated."""
     if isinstance(item.prompt, Templated):  # a trainer's rendering: the response's turn is added as the template would
         if not tokenizer.chat_template:
             return _encode_pair(tokenizer, str(item.prompt), item.response, max_length)
         turn = assistant_turn(tokenizer, item.response)
         prefix, suffix, cut = _fit(_ids(tokenizer, item.prompt), _ids(tokenizer, turn), max_length)
-        return prefix + suffix, cut
+        return Tokens(prefix + suffix, len(prefix)), cut
     if tokenizer.chat_template:
         messages = as_messages(item.prompt)
         full = tokenizer.apply_chat_template(
@@ -102,7 +118,7 @@ def encode_item(tokenizer, item: Item, max_length: int) -> tuple[list[int], bool
         if not full.startswith(head):  # a template that rewrites earlier turns: cut the whole text
             head = ""
         prefix, suffix, cut = _fit(_ids(tokenizer, head), _ids(tokenizer, full[len(head):]), max_length)
-        return prefix + suffix, cut
+        return Tokens(prefix + suffix, len(prefix)), cut
     return _encode_pair(tokenizer, _plain(item.prompt), item.response, max_length)
 
 
@@ -144,7 +160,7 @@ def query_messages(tokenizer, templated: str) -> Prompt:
     return Templated(templated)
 
 
-def _encode_pair(tokenizer, prompt: str, response: str, max_length: int) -> tuple[list[int], bool]:
+def _encode_pair(tokenizer, prompt: str, response: str, max_length: int) -> tuple[Tokens, bool]:
     """No chat template: the tokenizer's own pair encoding (e.g. [CLS] p [SEP] r [SEP]),
     with the prompt cut from the left before the special tokens are added."""
     backend = tokenizer.backend_tokenizer
@@ -156,7 +172,9 @@ def _encode_pair(tokenizer, prompt: str, response: str, max_length: int) -> tupl
         first = backend.encode("", add_special_tokens=False) if not prefix else first
         first.truncate(len(prefix), direction="left")
         second.truncate(len(suffix), direction="left")
-    return backend.post_process(first, second, add_special_tokens=True).ids, cut
+    pair = backend.post_process(first, second, add_special_tokens=True)
+    prompt_part = next((i for i, part in enumerate(pair.sequence_ids) if part == 1), len(pair.ids))
+    return Tokens(pair.ids, prompt_part), cut
 
 
 def encode_text(tokenizer, text: str, max_length: int) -> tuple[list[int], bool]:
@@ -210,10 +228,14 @@ def fp32_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         return torch.nn.functional.linear(x.float(), weight.float(), None if bias is None else bias.float())
 
 
+def last_token(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each row's state at its last real token (right padding: position mask.sum - 1)."""
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), mask.sum(dim=1) - 1]
+
+
 def last_token_states(backbone: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The final hidden state at each row's last real token (right padding: position mask.sum - 1)."""
-    hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
-    return hidden[torch.arange(ids.shape[0], device=ids.device), mask.sum(dim=1) - 1]
+    """The final hidden state at each row's last real token."""
+    return last_token(backbone(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
 
 
 def run_batched(seqs: Sequence[Sequence[int]], forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],

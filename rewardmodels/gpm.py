@@ -6,8 +6,9 @@ preference of i over j is the skew-symmetric form s(i, j) = <R v_i, v_j>, with R
 block-diagonal of 2x2 blocks [[0, -w], [w, 0]]; the block weights w come from a prompt
 head (k * softmax at the prompt's last token) or are 1. P(i beats j) = sigmoid(s / tau).
 Hence s(i, j) = -s(j, i), order cannot bias it, preferences may be cyclic (which no
-scalar reward can express), and K candidates cost K forward passes (plus one short pass
-over the prompt alone, shared by all of them) and a K x K product. k and the prompt head
+scalar reward can express), and K candidates cost one pass over the prompt (whose
+last state is also where the prompt head reads), K passes over the responses on its cached
+keys and values (prefix.py), and a K x K product. k and the prompt head
 are read from the weights.
 
 Why subtract the prompt's state: a pretrained backbone's last-token states vary far more
@@ -38,9 +39,10 @@ from torch import nn
 
 from .base import Comparison, InputError, Item, ModelLoadError, Pair, Prompt, Ranking, Scores
 from .batcher import BatchedScorer
-from .encoding import Batching, as_messages, encode_item, encode_text, fp32_linear, last_token_states, prompt_text
+from .encoding import Batching, Tokens, as_messages, encode_item, encode_text, fp32_linear, last_token, prompt_text
 from .loading import choose_device, read_metadata, resolve_path
 from .lora import apply_adapter
+from .prefix import Split
 
 HEAD_PREFIXES = ("value_head.", "prompt_head.")
 
@@ -141,8 +143,7 @@ class GPM(BatchedScorer):
 
     def __init__(self, name: str, net: GPMNet, tokenizer: Any, metadata: dict[str, Any],
                  device: torch.device, max_length: int, batching: Batching):
-        super().__init__(name, metadata, tokenizer, max_length,
-                         lambda ids, mask: last_token_states(net.backbone, ids, mask), batching, device)
+        super().__init__(name, metadata, tokenizer, max_length, Split(net.backbone, last_token), batching, device)
         self.net = net
         self.tau = float(metadata.get("tau", 0.1))
 
@@ -165,7 +166,10 @@ class GPM(BatchedScorer):
         """Embeddings of the responses (response i belongs to prompt prompt_of[i]) and the
         gates of each prompt, from one forward call over responses and prompts together. A
         prompt without tokens is refused as `prompt_field` of the first response to it."""
-        prompts = [encode_text(self.tokenizer, t, self.max_length) for t in prompt_texts]
+        # A prompt's sequence is all prompt: where it begins each of its responses (no truncation),
+        # its pass is theirs too, and the responses run on top of it.
+        prompts = [(Tokens(ids, len(ids)), cut) for ids, cut in
+                   (encode_text(self.tokenizer, t, self.max_length) for t in prompt_texts)]
         for j, (ids, _) in enumerate(prompts):
             if not ids:
                 raise InputError(prompt_field.format(prompt_of.index(j)), "the prompt has no tokens to compare under")

@@ -14,7 +14,7 @@ import torch
 
 from .base import AGGREGATES, InputError, Item, ModelLoadError, Prompt, Scores, StepScores, Steps
 from .bt import ClassifierScorer
-from .encoding import _fit, _ids, fp32_linear, prompt_text
+from .encoding import Tokens, _fit, _ids, fp32_linear, prompt_text
 
 DEFAULT_SEPARATOR = "\n"
 
@@ -28,7 +28,7 @@ def split_steps(response: str, separator: str) -> list[str]:
 
 
 def encode_steps(tokenizer: Any, prompt: Prompt, steps: Sequence[str], separator: str, max_length: int,
-                 field: str = "steps") -> tuple[list[int], list[int], bool]:
+                 field: str = "steps") -> tuple[Tokens, list[int], bool]:
     """Token ids of prompt + steps, the position of each step's last token, and whether the
     prompt was cut. The prompt is cut from the left; steps are never dropped: traces whose
     steps alone exceed `max_length` are refused, naming the field."""
@@ -44,7 +44,7 @@ def encode_steps(tokenizer: Any, prompt: Prompt, steps: Sequence[str], separator
     for chunk in chunks:
         end += len(chunk)
         positions.append(end - 1)
-    return head + body, positions, cut
+    return Tokens(head + body, len(head)), positions, cut
 
 
 class ProcessRewardModel(ClassifierScorer):
@@ -64,15 +64,14 @@ class ProcessRewardModel(ClassifierScorer):
             raise ModelLoadError(f"{self.name}: aggregate {self.aggregate!r} is not one of {sorted(AGGREGATES)}")
 
     def rows(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """P(class 1 = good step) at every token; the caller reads it at the step ends. A decoder's
-        `.score` head runs in fp32 on the hidden states."""
-        head = getattr(self.model, "score", None)
-        if head is None:
-            logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
-        else:
-            states = self.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
-            logits = fp32_linear(states, head.weight, head.bias)
-        return logits.softmax(dim=-1)[..., 1]
+        """P(class 1 = good step) at every token; the caller reads it at the step ends."""
+        if getattr(self.model, "score", None) is not None:
+            return self.head(self.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
+        return self.model(input_ids=ids, attention_mask=mask).logits.float().softmax(dim=-1)[..., 1]
+
+    def head(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """A decoder's `.score` head, in fp32, at every token."""
+        return fp32_linear(hidden, self.model.score.weight, self.model.score.bias).softmax(dim=-1)[..., 1]
 
     def _step_scores(self, traces: Sequence[Steps], fields: Sequence[str]) -> list[StepScores]:
         encoded = [encode_steps(self.tokenizer, t.prompt, t.steps, self.separator, self.max_length, field)

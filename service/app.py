@@ -71,9 +71,11 @@ class Plaudit:
         read_only.state.pool = self.pool
         self.monitor = Monitor(self.pool.config.monitoring)
         for name in self.pool.loaded():
-            forward = getattr(self.pool.get(name), "forward", None)  # models that batch their forward passes
+            scorer = self.pool.get(name)
+            forward = getattr(scorer, "forward", None)  # models that batch their forward passes
             if forward is not None:
-                forward.observers.append(self.monitor.batch_observer(name))
+                prefixes = getattr(scorer, "prefixes", None)
+                forward.observers.append(self.monitor.batch_observer(name, prefixes and prefixes.stats))
         # One thread per in-flight request, so concurrent requests meet in the model's batcher.
         self.threads = ThreadPoolExecutor(max_workers=128, thread_name_prefix="request")
         self.in_progress = 0  # requests answered or waiting: bounded by limits.max_queue

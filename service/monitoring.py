@@ -65,6 +65,11 @@ class Metrics:
                                     BATCH_BUCKETS)
         self.queue_wait = histogram("plaudit_queue_wait_seconds", "time a request's sequences waited for the model",
                                     ["model"], LATENCY_BUCKETS)
+        self.prefix_cache = {what: counter(f"plaudit_prefix_cache_{what}", doc) for what, doc in (
+            ("hits", "prompts whose keys and values were found in the prefix cache"),
+            ("misses", "prompts computed because the prefix cache did not hold them"),
+            ("evictions", "prompts dropped from the prefix cache to make room"))}
+        self.prefix_cache_bytes = gauge("plaudit_prefix_cache_bytes", "bytes of prompts' keys and values held")
         self.reward = histogram("plaudit_reward", "rewards served", ["model"], REWARD_BUCKETS)
         self.reward_mean = gauge("plaudit_reward_mean", "mean reward over the window")
         self.reward_std = gauge("plaudit_reward_std", "standard deviation of the reward over the window")
@@ -165,11 +170,22 @@ class Monitor:
     def error(self, endpoint: str, kind: str) -> None:
         self.metrics.errors.labels(endpoint, kind).inc()
 
-    def batch_observer(self, model: str) -> Callable[[int, list[float]], None]:
+    def batch_observer(self, model: str, prefix_stats: Callable[[], dict[str, int]] | None = None
+                       ) -> Callable[[int, list[float]], None]:
+        """Told of each forward call (on the model's worker thread); `prefix_stats` reads the
+        model's prefix cache counters, exported as they grow."""
+        seen = {what: 0 for what in self.metrics.prefix_cache}
+
         def observe(sequences: int, waits: list[float]) -> None:
             self.metrics.batch_size.labels(model).observe(sequences)
             for wait in waits:
                 self.metrics.queue_wait.labels(model).observe(wait)
+            if prefix_stats is not None:
+                stats = prefix_stats()
+                for what, counter in self.metrics.prefix_cache.items():
+                    counter.labels(model).inc(stats[what] - seen[what])
+                    seen[what] = stats[what]
+                self.metrics.prefix_cache_bytes.labels(model).set(stats["bytes"])
         return observe
 
     # ---- what was served ----

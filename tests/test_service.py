@@ -8,6 +8,7 @@ import httpx2
 import pytest
 import yaml
 
+from plaudit.rewardmodels.encoding import encode_item
 from plaudit.rewardmodels import Item, load_scorer
 from servers import running_service
 
@@ -93,6 +94,28 @@ def test_concurrent_single_item_requests_are_batched(service, local):
     calls, seqs = after["forward_calls"] - before["forward_calls"], after["sequences"] - before["sequences"]
     assert seqs == 64
     assert calls < 64, f"no request merging: {calls} forward calls for 64 single-item requests"
+
+
+def test_samples_of_a_prompt_sent_one_per_request_share_its_pass(service, local):
+    """GRPO-shaped load as OpenRLHF sends it: 4 prompts x 8 samples, one per request, from 16
+    clients, prompts interleaved. Later samples find their prompt in the prefix cache; the
+    rewards are the in-process ones, and /models and /metrics count the same hits."""
+    prompts = [f"task {p}: explain" for p in range(4)]
+    items = [{"prompt": prompts[i % 4], "response": f"ok {i}" * (1 + i % 2)} for i in range(32)]
+    stats = lambda: {m["name"]: m["stats"] for m in service.get("/models").json()["models"]}["tiny"]["prefix_cache"]
+    before = stats()
+    with ThreadPoolExecutor(16) as pool:
+        replies = list(pool.map(lambda it: service.post("/score", json={"items": [it]}), items))
+    got = [r.json()["rewards"][0] for r in replies]
+    assert got == pytest.approx(local.score([Item.model_validate(i) for i in items]).rewards, abs=1e-4)
+    after = stats()
+    hits, misses = after["hits"] - before["hits"], after["misses"] - before["misses"]
+    computed = {tuple(s[:s.prefix]) for s in (encode_item(local.tokenizer, Item.model_validate(i), 64)[0]
+                                              for i in items)}
+    assert misses == len(computed) == 4 and hits >= 4, (hits, misses)  # each prompt computed once
+    metrics = service.get("/metrics").text
+    assert f'plaudit_prefix_cache_hits_total{{model="tiny"}} {float(after["hits"])}' in metrics
+    assert f'plaudit_prefix_cache_bytes{{model="tiny"}} {float(after["bytes"])}' in metrics
 
 
 @pytest.mark.parametrize("body, status, names", [

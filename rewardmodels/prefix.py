@@ -1,0 +1,219 @@
+"""Prefix sharing: the K responses to one prompt read the prompt once.
+
+A decoder's state at a token depends only on the tokens before it, so sequences that begin
+with the same prompt tokens need those tokens computed once. The prompt's forward keeps its
+keys and values (transformers' cache); each response then runs on top of them, with position
+ids that continue after the prompt. The last hidden states are the full forward's (to float
+noise), so every family's head reads them unchanged: a BT or GPM head at the last token, a
+PRM's at each step.
+
+Sequences carry the length of their prompt part (`encoding.Tokens`, made by the encoders).
+Within one forward batch every distinct prompt runs once; across batches (one sample per
+request, as OpenRLHF and verl send them) prompts stay in a cache bounded in bytes, least
+recently used out. Encoders (bidirectional attention) and sliding-window models run every
+sequence whole.
+"""
+from __future__ import annotations
+
+import inspect
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from .encoding import Batching, micro_batches, pad, prefix_length, run_batched
+
+# What a cached prompt token costs a response row that attends to it, as a share of a token
+# the row computes: attention over the prefix only, no MLP, no projections. The planner
+# weighs a row as its response tokens plus this share of its prompt's.
+PREFIX_TOKEN_COST = 0.125
+
+
+@dataclass(frozen=True)
+class Split:
+    """A family's forward as a decoder backbone and a head over its last hidden states
+    (`head(hidden [rows, tokens, features], mask) -> one output row per sequence`)."""
+
+    backbone: nn.Module
+    head: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+    def __call__(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
+
+    def cached(self, **inputs: Any) -> tuple[torch.Tensor, Any]:
+        """The backbone's last hidden states and its key/value cache; a cache passed in as `cache`
+        is read and extended (transformers 5.24 renamed `past_key_values` to `cache`)."""
+        if "cache" in inputs and "cache" not in inspect.signature(self.backbone.forward).parameters:
+            inputs["past_key_values"] = inputs.pop("cache")
+        out = self.backbone(**inputs, use_cache=True)
+        return out.last_hidden_state, out.get("cache") or out.get("past_key_values")
+
+
+def can_share(backbone: nn.Module) -> bool:
+    """A causal decoder with full attention in every layer: the states of a prefix do not
+    depend on what follows it."""
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+    config = backbone.config
+    if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:  # BERT and its kind, causal only as decoders
+        return False
+    layer_types = set(getattr(config, "layer_types", None) or ["full_attention"])
+    windowed = getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True)
+    return (config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not config.is_encoder_decoder
+            and layer_types == {"full_attention"} and not windowed)
+
+
+@dataclass
+class Prefix:
+    """A prompt's keys and values per layer ([kv heads, tokens, head dim]) and its last hidden states."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    hidden: torch.Tensor
+
+    @property
+    def length(self) -> int:
+        return self.hidden.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in [*self.keys, *self.values, self.hidden])
+
+
+class PrefixCache:
+    """Prompts' keys and values, bounded in bytes, least recently used out. Only the forward
+    worker touches the entries; the counters are read by the metrics."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple[int, ...], Prefix] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = self.evictions = self.bytes = 0
+
+    def get(self, key: tuple[int, ...]) -> Prefix | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+                self._entries.move_to_end(key)
+            return entry
+
+    def put(self, key: tuple[int, ...], entry: Prefix) -> None:
+        size = entry.nbytes
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            while self._entries and self.bytes + size > self.max_bytes:
+                _, old = self._entries.popitem(last=False)
+                self.bytes -= old.nbytes
+                self.evictions += 1
+            self._entries[key] = entry
+            self.bytes += size
+
+    def stats(self) -> dict[str, int]:
+        return {"hits": self.hits, "misses": self.misses, "evictions": self.evictions, "bytes": self.bytes,
+                "entries": len(self._entries), "max_bytes": self.max_bytes}
+
+
+class SharedPrefixForward:
+    """`run(seqs) -> rows` for a Split: sequences with a prompt part run on its cached keys and
+    values; the others (and, without a cache, prompts met once) run whole."""
+
+    def __init__(self, split: Split, batching: Batching, pad_id: int, device: torch.device, cache_bytes: int):
+        self.split, self.batching, self.pad_id, self.device = split, batching, pad_id, device
+        self.cache = PrefixCache(cache_bytes)
+        self.shared_sequences = 0  # sequences that ran on a prompt computed once
+
+    def __call__(self, seqs: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+        groups: dict[tuple[int, ...], list[int]] = {}
+        whole: list[int] = []
+        for i, s in enumerate(seqs):
+            if prefix_length(s):
+                groups.setdefault(tuple(s[:prefix_length(s)]), []).append(i)
+            else:
+                whole.append(i)
+        if not self.cache.max_bytes:  # nothing to keep for later: a prompt met once gains nothing
+            for key in [k for k, members in groups.items() if len(members) == 1]:
+                whole += groups.pop(key)
+        out: list[torch.Tensor | None] = [None] * len(seqs)
+        if whole:
+            for i, row in zip(whole, run_batched([seqs[i] for i in whole], self.split, self.batching,
+                                                 self.pad_id, self.device)):
+                out[i] = row
+        if groups:
+            with torch.inference_mode():
+                prefixes = self._prefixes(list(groups))
+                rows = [(i, prefixes[key]) for key, members in groups.items() for i in members]
+                self.shared_sequences += len(rows)
+                costs = [len(seqs[i]) - p.length + int(PREFIX_TOKEN_COST * p.length) for i, p in rows]
+                for batch in micro_batches(costs, self.batching):
+                    picked = [rows[b] for b in batch]
+                    for (i, _), row in zip(picked, self._run_on_prefixes([(seqs[i], p) for i, p in picked])):
+                        out[i] = row.float().cpu()
+        return out  # type: ignore[return-value]
+
+    def _prefixes(self, keys: list[tuple[int, ...]]) -> dict[tuple[int, ...], Prefix]:
+        """Each prompt's Prefix: from the cache, or computed now (batched) and cached."""
+        found = {key: self.cache.get(key) for key in keys} if self.cache.max_bytes else dict.fromkeys(keys)
+        missing = [key for key, entry in found.items() if entry is None]
+        for batch in micro_batches([len(k) for k in missing], self.batching):
+            ids, mask = pad([missing[b] for b in batch], self.pad_id, self.device)
+            hidden, cache = self.split.cached(input_ids=ids, attention_mask=mask)
+            for row, b in enumerate(batch):
+                n = len(missing[b])  # right padding: the prompt's own tokens come first
+                entry = Prefix([layer.keys[row, :, :n].clone() for layer in cache.layers],
+                               [layer.values[row, :, :n].clone() for layer in cache.layers],
+                               hidden[row, :n].clone())
+                found[missing[b]] = entry
+                if self.cache.max_bytes:
+                    self.cache.put(missing[b], entry)
+        return found  # type: ignore[return-value]
+
+    def _run_on_prefixes(self, rows: list[tuple[Sequence[int], Prefix]]) -> torch.Tensor:
+        """The head's rows for sequences whose prompts are computed: the responses run on the
+        prompts' keys and values (prompts of any lengths, masked where shorter), then the head
+        reads each sequence's hidden states, prompt's and response's, as the full forward's."""
+        from transformers import DynamicCache
+
+        lengths = [p.length for _, p in rows]
+        suffixes = [list(s[p.length:]) for s, p in rows]
+        width, longest = max(lengths), max(map(len, suffixes))
+        count = len(rows)
+        hidden_size = rows[0][1].hidden.shape[-1]
+        widths = [p + len(s) for p, s in zip(lengths, suffixes)]
+        hidden = torch.zeros((count, max(widths), hidden_size), dtype=rows[0][1].hidden.dtype, device=self.device)
+        mask = torch.zeros((count, max(widths)), dtype=torch.long, device=self.device)
+        for r, (_, p) in enumerate(rows):
+            hidden[r, :p.length] = p.hidden
+            mask[r, :widths[r]] = 1
+        if longest:
+            cache = DynamicCache()
+            for layer in range(len(rows[0][1].keys)):
+                cache.update(_stack([p.keys[layer] for _, p in rows], width),
+                             _stack([p.values[layer] for _, p in rows], width), layer)
+            ids, suffix_mask = pad([s or [self.pad_id] for s in suffixes], self.pad_id, self.device)
+            ids = torch.nn.functional.pad(ids, (0, longest - ids.shape[1]), value=self.pad_id)
+            attention = torch.zeros((count, width + longest), dtype=torch.long, device=self.device)
+            for r, (n, s) in enumerate(zip(lengths, suffixes)):
+                attention[r, :n] = 1
+                attention[r, width:width + len(s)] = 1
+            positions = torch.tensor(lengths, device=self.device)[:, None] + torch.arange(longest, device=self.device)
+            states, _ = self.split.cached(input_ids=ids, attention_mask=attention, position_ids=positions,
+                                          cache=cache)
+            for r, (n, s) in enumerate(zip(lengths, suffixes)):
+                hidden[r, n:n + len(s)] = states[r, :len(s)]
+        return self.split.head(hidden, mask)
+
+    def stats(self) -> dict[str, Any]:
+        return {**self.cache.stats(), "shared_sequences": self.shared_sequences}
+
+
+def _stack(parts: list[torch.Tensor], width: int) -> torch.Tensor:
+    """[kv heads, n, head dim] tensors zero-padded to `width` tokens and stacked into a batch."""
+    return torch.stack([torch.nn.functional.pad(t, (0, 0, 0, width - t.shape[1])) for t in parts])
