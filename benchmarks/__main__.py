@@ -17,8 +17,8 @@ from plaudit.rewardmodels.loading import choose_device
 from plaudit.service.api import ModelPool
 from plaudit.service.config import load_config
 
-from . import (execution, gpm_rank, judge_batch, monitoring_overhead, padding, score_throughput, serving, soak,
-               startup, warm_merge)
+from . import (execution, gpm_rank, judge_batch, monitoring_overhead, padding, prefix_groups, score_throughput,
+               serving, soak, startup, warm_merge)
 
 OUT = Path(__file__).resolve().parent / "out" / "latest.json"
 TARGETS = {  # key: (what, target, met); met is None where the number is only reported
@@ -32,6 +32,10 @@ TARGETS = {  # key: (what, target, met); met is None where the number is only re
                                 lambda v: v < 2),
     "score_vs_raw_32": ("/score items/s, 32 one-item clients / raw batched forward", ">= 0.85", lambda v: v >= 0.85),
     "score_vs_naive_32": ("/score items/s, 32 one-item clients / naive server", "> 1", lambda v: v > 1),
+    "group_vs_raw_k16": ("8 prompts x 16 responses, a /score request per prompt / raw whole forward", ">= 3",
+                         lambda v: v >= 3),
+    "group_single_vs_raw_k16": ("the same, one response per request from 32 clients / raw whole forward", ">= 2",
+                                lambda v: v >= 2),
     "padding_sorted_vs_arrival": ("items/s, length-sorted / arrival-order micro-batches", "> 1", lambda v: v > 1),
     "exec_sandbox_overhead": ("one short program: bubblewrap sandbox / plain subprocess", "<= 1.5",
                               lambda v: v <= 1.5),
@@ -57,6 +61,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="plaudit-bench-") as tmp, \
             serving.plaudit(Path(tmp), serving.BT_ONLY) as service:
         results.update(score_throughput.run(service, pool.get("default")))
+        results.update(prefix_groups.run(service, pool.get("default")))
         results.update(soak.run(service))
     results.update(startup.run())
     results["seconds"] = round(time.time() - start, 1)
@@ -77,6 +82,13 @@ def main() -> None:
     for row in throughput["phases"]:
         print(f"  {row['target']:7} {row['clients']:2} clients: {row['items_per_s']:7} items/s ({row['vs_raw']}x raw), "
               f"{row['forward_calls']} forward calls, {row['sequences_per_call']} sequences each")
+    groups = results["prefix_groups"]
+    print(f"Groups, {groups['prompts']} prompts x {groups['k']} responses: raw {groups['raw_items_per_s']} items/s, "
+          f"a request per prompt {groups['grouped']}, one per request {groups['single']}")
+    for curve in ("by_k", "by_prompt_tokens"):
+        for row in groups["curves"][curve]:
+            print(f"  K={row['k']:2}, prompt {row['prompt_tokens']:3} tokens: shared "
+                  f"{row['shared_ms_per_item']} ms/item, whole {row['whole_ms_per_item']} ms/item ({row['speedup']}x)")
     for order in ("sorted", "arrival"):
         print(f"Padding, {order:7}: {results['padding'][order]}")
     print(f"Execution: {results['execution']}")

@@ -79,15 +79,18 @@ class Load:
         return len(self.latencies) + self.errors
 
 
-def drive(url: str, items: Sequence[Item], clients: int, seconds: float | None = None) -> Load:
-    """`clients` concurrent clients, one item per POST /score, until every item was sent once
-    or, given `seconds`, round the items until then; the clock stops at the last answer."""
-    return asyncio.run(_drive(url, items, clients, seconds))
+def drive(url: str, items: Sequence[Item], clients: int, seconds: float | None = None,
+          requests: Sequence[Sequence[int]] | None = None) -> Load:
+    """`clients` concurrent clients, one item per POST /score (or the items of each of
+    `requests`, lists of indices, per POST), until every request was sent once or, given
+    `seconds`, round the requests until then; the clock stops at the last answer."""
+    return asyncio.run(_drive(url, items, clients, seconds, requests or [[i] for i in range(len(items))]))
 
 
-async def _drive(url: str, items: Sequence[Item], clients: int, seconds: float | None) -> Load:
-    bodies = [{"items": [item.model_dump()]} for item in items]
-    turns = itertools.count() if seconds else iter(range(len(items)))
+async def _drive(url: str, items: Sequence[Item], clients: int, seconds: float | None,
+                 requests: Sequence[Sequence[int]]) -> Load:
+    bodies = [{"items": [items[i].model_dump() for i in request]} for request in requests]
+    turns = itertools.count() if seconds else iter(range(len(requests)))
     load = Load(0.0)
     async with httpx2.AsyncClient(base_url=url, timeout=600, limits=httpx2.Limits(max_connections=clients)) as http:
         async def client() -> None:
@@ -96,7 +99,7 @@ async def _drive(url: str, items: Sequence[Item], clients: int, seconds: float |
                     return
                 sent = time.perf_counter()
                 try:
-                    answer = await http.post("/score", json=bodies[turn % len(items)])
+                    answer = await http.post("/score", json=bodies[turn % len(bodies)])
                 except httpx2.HTTPError:
                     load.errors += 1
                     continue
@@ -104,7 +107,7 @@ async def _drive(url: str, items: Sequence[Item], clients: int, seconds: float |
                     load.errors += 1
                     continue
                 load.latencies.append(time.perf_counter() - sent)
-                load.rewards[turn % len(items)] = answer.json()["rewards"][0]
+                load.rewards.update(zip(requests[turn % len(bodies)], answer.json()["rewards"]))
 
         start = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(clients)))

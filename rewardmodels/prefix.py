@@ -30,6 +30,9 @@ from .encoding import Batching, micro_batches, pad, prefix_length, run_batched
 # the row computes: attention over the prefix only, no MLP, no projections. The planner
 # weighs a row as its response tokens plus this share of its prompt's.
 PREFIX_TOKEN_COST = 0.125
+# A prompt that only one sequence in a batch has is computed on its own, and cached for its
+# later samples, from this many tokens: a shorter one costs a call more than it saves.
+MIN_CACHED_PREFIX = 32
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,9 @@ class PrefixCache:
         self._lock = threading.Lock()
         self.hits = self.misses = self.evictions = self.bytes = 0
 
+    def holds(self, key: tuple[int, ...]) -> bool:
+        return key in self._entries
+
     def get(self, key: tuple[int, ...]) -> Prefix | None:
         with self._lock:
             entry = self._entries.get(key)
@@ -138,9 +144,10 @@ class SharedPrefixForward:
                 groups.setdefault(tuple(s[:prefix_length(s)]), []).append(i)
             else:
                 whole.append(i)
-        if not self.cache.max_bytes:  # nothing to keep for later: a prompt met once gains nothing
-            for key in [k for k, members in groups.items() if len(members) == 1]:
-                whole += groups.pop(key)
+        # A prompt met once in this batch is worth a pass of its own only if it is cached already
+        # or, long enough to save more than a call costs, is kept for its later samples.
+        for key in [k for k, members in groups.items() if len(members) == 1 and not self._worth_alone(k)]:
+            whole += groups.pop(key)
         out: list[torch.Tensor | None] = [None] * len(seqs)
         if whole:
             for i, row in zip(whole, run_batched([seqs[i] for i in whole], self.split, self.batching,
@@ -157,6 +164,9 @@ class SharedPrefixForward:
                     for (i, _), row in zip(picked, self._run_on_prefixes([(seqs[i], p) for i, p in picked])):
                         out[i] = row.float().cpu()
         return out  # type: ignore[return-value]
+
+    def _worth_alone(self, key: tuple[int, ...]) -> bool:
+        return bool(self.cache.max_bytes) and (len(key) >= MIN_CACHED_PREFIX or self.cache.holds(key))
 
     def _prefixes(self, keys: list[tuple[int, ...]]) -> dict[tuple[int, ...], Prefix]:
         """Each prompt's Prefix: from the cache, or computed now (batched) and cached."""

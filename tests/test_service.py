@@ -100,8 +100,8 @@ def test_samples_of_a_prompt_sent_one_per_request_share_its_pass(service, local)
     """GRPO-shaped load as OpenRLHF sends it: 4 prompts x 8 samples, one per request, from 16
     clients, prompts interleaved. Later samples find their prompt in the prefix cache; the
     rewards are the in-process ones, and /models and /metrics count the same hits."""
-    prompts = [f"task {p}: explain" for p in range(4)]
-    items = [{"prompt": prompts[i % 4], "response": f"ok {i}" * (1 + i % 2)} for i in range(32)]
+    prompts = [f"task {p}: explain the steps of the function that adds" for p in range(4)]  # 40-odd tokens
+    items = [{"prompt": prompts[i % 4], "response": f"ok {i}"} for i in range(32)]
     stats = lambda: {m["name"]: m["stats"] for m in service.get("/models").json()["models"]}["tiny"]["prefix_cache"]
     before = stats()
     with ThreadPoolExecutor(16) as pool:
