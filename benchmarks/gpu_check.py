@@ -9,7 +9,9 @@ those of random weights. Prints one JSON object (and writes it to --out):
 - forward_ms: one forward pass by rows x tokens, and the call overhead in tokens that
   encoding.CALL_OVERHEAD_TOKENS["cuda"] estimates (the fit time = a + b * padded tokens, a / b);
 - score_vs_raw_32: items/s of 32 threads each scoring one item at a time through the
-  scorer (cross-request batching) over a raw length-sorted batched forward of the same items.
+  scorer (cross-request batching) over a raw length-sorted batched forward of the same items;
+- groups: 8 prompts of 640 tokens x 16 responses, a call per prompt and one item per call,
+  over the whole-sequence forward (prefix sharing, prefix.py).
 It imports only the library (no BentoML, no packaged data), so a bare GPU image with torch
 and transformers runs it.
 """
@@ -90,8 +92,9 @@ def forward_costs(scorer, shapes: list[tuple[int, int]]) -> dict:
             "call_overhead_tokens": round(intercept / slope) if slope > 0 else None}
 
 
-def score_vs_raw(scorer, batch: list[Item], clients: int = 32) -> dict:
-    seqs = [encode_item(scorer.tokenizer, it, scorer.max_length)[0] for it in batch]
+def raw_seconds(scorer, batch: list[Item]) -> float:
+    """The whole-sequence forward over `batch`: length-sorted padded micro-batches, no service."""
+    seqs = [list(encode_item(scorer.tokenizer, it, scorer.max_length)[0]) for it in batch]
     batching = Batching().on(scorer.device)
     pad_id = scorer.tokenizer.pad_token_id
 
@@ -100,7 +103,11 @@ def score_vs_raw(scorer, batch: list[Item], clients: int = 32) -> dict:
             for b in micro_batches([len(s) for s in seqs], batching):
                 scorer.rows(*pad([seqs[i] for i in b], pad_id, scorer.device)).float().cpu()
 
-    raw_s = timed(raw, repeat=3)
+    return timed(raw, repeat=3)
+
+
+def score_vs_raw(scorer, batch: list[Item], clients: int = 32) -> dict:
+    raw_s = raw_seconds(scorer, batch)
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(lambda it: scorer.score([it]), batch[:clients]))  # warm-up
         start = time.perf_counter()
@@ -108,6 +115,33 @@ def score_vs_raw(scorer, batch: list[Item], clients: int = 32) -> dict:
         served_s = time.perf_counter() - start
     return {"raw_items_per_s": round(len(batch) / raw_s, 1), "served_items_per_s": round(len(batch) / served_s, 1),
             "score_vs_raw_32": round(raw_s / served_s, 3)}
+
+
+def group_items(tokenizer, phase: int, prompts: int = 8, k: int = 16, prompt_tokens: int = 640) -> list[Item]:
+    """GRPO-shaped: `prompts` prompts of `prompt_tokens` tokens, `k` responses of 64-256 tokens
+    each, interleaved; each phase has prompts of its own (none in the prefix cache yet)."""
+    ids = tokenizer(CODE * 400, add_special_tokens=False)["input_ids"]
+    rng = random.Random(phase)
+    texts = [f"Task {phase}.{p}:\n" + tokenizer.decode(ids[p * 11:p * 11 + prompt_tokens]) for p in range(prompts)]
+    return [Item(prompt=texts[p], response=tokenizer.decode(ids[:rng.randint(64, 256)]))
+            for _ in range(k) for p in range(prompts)]
+
+
+def groups(scorer, prompts: int = 8, k: int = 16) -> dict:
+    """Issue 16's group keys in process: a score call per prompt (8 threads) and one item per
+    call (32 threads), items/s over the whole-sequence forward of the same shape of items."""
+    raw_s = raw_seconds(scorer, group_items(scorer.tokenizer, 0, prompts, k))
+    out = {"raw_items_per_s": round(prompts * k / raw_s, 1)}
+    phases = (("group_vs_raw_k16", prompts, k), ("group_single_vs_raw_k16", 32, 1))
+    for phase, (name, clients, size) in enumerate(phases, start=1):
+        batch = group_items(scorer.tokenizer, phase, prompts, k)
+        calls = [batch[i::prompts] for i in range(prompts)] if size > 1 else [[it] for it in batch]
+        with ThreadPoolExecutor(clients) as pool:
+            start = time.perf_counter()
+            list(pool.map(scorer.score, calls))
+            out[name] = round(raw_s / (time.perf_counter() - start), 3)
+    out["prefix_cache"] = scorer.prefixes.stats()
+    return out
 
 
 def main() -> None:
@@ -135,6 +169,7 @@ def main() -> None:
                                    "neighbour_order_kept": round(order_kept / (len(batch) - 1), 4)}
         results.update(forward_costs(bf16, SHAPES[:3] if args.dry_run else SHAPES))
         results.update(score_vs_raw(bf16, batch))
+        results["groups"] = groups(bf16, 2, 4) if args.dry_run else groups(bf16)
     text = json.dumps(results, indent=2)
     print(text)
     if args.out:

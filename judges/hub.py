@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from typing import Any, Coroutine, TypeVar
 
 from .backends import Backend, BackendConfig
@@ -28,6 +28,7 @@ class BackendHub:
         self._backends: dict[str, Backend] = {}
         self._servers: dict[str, LocalServer] = {}
         self._lock = threading.Lock()
+        self._closed = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="judge-backends", daemon=True)
         self._thread.start()
@@ -51,23 +52,54 @@ class BackendHub:
         return f"{spec.model or 'default'}@{spec.url}"
 
     def submit(self, coroutine: Coroutine[Any, Any, T]) -> Future[T]:
+        if self._closed:
+            coroutine.close()
+            raise HubClosed("the judge backends are closed")
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return self.submit(coroutine).result()
+        """The coroutine's result, waited for in slices: a hub closed meanwhile (its loop gone)
+        is an error, never a wait without end."""
+        done = self.submit(coroutine)
+        while True:
+            try:
+                return done.result(timeout=1.0)
+            except TimeoutError:
+                if not self._thread.is_alive():
+                    done.cancel()
+                    raise HubClosed("the judge backends were closed before this call finished") from None
+            except CancelledError:
+                raise HubClosed("the judge backends were closed before this call finished") from None
 
     def stats(self) -> dict[str, Any]:
         return {name: backend.stats() for name, backend in self._backends.items()}
 
     def close(self) -> None:
+        """Cancel the calls still running (their callers get HubClosed), close the backends,
+        stop the local servers and the loop."""
+        if self._closed:
+            return
+        self.run(_cancel_others())
         for backend in self._backends.values():
             self.run(backend.aclose())
+        self._closed = True
         self._backends.clear()
         for server in self._servers.values():
             server.stop()
         self._servers.clear()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
+
+
+class HubClosed(RuntimeError):
+    """A judge call made or still running when its backends were closed (the service stopping)."""
+
+
+async def _cancel_others() -> None:
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)
 
 
 async def _make_backend(config: BackendConfig) -> Backend:

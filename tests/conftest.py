@@ -4,7 +4,11 @@ The real packaged model is exercised by the tests marked `slow`.
 """
 from __future__ import annotations
 
+import faulthandler
 import os
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +16,25 @@ import torch
 from hypothesis import settings
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+
+EXIT_GRACE_S = 60
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """At exit Python joins every thread-pool thread, so one that a test left blocked would
+    keep the run alive until CI's time limit (it did: judges/hub.py's calls on a closed hub).
+    If the process is still here EXIT_GRACE_S after the session, every thread's stack is
+    printed, to find the leak, and the run ends with the session's own status."""
+    def watchdog() -> None:
+        time.sleep(EXIT_GRACE_S)
+        sys.stdout.flush()
+        sys.stderr.write(f"\nconftest: still running {EXIT_GRACE_S} s after the session ended; "
+                         "a thread left blocked by a test (stacks below):\n")
+        faulthandler.dump_traceback(all_threads=True)
+        sys.stderr.flush()
+        os._exit(int(exitstatus))
+
+    threading.Thread(target=watchdog, name="exit-watchdog", daemon=True).start()
 
 # Random testing (hypothesis, and schemathesis through it) passes or fails on the code under
 # CI=true: the same examples every run. Elsewhere each run draws new ones (`make fuzz`), and a

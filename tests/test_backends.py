@@ -234,3 +234,28 @@ def test_local_server_stops_on_exit():
         assert httpx2.get(f"{url}/health").status_code == 200
     with pytest.raises(httpx2.ConnectError):
         httpx2.get(f"{url}/health")
+
+
+def test_closing_the_hub_ends_the_calls_still_waiting_on_it():
+    """A judge call in flight when the service stops (a composite's judge part, say) gets an
+    error: before, its thread waited on a stopped loop forever, and a process exiting joined it
+    forever (CI ran past its time limit after every test had passed)."""
+    from plaudit.judges.hub import BackendHub, HubClosed
+
+    hub = BackendHub({})
+    outcome: list[BaseException] = []
+
+    def caller() -> None:
+        try:
+            hub.run(asyncio.sleep(60))
+        except HubClosed as e:
+            outcome.append(e)
+
+    thread = threading.Thread(target=caller, daemon=True)
+    thread.start()
+    time.sleep(0.2)
+    hub.close()
+    thread.join(timeout=5)
+    assert not thread.is_alive() and len(outcome) == 1
+    with pytest.raises(HubClosed):
+        hub.run(asyncio.sleep(0))

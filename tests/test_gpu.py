@@ -87,3 +87,18 @@ def test_codepref_label_logits_run_in_fp32(tiny_base, tmp_path):
     with torch.no_grad():
         served = label_logits(scorer.model, scorer.labels, *pad(seqs, scorer.tokenizer.pad_token_id, scorer.device))
     assert torch.allclose(served, by_hand, atol=1e-5)
+
+
+def test_prefix_sharing_in_bf16_stays_within_bf16_noise(tiny_bt):
+    """Responses on a prompt's cached keys and values (prefix.py) against their whole forward,
+    both in bf16 on the GPU: the same rewards within BF16_TOL."""
+    from plaudit.rewardmodels.encoding import run_batched
+
+    gpu = load_scorer(tiny_bt, device="cuda", dtype="bfloat16")
+    prompt = " ".join(["Write a function that adds two numbers, then test it."] * 6)
+    items = [Item(prompt=prompt, response=it.response) for it in ITEMS] * 4
+    shared = gpu.score(items).rewards
+    assert gpu.prefixes.stats()["shared_sequences"] == len(items)
+    seqs = [list(encode_item(gpu.tokenizer, it, gpu.max_length)[0]) for it in items]
+    whole = run_batched(seqs, gpu.prefixes.split, gpu.prefixes.batching, gpu.tokenizer.pad_token_id, gpu.device)
+    assert max(abs(a - float(b)) for a, b in zip(shared, whole)) <= BF16_TOL
