@@ -117,24 +117,26 @@ def score_vs_raw(scorer, batch: list[Item], clients: int = 32) -> dict:
             "score_vs_raw_32": round(raw_s / served_s, 3)}
 
 
-def group_items(tokenizer, phase: int, prompts: int = 8, k: int = 16, prompt_tokens: int = 640) -> list[Item]:
+def group_items(tokenizer, phase: int, prompts: int = 8, k: int = 16, prompt_tokens: int = 640,
+                response_tokens: tuple[int, int] = (64, 256)) -> list[Item]:
     """GRPO-shaped: `prompts` prompts of `prompt_tokens` tokens, `k` responses of 64-256 tokens
     each, interleaved; each phase has prompts of its own (none in the prefix cache yet)."""
     ids = tokenizer(CODE * 400, add_special_tokens=False)["input_ids"]
     rng = random.Random(phase)
     texts = [f"Task {phase}.{p}:\n" + tokenizer.decode(ids[p * 11:p * 11 + prompt_tokens]) for p in range(prompts)]
-    return [Item(prompt=texts[p], response=tokenizer.decode(ids[:rng.randint(64, 256)]))
+    return [Item(prompt=texts[p], response=tokenizer.decode(ids[:rng.randint(*response_tokens)]))
             for _ in range(k) for p in range(prompts)]
 
 
-def groups(scorer, prompts: int = 8, k: int = 16) -> dict:
+def groups(scorer, prompts: int = 8, k: int = 16, prompt_tokens: int = 640) -> dict:
     """Issue 16's group keys in process: a score call per prompt (8 threads) and one item per
     call (32 threads), items/s over the whole-sequence forward of the same shape of items."""
-    raw_s = raw_seconds(scorer, group_items(scorer.tokenizer, 0, prompts, k))
+    lengths = (64, 256) if prompt_tokens >= 256 else (8, 32)
+    raw_s = raw_seconds(scorer, group_items(scorer.tokenizer, 0, prompts, k, prompt_tokens, lengths))
     out = {"raw_items_per_s": round(prompts * k / raw_s, 1)}
     phases = (("group_vs_raw_k16", prompts, k), ("group_single_vs_raw_k16", 32, 1))
     for phase, (name, clients, size) in enumerate(phases, start=1):
-        batch = group_items(scorer.tokenizer, phase, prompts, k)
+        batch = group_items(scorer.tokenizer, phase, prompts, k, prompt_tokens, lengths)
         calls = [batch[i::prompts] for i in range(prompts)] if size > 1 else [[it] for it in batch]
         with ThreadPoolExecutor(clients) as pool:
             start = time.perf_counter()
@@ -169,7 +171,7 @@ def main() -> None:
                                    "neighbour_order_kept": round(order_kept / (len(batch) - 1), 4)}
         results.update(forward_costs(bf16, SHAPES[:3] if args.dry_run else SHAPES))
         results.update(score_vs_raw(bf16, batch))
-        results["groups"] = groups(bf16, 2, 4) if args.dry_run else groups(bf16)
+        results["groups"] = groups(bf16, 2, 4, 48) if args.dry_run else groups(bf16)
     text = json.dumps(results, indent=2)
     print(text)
     if args.out:
