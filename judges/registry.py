@@ -24,6 +24,7 @@ class JudgeConfig(BaseModel):
     logprobs: bool = True  # ask for the first token's logprobs (P(YES) vs P(NO)) where the server gives them
     parse_retries: int = Field(2, ge=0)  # re-asks (at temperature 1.0) of an answer that cannot be read
     checklist_dir: str | None = None  # tick: where checklists are kept (default: the plaudit cache)
+    checklist_memory: int | None = Field(None, gt=0)  # tick: checklists kept in memory, least recently used out
 
     @field_validator("method")
     @classmethod
@@ -34,8 +35,9 @@ class JudgeConfig(BaseModel):
 
     @model_validator(mode="after")
     def _checklists_for_tick(self):
-        if self.checklist_dir is not None and self.method != "tick":
-            raise ValueError("checklist_dir is for tick judges")
+        for option in ("checklist_dir", "checklist_memory"):
+            if getattr(self, option) is not None and self.method != "tick":
+                raise ValueError(f"{option} is for tick judges")
         return self
 
 

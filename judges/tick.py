@@ -17,7 +17,7 @@ from plaudit.rewardmodels.base import Prompt, Ranking
 from .backends import BackendError
 from .base import Judge, prompt_text, render
 from plaudit.schemas import Answer, JudgeRequest, JudgeResponse, Verdict
-from .checklists import ChecklistStore
+from .checklists import MEMORY_ENTRIES, ChecklistStore
 
 MIN_QUESTIONS, MAX_QUESTIONS = 2, 8
 _BULLET = re.compile(r"^\s*(?:[-*•]|\(?\d+[.):]|Q\d+[.:])?\s*")
@@ -38,9 +38,10 @@ class TickJudge(Judge):
     method = "tick"
     neutral_reward = 0.5
 
-    def __init__(self, name: str, hub, backend: str, *, checklist_dir: str | None = None, **options: Any):
+    def __init__(self, name: str, hub, backend: str, *, checklist_dir: str | None = None,
+                 checklist_memory: int = MEMORY_ENTRIES, **options: Any):
         super().__init__(name, hub, backend, **options)
-        self.store = ChecklistStore(checklist_dir)
+        self.store = ChecklistStore(checklist_dir, checklist_memory)
         self.metadata["checklist_dir"] = str(self.store.directory)
 
     async def _generate(self, instruction: str) -> list[str] | None:

@@ -310,3 +310,40 @@ def test_the_readme_backend_example_is_a_valid_config():
     config = ServiceConfig.model_validate(yaml.safe_load(block))
     assert config.judge_name(None) == "checklist" and config.backends["tgi"].concurrency == 32
     assert set(config.backends) == {"local", "tgi"}
+
+
+def test_checklists_in_memory_are_bounded_and_the_disk_keeps_them_all(tmp_path):
+    """TICK as an RL reward meets ever-new prompts: memory holds the most recently used few,
+    an evicted checklist comes back from disk without a new generation."""
+    import asyncio
+
+    from plaudit.judges.checklists import ChecklistStore
+
+    store = ChecklistStore(tmp_path, memory_entries=3)
+    generated: list[str] = []
+
+    async def ask(instruction: str) -> tuple[list[str] | None, str]:
+        async def generate() -> list[str]:
+            generated.append(instruction)
+            return [f"Does it do {instruction}?", "Is it valid?"]
+        return await store.get("judge", instruction, generate)
+
+    async def run() -> list[str]:
+        sources = [(await ask(f"task {i}"))[1] for i in range(10)]
+        sources.append((await ask("task 9"))[1])  # in memory
+        sources.append((await ask("task 0"))[1])  # evicted long ago: read back from disk
+        return sources
+
+    sources = asyncio.run(run())
+    assert sources == ["generated"] * 10 + ["cache", "cache"]
+    assert generated == [f"task {i}" for i in range(10)]
+    assert store.memory_size() == 3 and store.counts["evicted"] == 8
+    assert len(list(tmp_path.glob("*.json"))) == 10
+
+
+def test_checklist_memory_is_for_tick_judges():
+    from plaudit.judges.registry import JudgeConfig
+
+    assert JudgeConfig(method="tick", checklist_memory=10).checklist_memory == 10
+    with pytest.raises(ValidationError, match="checklist_memory is for tick judges"):
+        JudgeConfig(method="direct", checklist_memory=10)
