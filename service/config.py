@@ -105,8 +105,13 @@ class MonitoringConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     reward_window: int = Field(1000, ge=10, description="rewards per model for mean, std, length bias and drift")
     feedback_window: int = Field(1000, ge=10, description="labelled predictions per model for ECE, Brier, accuracy")
-    max_pending: int = Field(200_000, ge=1, description="remembered ids awaiting feedback; the oldest go first")
+    max_pending: int = Field(200_000, ge=1, description=(
+        "labelled ids each process remembers, to refuse a second label for one id; the oldest go first"))
     pending_ttl_s: float = Field(86_400, gt=0, description="how long an id waits for its feedback")
+    feedback_key: str | None = Field(None, description=(
+        "the key that signs feedback ids (else $PLAUDIT_FEEDBACK_KEY); give every worker and replica the "
+        "same one, so any of them accepts a label for an id another served. Without one each process "
+        "makes its own, and only the process that served an id accepts its label"))
     update_interval_s: float = Field(1.0, ge=0, description="how often the reward window's gauges are recomputed")
 
 

@@ -7,9 +7,9 @@ accuracy); for judges, unscored answers, pairwise order inconsistency and where
 checklists came from. Plus the serving figures: requests, items, latency, errors by
 kind, forward batch sizes and queue wait.
 
-Every scoring answer carries ids; the probability the model gave each is remembered
-(bounded, oldest first out, with a time limit) so that `POST /feedback` can label it
-later. Label values are model names from the config and fixed endpoint names: never user
+Every scoring answer carries ids that hold the probability served, signed
+(feedback_ids.py), so that `POST /feedback` to any worker or replica with the same key can
+label it later, within a time limit. Label values are model names from the config and fixed endpoint names: never user
 text. Metric objects are made in the worker, after BentoML has set up Prometheus's
 multiprocess mode, which is why `prometheus_client` is imported late.
 """
@@ -29,6 +29,7 @@ from plaudit.schemas import JudgeResponse
 from plaudit.rewardmodels import Scorer
 
 from .config import MonitoringConfig
+from .feedback_ids import FeedbackIds
 from plaudit.schemas import (CompareResponse, FeedbackRequest, FeedbackResponse, GetRewardResponse, RankResponse,
                       ScoreResponse, StepsResponse)
 
@@ -150,7 +151,8 @@ class Monitor:
         self.config = config
         self.metrics = metrics or Metrics()
         self._windows: dict[str, Window] = {}
-        self._pending: OrderedDict[str, tuple[str, str, float, float]] = OrderedDict()  # id -> model, kind, p, time
+        self.ids = FeedbackIds(config.feedback_key)
+        self._labelled: OrderedDict[str, None] = OrderedDict()  # ids accepted, so a second label is refused
         self._judge_seen: dict[str, dict[str, int]] = {}
         self._lock = threading.Lock()
 
@@ -196,21 +198,21 @@ class Monitor:
         if isinstance(response, ScoreResponse):
             lengths = [len(item.response) for item in request.items]
             self._rewards(model, response.rewards, lengths)
-            self._remember(model, "item", response.ids, [scorer.p_good(r) for r in response.rewards])
+            response.ids = self._mint(model, "item", response.ids, [scorer.p_good(r) for r in response.rewards])
         elif isinstance(response, CompareResponse):
-            self._remember(model, "pair", response.ids, response.probabilities)
+            response.ids = self._mint(model, "pair", response.ids, response.probabilities)
         elif isinstance(response, RankResponse):
             self._rewards(model, response.rewards, [len(r) for r in request.responses])
-            self._remember(model, "item", response.ids, [scorer.p_good(r) for r in response.rewards])
+            response.ids = self._mint(model, "item", response.ids, [scorer.p_good(r) for r in response.rewards])
         elif isinstance(response, StepsResponse):
-            self._remember(model, "item", [response.id], [response.aggregates["min"]])
+            response.id = self._mint(model, "item", [response.id], [response.aggregates["min"]])[0]
         elif isinstance(response, GetRewardResponse):
             self._rewards(model, response.rewards, [len(q) for q in request.query])
-            self._remember(model, "item", response.ids, [scorer.p_good(r) for r in response.rewards])
+            response.ids = self._mint(model, "item", response.ids, [scorer.p_good(r) for r in response.rewards])
         elif isinstance(response, JudgeResponse):
             rewards = [v.reward for v in response.results]
             self._rewards(model, rewards, [len(r) for r in request.responses])
-            self._remember(model, "item", response.ids, [scorer.p_good(r) for r in rewards])
+            response.ids = self._mint(model, "item", response.ids, [scorer.p_good(r) for r in rewards])
         if isinstance(scorer, Judge):
             self._judge(model, scorer.stats())
         return len(getattr(response, "rewards", None) or getattr(response, "probabilities", None)
@@ -236,14 +238,11 @@ class Monitor:
         m.length_corr.labels(model).set(pearson(rewards, [float(n) for _, n in window.rewards]))
         m.drift.labels(model).set(ks_distance(sorted(rewards), window.reference))
 
-    def _remember(self, model: str, kind: str, ids: list[str], probabilities: list[float | None]) -> None:
-        now = time.monotonic()
-        with self._lock:
-            for i, p in zip(ids, probabilities):
-                if p is not None:
-                    self._pending[i] = (model, kind, p, now)
-            while len(self._pending) > self.config.max_pending:
-                self._pending.popitem(last=False)
+    def _mint(self, model: str, kind: str, ids: list[str], probabilities: list[float | None]) -> list[str]:
+        """Signed ids that carry each prediction (feedback_ids.py); an unscored answer keeps its
+        plain id, which no feedback matches."""
+        now = time.time()
+        return [i if p is None else self.ids.mint(model, kind, p, now) for i, p in zip(ids, probabilities)]
 
     def _judge(self, model: str, stats: dict[str, Any]) -> None:
         """A judge's own counters, as increments since the last look."""
@@ -268,18 +267,22 @@ class Monitor:
     # ---- feedback ----
 
     def feedback(self, request: FeedbackRequest) -> FeedbackResponse:
-        now = time.monotonic()
+        """Labels for ids any process served with the same key; forged, expired or already
+        labelled ids (this process remembers the last `max_pending` it accepted) are listed."""
+        now = time.time()
         unknown, touched = [], set()
         with self._lock:
             for entry in request.items:
-                found = self._pending.pop(entry.id, None)
-                if found is None or now - found[3] > self.config.pending_ttl_s:
+                served = self.ids.read(entry.id)
+                if served is None or now - served.served_at > self.config.pending_ttl_s or entry.id in self._labelled:
                     unknown.append(entry.id)
                     continue
-                model, kind, p, _ = found
-                self.window(model).labelled.append((p, entry.label))
-                self.metrics.feedback.labels(model, kind).inc()
-                touched.add(model)
+                self._labelled[entry.id] = None
+                while len(self._labelled) > self.config.max_pending:
+                    self._labelled.popitem(last=False)
+                self.window(served.model).labelled.append((served.probability, entry.label))
+                self.metrics.feedback.labels(served.model, served.kind).inc()
+                touched.add(served.model)
             for model in touched:
                 labelled = list(self._windows[model].labelled)
                 result = calibration(labelled)

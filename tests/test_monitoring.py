@@ -43,18 +43,39 @@ def test_ks_distance_and_calibration():
     assert calibration([(0.9, 0)] * 10)["ece"] == pytest.approx(0.9)
 
 
-def test_windows_and_pending_ids_stay_bounded():
+def test_windows_and_labelled_ids_stay_bounded():
     m = monitor(reward_window=50, feedback_window=20, max_pending=100)
     for i in range(1000):
         m._rewards("tiny", [float(i)], [i])
-        m._remember("tiny", "item", [f"id-{i}"], [0.7])
     window = m.window("tiny")
-    assert len(window.rewards) == 50 and len(window.reference) == 50 and len(m._pending) == 100
+    assert len(window.rewards) == 50 and len(window.reference) == 50
     assert window.reference[-1] == 49.0  # the reference is the first rewards, not the latest
-    answer = m.feedback(FeedbackRequest(items=[{"id": "id-0", "label": 1}, {"id": "id-999", "label": 1}]))
-    assert answer.accepted == 1 and answer.unknown == ["id-0"]  # id-0 was evicted long ago
-    again = m.feedback(FeedbackRequest(items=[{"id": "id-999", "label": 0}]))
-    assert again.unknown == ["id-999"]  # labelled once
+    ids = m._mint("tiny", "item", ["plain"] * 300, [0.7] * 300)
+    assert m.feedback(FeedbackRequest(items=[{"id": i, "label": 1} for i in ids])).accepted == 300
+    assert len(m._labelled) == 100 and len(window.labelled) == 20
+    again = m.feedback(FeedbackRequest(items=[{"id": ids[-1], "label": 0}]))
+    assert again.unknown == [ids[-1]]  # labelled once
+
+
+def test_any_process_with_the_key_accepts_a_label_and_nobody_forges_one(monkeypatch):
+    """Two workers (two Monitors) with one key: each accepts ids the other served, with the
+    probability that was served; an id altered, signed with another key, or unscored is unknown."""
+    registry = CollectorRegistry()
+    served_by = Monitor(MonitoringConfig(feedback_key="shared"), Metrics(CollectorRegistry()))
+    labelled_by = Monitor(MonitoringConfig(feedback_key="shared"), Metrics(registry))
+    stranger = Monitor(MonitoringConfig(feedback_key="another"), Metrics(CollectorRegistry()))
+    ids = served_by._mint("tiny", "pair", ["a", "b", "c"], [0.9, 0.2, None])
+    assert ids[2] == "c"  # unscored: no signed id
+    signature = ids[0].partition(".")[2]
+    tampered = stranger._mint("tiny", "pair", ["x"], [0.9])[0].partition(".")[0] + "." + signature
+    answer = labelled_by.feedback(FeedbackRequest(items=[{"id": i, "label": 1} for i in [*ids, tampered, "junk"]]))
+    assert answer.accepted == 2 and answer.unknown == ["c", tampered, "junk"]
+    assert list(labelled_by.window("tiny").labelled) == [(0.9, 1), (0.2, 1)]
+    assert registry.get_sample_value("plaudit_feedback_total", {"model": "tiny", "kind": "pair"}) == 2
+    assert stranger.feedback(FeedbackRequest(items=[{"id": ids[1], "label": 1}])).unknown == [ids[1]]
+    monkeypatch.setenv("PLAUDIT_FEEDBACK_KEY", "shared")  # the key from the environment
+    from_env = Monitor(MonitoringConfig(), Metrics(CollectorRegistry()))
+    assert from_env.ids.shared and from_env.feedback(FeedbackRequest(items=[{"id": ids[1], "label": 0}])).accepted == 1
 
 
 def test_a_model_whose_first_answers_are_all_unscored_is_monitored():
@@ -82,9 +103,9 @@ def test_judge_counters_export_increments_since_the_last_look():
 
 def test_expired_ids_are_reported_not_fatal():
     m = monitor(pending_ttl_s=0.05)
-    m._remember("tiny", "pair", ["a"], [0.8])
+    [served] = m._mint("tiny", "pair", ["a"], [0.8])
     time.sleep(0.1)
-    assert m.feedback(FeedbackRequest(items=[{"id": "a", "label": 1}])).unknown == ["a"]
+    assert m.feedback(FeedbackRequest(items=[{"id": served, "label": 1}])).unknown == [served]
 
 
 @needs_promtool
