@@ -27,13 +27,13 @@ from typing import Any, Callable
 from plaudit.judges.base import Judge
 from plaudit.schemas import JudgeResponse
 from plaudit.rewardmodels import Scorer
+from plaudit.training.calibration import bin_of, expected_calibration_error
 
 from .config import MonitoringConfig
 from .feedback_ids import FeedbackIds
 from plaudit.schemas import (CompareResponse, FeedbackRequest, FeedbackResponse, GetRewardResponse, RankResponse,
                       ScoreResponse, StepsResponse)
 
-BINS = 10
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 REWARD_BUCKETS = (-4, -3, -2, -1, -0.5, 0, 0.25, 0.5, 0.75, 1, 2, 3, 4, 6, 8, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -56,6 +56,26 @@ class Metrics:
 
         def gauge(name: str, doc: str):
             return pc.Gauge(name, doc, ["model"], multiprocess_mode="livemostrecent", **where)
+
+        # What Prometheus adds up across workers and replicas (deploy/prometheus/rules.yml turns
+        # them into ECE, Brier, accuracy, drift and length bias); the gauges below are one
+        # process's window, exact only where one process serves.
+        by_bin = ["model", "bin"]
+        self.calibration_predictions = counter("plaudit_calibration_predictions",
+                                               "labelled predictions, by bin of predicted probability", by_bin)
+        self.calibration_probability = counter("plaudit_calibration_probability",
+                                               "sum of the labelled predictions' probabilities, by bin", by_bin)
+        self.calibration_positives = counter("plaudit_calibration_positives",
+                                             "labelled predictions whose label was 1, by bin", by_bin)
+        self.calibration_squared_error = counter("plaudit_calibration_squared_error",
+                                                 "sum of (probability - label)^2 over labelled predictions")
+        self.calibration_correct = counter("plaudit_calibration_correct",
+                                           "labelled predictions on the right side of 0.5")
+        # Signed sums, so gauges summed over processes (a counter cannot go down): n, sum of
+        # rewards r, r^2, response lengths l (characters), l^2 and r * l.
+        self.reward_moments = pc.Gauge("plaudit_reward_moments", "running sums over rewards served, by moment: "
+                                       "n, r, rr, l, ll, rl (r reward, l response length in characters)",
+                                       ["model", "moment"], multiprocess_mode="sum", **where)
 
         self.requests = counter("plaudit_requests", "requests answered", ["endpoint", "model", "outcome"])
         self.latency = histogram("plaudit_request_duration_seconds", "time to answer a request",
@@ -136,11 +156,8 @@ def pearson(xs: list[float], ys: list[float]) -> float:
 
 def calibration(labelled: list[tuple[float, int]]) -> dict[str, float]:
     n = len(labelled)
-    bins: list[list[tuple[float, int]]] = [[] for _ in range(BINS)]
-    for p, y in labelled:
-        bins[min(int(p * BINS), BINS - 1)].append((p, y))
-    ece = sum(len(b) / n * abs(sum(p for p, _ in b) / len(b) - sum(y for _, y in b) / len(b)) for b in bins if b)
-    return {"ece": ece, "brier": sum((p - y) ** 2 for p, y in labelled) / n,
+    return {"ece": expected_calibration_error([p for p, _ in labelled], [y for _, y in labelled]),
+            "brier": sum((p - y) ** 2 for p, y in labelled) / n,
             "accuracy": sum((p > 0.5) == bool(y) for p, y in labelled) / n}
 
 
@@ -225,6 +242,9 @@ class Monitor:
                 if reward is not None and math.isfinite(reward):
                     self.metrics.reward.labels(model).observe(reward)
                     window.add(reward, length)
+                    for moment, value in (("n", 1.0), ("r", reward), ("rr", reward * reward), ("l", length),
+                                          ("ll", length * length), ("rl", reward * length)):
+                        self.metrics.reward_moments.labels(model, moment).inc(value)
             # A window of unscored answers only (a judge that read nothing yet) has no statistics.
             if window.rewards and time.monotonic() - window.updated >= self.config.update_interval_s:
                 window.updated = time.monotonic()
@@ -266,6 +286,14 @@ class Monitor:
 
     # ---- feedback ----
 
+    def _count_labelled(self, model: str, p: float, y: int) -> None:
+        m, where = self.metrics, (model, str(bin_of(p)))
+        m.calibration_predictions.labels(*where).inc()
+        m.calibration_probability.labels(*where).inc(p)
+        m.calibration_positives.labels(*where).inc(y)  # also 0: the series exists for the rules' arithmetic
+        m.calibration_squared_error.labels(model).inc((p - y) ** 2)
+        m.calibration_correct.labels(model).inc(int((p > 0.5) == bool(y)))
+
     def feedback(self, request: FeedbackRequest) -> FeedbackResponse:
         """Labels for ids any process served with the same key; forged, expired or already
         labelled ids (this process remembers the last `max_pending` it accepted) are listed."""
@@ -282,6 +310,7 @@ class Monitor:
                     self._labelled.popitem(last=False)
                 self.window(served.model).labelled.append((served.probability, entry.label))
                 self.metrics.feedback.labels(served.model, served.kind).inc()
+                self._count_labelled(served.model, served.probability, entry.label)
                 touched.add(served.model)
             for model in touched:
                 labelled = list(self._windows[model].labelled)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import re
 import shutil
 import subprocess
 import time
@@ -101,6 +102,40 @@ def test_judge_counters_export_increments_since_the_last_look():
     assert sample("plaudit_judge_checklists_total", {"model": "j", "source": "cache"}) == 4
 
 
+def ece_from_counters(registry: CollectorRegistry, model: str) -> tuple[float, float]:
+    """ECE as deploy/prometheus/rules.yml records it, from the per-bin counters; and the count."""
+    sample = registry.get_sample_value
+    gaps = n = 0.0
+    for b in range(10):
+        where = {"model": model, "bin": str(b)}
+        gaps += abs((sample("plaudit_calibration_probability_total", where) or 0.0)
+                    - (sample("plaudit_calibration_positives_total", where) or 0.0))
+        n += sample("plaudit_calibration_predictions_total", where) or 0.0
+    return gaps / n, n
+
+
+def test_calibration_counters_give_the_one_ece():
+    """What Prometheus adds up across processes gives the ECE, Brier and accuracy that the
+    offline calibration (training/calibration.py) computes from the same labels."""
+    from plaudit.training.calibration import metrics
+
+    registry = CollectorRegistry()
+    m = Monitor(MonitoringConfig(update_interval_s=0), Metrics(registry))
+    rng = random.Random(3)
+    probabilities = [rng.random() for _ in range(500)]
+    labels = [int(rng.random() < p ** 2) for p in probabilities]  # overconfident: ECE well above 0
+    ids = m._mint("tiny", "item", ["x"] * 500, probabilities)
+    m.feedback(FeedbackRequest(items=[{"id": i, "label": y} for i, y in zip(ids, labels)]))
+    offline = metrics(probabilities, labels)
+    ece, n = ece_from_counters(registry, "tiny")
+    assert n == 500 and offline["ece"] > 0.1 and ece == pytest.approx(offline["ece"], abs=1e-4)
+    sample = registry.get_sample_value
+    assert sample("plaudit_calibration_squared_error_total", {"model": "tiny"}) / n == pytest.approx(offline["brier"],
+                                                                                                      abs=1e-4)
+    assert sample("plaudit_calibration_correct_total", {"model": "tiny"}) / n == pytest.approx(offline["accuracy"],
+                                                                                                abs=1e-4)
+
+
 def test_expired_ids_are_reported_not_fatal():
     m = monitor(pending_ttl_s=0.05)
     [served] = m._mint("tiny", "pair", ["a"], [0.8])
@@ -111,7 +146,8 @@ def test_expired_ids_are_reported_not_fatal():
 @needs_promtool
 def test_deploy_files_pass_promtool():
     for args in (["check", "config", "prometheus/prometheus.yml"], ["check", "rules", "prometheus/alerts.yml"],
-                 ["test", "rules", "prometheus/alerts.test.yml"]):
+                 ["check", "rules", "prometheus/rules.yml"], ["test", "rules", "prometheus/alerts.test.yml"],
+                 ["test", "rules", "prometheus/rules.test.yml"]):
         run = subprocess.run(["promtool", *args], cwd=DEPLOY, capture_output=True, text=True)
         assert run.returncode == 0, run.stdout + run.stderr
 
@@ -119,7 +155,9 @@ def test_deploy_files_pass_promtool():
 def test_dashboard_panels_each_have_a_query():
     dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "plaudit.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
-    assert len(exprs) == len(dashboard["panels"]) >= 15 and all("plaudit_" in e for e in exprs)
+    assert len(exprs) == len(dashboard["panels"]) >= 15 and all("plaudit_" in e or "plaudit:" in e for e in exprs)
+    recorded = set(re.findall(r"record: (\S+)", (DEPLOY / "prometheus" / "rules.yml").read_text()))
+    assert {e for e in exprs if e.startswith("plaudit:")} <= recorded
 
 
 # ---- over HTTP ----
@@ -188,11 +226,11 @@ def test_feedback_and_metrics_over_http(monitored):
 # ---- a real Prometheus ----
 
 @contextlib.contextmanager
-def prometheus(tmp: Path, target: str, rules: Path):
+def prometheus(tmp: Path, target: str, rules: list[Path]):
     port = free_port()
     config = tmp / "prometheus.yml"
     config.write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"}, "rule_files": [str(rules)],
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"}, "rule_files": [str(r) for r in rules],
         "scrape_configs": [{"job_name": "plaudit", "static_configs": [{"targets": [target]}]}]}))
     log = open(tmp / "prometheus.log", "w")
     proc = subprocess.Popen(["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp / 'tsdb'}",
@@ -227,7 +265,7 @@ def test_real_prometheus_sees_every_panel_and_fires_on_bad_calibration(monitored
     rules.write_text((DEPLOY / "prometheus" / "alerts.yml").read_text().replace("for: 10m", "for: 0s")
                      .replace("for: 15m", "for: 0s").replace("for: 5m", "for: 0s"))
     target = str(monitored.base_url).removeprefix("http://").rstrip("/")
-    with prometheus(tmp_path, target, rules) as url:
+    with prometheus(tmp_path, target, [DEPLOY / "prometheus" / "rules.yml", rules]) as url:
         deadline = time.monotonic() + 60  # Prometheus's service discovery takes ~5 s before the first scrape
         while not query(url, 'up{job="plaudit"} == 1') and time.monotonic() < deadline:
             time.sleep(0.5)

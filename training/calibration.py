@@ -38,16 +38,23 @@ def metrics(probabilities: Sequence[float], labels: Sequence[int]) -> dict[str, 
             "accuracy": round(sum((p > 0.5) == bool(y) for p, y in zip(probabilities, labels)) / n, 4)}
 
 
+def bin_of(probability: float) -> int:
+    """The equal-width bin (of BINS) a predicted probability falls in; 1.0 in the last."""
+    return min(int(probability * BINS), BINS - 1)
+
+
 def reliability(probabilities: Sequence[float], labels: Sequence[int]) -> list[dict[str, float]]:
     """Per equal-width bin of predicted probability: count, mean prediction, observed frequency."""
     bins: list[list[tuple[float, int]]] = [[] for _ in range(BINS)]
     for p, y in zip(probabilities, labels):
-        bins[min(int(p * BINS), BINS - 1)].append((p, y))
+        bins[bin_of(p)].append((p, y))
     return [{"low": i / BINS, "count": len(b), "predicted": sum(p for p, _ in b) / len(b) if b else None,
              "observed": sum(y for _, y in b) / len(b) if b else None} for i, b in enumerate(bins)]
 
 
 def expected_calibration_error(probabilities: Sequence[float], labels: Sequence[int]) -> float:
+    """Sum over bins of |sum of predictions - sum of labels| / n: the one ECE of plaudit (offline
+    calibration, the online window, and Prometheus's recording rule over per-bin counters)."""
     n = len(labels)
     return sum(b["count"] / n * abs(b["predicted"] - b["observed"]) for b in reliability(probabilities, labels)
                if b["count"])
