@@ -52,7 +52,15 @@ def _auth_config() -> AuthConfig | None:
         return None
 
 
-@bentoml.service(name="plaudit", traffic={"timeout": 300})
+def _workers() -> int:
+    """`workers:` from the config, read when BentoML imports the service (its arbiter too)."""
+    try:
+        return load_config().workers
+    except ModelLoadError:  # reported by Plaudit.__init__, which stops the server
+        return 1
+
+
+@bentoml.service(name="plaudit", traffic={"timeout": 300}, workers=_workers())
 @bentoml.asgi_app(read_only, path="/")
 class Plaudit:
     def __init__(self) -> None:

@@ -131,6 +131,10 @@ class ServiceConfig(BaseModel):
     limits: Limits = Limits()
     auth: AuthConfig = AuthConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    workers: int = Field(1, ge=1, description=(
+        "BentoML worker processes, each with its own copy of every model (and its own local llama.cpp "
+        "server if a judge uses it): memory grows with each. Feedback, calibration and the prefix and "
+        "checklist caches are per worker except what the feedback key and Prometheus's sums share"))
 
     @model_validator(mode="after")
     def _names_are_consistent(self):
