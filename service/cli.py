@@ -32,7 +32,7 @@ from plaudit.judges.hub import BackendHub
 from plaudit.judges.registry import METHODS
 from plaudit.training import codefavor
 
-from . import api
+from . import api, batch_score
 from .api import ModelPool, score_one
 from .config import API_KEY_ENV, ModelConfig, ServiceConfig, load_config
 
@@ -67,9 +67,24 @@ def _prompt(text: str) -> Prompt:
 
 
 def cmd_score(args) -> None:
-    pool, model = _pool(args.model, args.config)
-    prompt = _prompt(args.prompt)
-    print(score_one(pool, model, prompt, args.response).model_dump_json(indent=2))
+    if args.input is None:
+        if args.prompt is None or args.response is None or args.out:
+            sys.exit("plaudit score: give IN.jsonl -o OUT.jsonl, or --prompt and --response for one item")
+        pool, model = _pool(args.model, args.config)
+        print(score_one(pool, model, _prompt(args.prompt), args.response).model_dump_json(indent=2))
+        return
+    if not args.out:
+        sys.exit("plaudit score: -o/--out is required with an input file")
+    if args.endpoint:
+        endpoints = batch_score.Endpoints(args.endpoint, api_key=os.environ.get(API_KEY_ENV))
+        score, model, close = endpoints, args.model, endpoints.close
+    else:
+        pool, model = _pool(args.model, args.config)
+        pool.get(model)  # an unknown model fails here, and the model loads before the clock
+        score, close = (lambda request, index: api.score(pool, request)), pool.close
+    _run_batch("score", lambda: batch_score.run(Path(args.input), Path(args.out), score, model=model,
+                                                concurrency=args.concurrency, progress=not args.no_progress,
+                                                pairs=args.pairs), args.out, close)
 
 
 def cmd_judge(args) -> None:
@@ -80,18 +95,24 @@ def cmd_judge(args) -> None:
         pool = ModelPool(load_config(args.config))
         pool.judge(args.judge)  # an unknown judge fails here, and the backend starts before the clock
         judge, close = (lambda request, index: api.judge(pool, request)), pool.close
+    _run_batch("judge", lambda: batch.run(Path(args.input), Path(args.out), judge, judge_name=args.judge,
+                                          concurrency=args.concurrency, progress=not args.no_progress), args.out, close)
+
+
+def _run_batch(command: str, run, out: str, close) -> None:
+    """A resumable job (plaudit/jobs.py): its summary, and a failing exit status when items
+    failed or input lines were bad."""
     try:
-        summary = batch.run(Path(args.input), Path(args.out), judge, judge_name=args.judge,
-                            concurrency=args.concurrency, progress=not args.no_progress)
+        summary = run()
     except KeyboardInterrupt:
         # Every line in OUT is whole; leave now rather than wait for the requests in flight.
-        print(f"\nplaudit judge: interrupted; run the same command again to continue {args.out}", file=sys.stderr)
+        print(f"\nplaudit {command}: interrupted; run the same command again to continue {out}", file=sys.stderr)
         os._exit(130)
     close()
     print(json.dumps(summary, indent=2))
     if summary["errors"] or summary["bad_lines"]:
-        sys.exit(f"plaudit judge: {summary['errors']} items failed and {summary['bad_lines']} input lines were bad "
-                 f"(see above); a re-run judges the failed items again")
+        sys.exit(f"plaudit {command}: {summary['errors']} items failed and {summary['bad_lines']} input lines were bad "
+                 f"(see above); a re-run does the failed items again")
 
 
 def _backends(config: str | None) -> tuple[BackendHub, str]:
@@ -288,10 +309,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "3000")))
     p.set_defaults(run=cmd_serve)
 
-    p = sub.add_parser("score", help="score one response, as POST /score would")
-    p.add_argument("--prompt", required=True, help="a string, or chat messages as a JSON list")
-    p.add_argument("--response", required=True)
+    p = sub.add_parser("score", help="score a JSONL file of prompts and responses (resumable), or one response "
+                                     "with --prompt and --response, as POST /score would")
+    p.add_argument("input", nargs="?", help='JSONL, one prompt a line: {"id", "prompt", "response"} or '
+                                            '"responses": [...]')
+    p.add_argument("-o", "--out", help="JSONL rewards, one line per input line; re-running continues where it stopped")
+    p.add_argument("--prompt", help="one item: a string, or chat messages as a JSON list")
+    p.add_argument("--response", help="one item: the response")
     p.add_argument("--model", help="a configured model name or a model directory (default: the default model)")
+    p.add_argument("--endpoint", action="append", help="a running plaudit service's URL, instead of scoring in this "
+                                                       "process; repeat to shard lines across several "
+                                                       f"(an API key, if they need one, from ${API_KEY_ENV})")
+    p.add_argument("--pairs", choices=batch_score.PAIRS, help="also write TRL preference pairs to OUT.pairs.jsonl: "
+                                                              "best-worst = each prompt's best and worst response")
+    p.add_argument("--concurrency", type=int, default=4, help="lines in flight")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--config")
     p.set_defaults(run=cmd_score)
 

@@ -20,7 +20,8 @@ from typing import Any, Callable
 
 from plaudit.judges.backends import Backend, Completion
 from plaudit.judges.base import read_choice, render_file
-from plaudit.judges.batch import run_resumable
+from plaudit.jobs import run_resumable
+from plaudit.rewardmodels.base import InputError
 
 PROMPTS = Path(__file__).resolve().parent / "prompts"
 
@@ -184,7 +185,11 @@ async def critic_evol(weak: Backend, critic: Backend, models: dict[str, str], ta
 def run_stage(work: list[tuple[str, Callable[[], dict[str, Any]]]], out: Path, concurrency: int,
               progress: bool) -> dict[str, Any]:
     """Every record of `work` into `out` (resumable); the export and the stage's counts."""
-    skipped, errors = run_resumable(work, out, concurrency=concurrency, progress=progress, label="synthesising")
+    def as_result(task: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+        return lambda: {"result": task()}
+    skipped, errors = run_resumable([(key, as_result(task)) for key, task in work], out, concurrency=concurrency,
+                                    progress=progress, label="synthesising",
+                                    failures=(InputError, RuntimeError, OSError))
     return {**export(out), "skipped": skipped, "processed": len(work) - skipped, "errors": len(errors),
             "error_examples": errors[:10]}
 

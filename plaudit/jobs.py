@@ -1,0 +1,200 @@
+"""Resumable JSONL jobs: the runner behind `plaudit judge` and `plaudit score`.
+
+An input file holds one item a line; each finished item becomes one output line, written
+with a single append, so a line is whole or absent even after kill -9. A re-run with the
+same arguments drops a torn last line and the error lines, skips finished ids and runs the
+rest: every item appears exactly once once the run succeeds. Bad input lines are reported
+with their number and skipped. Items run `concurrency` at a time, in process or against
+running services (`Endpoints`, round-robin).
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Generic, Sequence, TypeVar
+
+import httpx2
+from pydantic import BaseModel, ValidationError
+
+Item = TypeVar("Item", bound=BaseModel)
+
+
+@dataclass
+class Inputs(Generic[Item]):
+    items: list[tuple[str, Item]] = field(default_factory=list)  # (id key, item)
+    bad_lines: list[str] = field(default_factory=list)  # "line N: why"
+
+
+def read_items(path: Path, model: type[Item], command: str | None = None) -> Inputs[Item]:
+    """Every valid line as `model` (which has an optional `id`); the others reported by line
+    number (and printed to stderr, as `command`'s, when given). An id is keyed by its JSON
+    text; a missing one is the line number."""
+    inputs: Inputs[Item] = Inputs()
+    seen: dict[str, int] = {}
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                item = model.model_validate_json(line)
+            except ValidationError as e:
+                err = e.errors()[0]
+                where = ".".join(map(str, err["loc"])) or "line"
+                inputs.bad_lines.append(f"line {number}: {where}: {err['msg']}")
+                continue
+            key = json.dumps(item.id if item.id is not None else number)  # type: ignore[attr-defined]
+            if key in seen:
+                inputs.bad_lines.append(f"line {number}: id {key} repeats line {seen[key]}")
+                continue
+            seen[key] = number
+            inputs.items.append((key, item))
+    if command:
+        for bad in inputs.bad_lines:
+            print(f"plaudit {command}: {path}: {bad} (skipped)", file=sys.stderr)
+    return inputs
+
+
+def finished(out: Path) -> set[str]:
+    """Ids already done in `out`. Makes `out` hold only whole result lines first: a torn last
+    line (the run was killed mid-write) and error lines (to be retried) are removed."""
+    if not out.exists():
+        return set()
+    data = out.read_bytes()
+    whole = data[:data.rfind(b"\n") + 1]
+    kept, done = [], set()
+    for line in whole.splitlines(keepends=True):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "id" in record and "error" not in record:
+            key = json.dumps(record["id"])
+            if key not in done:
+                done.add(key)
+                kept.append(line)
+    if len(kept) != len(whole.splitlines()) or len(whole) != len(data):
+        _replace(out, b"".join(kept))
+    return done
+
+
+def _replace(path: Path, data: bytes) -> None:
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(f.name, path)
+
+
+class LineWriter:
+    """Appends whole lines from many threads, one write() each."""
+
+    def __init__(self, path: Path):
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._lock = threading.Lock()
+
+    def write(self, record: dict[str, Any]) -> None:
+        line = (json.dumps(record, ensure_ascii=False) + "\n").encode()
+        with self._lock:
+            os.write(self._fd, line)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+Task = Callable[[], dict[str, Any]]  # one item's work: its result record
+
+
+def run_resumable(work: Sequence[tuple[str, Task]], out: Path, *, concurrency: int = 8, progress: bool = True,
+                  label: str = "judging", failures: tuple[type[BaseException], ...] = (RuntimeError, OSError)
+                  ) -> tuple[int, list[str]]:
+    """Run every (id key, task) not finished in `out`, `concurrency` at a time, appending
+    `{"id", **its record}` as each ends, or `{"id", "error"}` where it raised one of `failures`
+    (a backend or endpoint failure, a refused input): (items skipped as done, errors)."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                               TimeRemainingColumn)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = finished(out)
+    todo = [(key, task) for key, task in work if key not in done]
+    errors: list[str] = []
+    writer = LineWriter(out)
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+               TextColumn("{task.fields[rate]} items/s"), TimeRemainingColumn())
+    # Not `with`: on Ctrl-C the queued items are cancelled instead of waited for.
+    pool = ThreadPoolExecutor(concurrency, thread_name_prefix="batch")
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        bar_task = bar.add_task(label, total=len(todo), rate="-")
+        pending: dict[Future, str] = {}
+        queue = iter(todo)
+
+        def refill() -> None:
+            for key, task in queue:
+                pending[pool.submit(task)] = key
+                if len(pending) >= concurrency * 2:
+                    return
+
+        try:
+            refill()
+            while pending:
+                finished_now, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished_now:
+                    key = pending.pop(future)
+                    try:
+                        writer.write({"id": json.loads(key), **future.result()})
+                    except failures as e:
+                        errors.append(f"id {key}: {e}")
+                        writer.write({"id": json.loads(key), "error": str(e)})
+                    bar.advance(bar_task)
+                    elapsed = bar.tasks[0].elapsed or 0
+                    bar.update(bar_task, rate=f"{bar.tasks[0].completed / elapsed:.2f}" if elapsed else "-")
+                refill()
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+    pool.shutdown(cancel_futures=True)
+    writer.close()
+    return len(work) - len(todo), errors
+
+
+def distribution(values: list[float]) -> dict[str, float]:
+    """Mean, std and deciles of a job's rewards, for its summary."""
+    deciles = statistics.quantiles(values, n=10, method="inclusive") if len(values) > 1 else [values[0]] * 9
+    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values), "min": min(values),
+            "p10": deciles[0], "p50": deciles[4], "p90": deciles[8], "max": max(values)}
+
+
+def summary_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".summary.json")
+
+
+class EndpointError(RuntimeError):
+    """A plaudit service answered with an error, or could not be reached."""
+
+
+class Endpoints:
+    """Items sharded round-robin across running plaudit services: `post(path, body, index)`."""
+
+    def __init__(self, urls: list[str], timeout_s: float = 600.0, api_key: str | None = None):
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.clients = [httpx2.Client(base_url=url.rstrip("/"), timeout=timeout_s, headers=headers) for url in urls]
+
+    def post(self, path: str, body: dict[str, Any], index: int) -> dict[str, Any]:
+        client = self.clients[index % len(self.clients)]
+        try:
+            answer = client.post(path, json=body)
+        except httpx2.HTTPError as e:
+            raise EndpointError(f"{client.base_url}: {type(e).__name__}: {e}") from None
+        if answer.status_code != 200:
+            raise EndpointError(f"{client.base_url}: HTTP {answer.status_code}: {answer.text[:500]}")
+        return answer.json()
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()

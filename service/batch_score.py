@@ -1,0 +1,132 @@
+"""`plaudit score IN.jsonl -o OUT.jsonl`: a dataset's rewards, resumable (plaudit/jobs.py's
+runner, shared with `plaudit judge`): best-of-N selection, re-scoring a preference set with
+a new model, DPO pairs from N samples.
+
+One prompt a line, `{"id", "prompt", "response"}` or `{"id", "prompt", "responses": [...]}`;
+each becomes one line `{"id", "rewards": [...], "truncated": [...], "model"}` (one reward
+per response, in order; null where a judge could not read its answer), or `{"id", "error"}`
+to be retried by the next run. All of a line's responses go in one /score request, so a
+GPM compares them with each other and the prompt's pass is shared. In process, or against
+running services (`--endpoint`, round-robin). `--pairs best-worst` then writes TRL
+preference pairs beside OUT: chosen = the best, rejected = the worst of each prompt's
+responses, with their rewards and the margin.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from plaudit import jobs
+from plaudit.jobs import Task, distribution, read_items, run_resumable, summary_path
+from plaudit.rewardmodels.base import InputError, Prompt
+from plaudit.schemas import Item, ScoreRequest, ScoreResponse
+
+ScoreFn = Callable[[ScoreRequest, int], ScoreResponse]  # (request, line index) -> answer; the index picks a shard
+PAIRS = ("best-worst",)
+
+
+class ScoreLine(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str | int | None = Field(None, description="defaults to the line number")
+    prompt: Prompt
+    response: str | None = None
+    responses: list[str] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_of_response_or_responses(self):
+        if (self.response is None) == (self.responses is None):
+            raise ValueError("give `response` or `responses` (a list), not both")
+        return self
+
+    def texts(self) -> list[str]:
+        return self.responses if self.responses is not None else [self.response]  # type: ignore[list-item]
+
+    def request(self, model: str | None) -> ScoreRequest:
+        return ScoreRequest(model=model, items=[Item(prompt=self.prompt, response=r) for r in self.texts()])
+
+
+class Endpoints(jobs.Endpoints):
+    """Lines sharded round-robin across running plaudit services, each asked `POST /score`."""
+
+    def __call__(self, request: ScoreRequest, index: int) -> ScoreResponse:
+        return ScoreResponse.model_validate(self.post("/score", request.model_dump(mode="json", exclude_none=True),
+                                                      index))
+
+
+def run(inputs: Path, out: Path, score: ScoreFn, *, model: str | None, concurrency: int = 4, progress: bool = True,
+        pairs: str | None = None) -> dict[str, Any]:
+    """Score every unfinished line of `inputs` into `out`; the summary (also written beside `out`)."""
+    if pairs is not None and pairs not in PAIRS:
+        raise InputError("pairs", f"{pairs!r} is not one of {list(PAIRS)}")
+    read = read_items(inputs, ScoreLine, "score")
+
+    def task(request: ScoreRequest, index: int) -> Task:
+        def scored() -> dict[str, Any]:
+            answer = score(request, index)
+            record: dict[str, Any] = {"rewards": answer.rewards, "truncated": answer.truncated, "model": answer.model}
+            for extra in ("uncertainty", "unscored", "errors"):
+                if getattr(answer, extra) is not None:
+                    record[extra] = getattr(answer, extra)
+            return record
+        return scored
+
+    work = [(key, task(line.request(model), i)) for i, (key, line) in enumerate(read.items)]
+    skipped, errors = run_resumable(work, out, concurrency=concurrency, progress=progress, label="scoring",
+                                    failures=(InputError, RuntimeError, OSError))
+    summary = summarise(out, lines=len(read.items), skipped=skipped, scored=len(work) - skipped, errors=errors,
+                        bad_lines=read.bad_lines)
+    if pairs == "best-worst":
+        summary["pairs"] = write_best_worst(dict(read.items), out, pairs_path(out))
+    summary_path(out).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def pairs_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".pairs.jsonl")
+
+
+def _results(out: Path) -> list[dict[str, Any]]:
+    with open(out, encoding="utf-8") as f:
+        return [record for record in map(json.loads, f) if "rewards" in record]
+
+
+def summarise(out: Path, **run_counts: Any) -> dict[str, Any]:
+    """Over every result in `out` (this run's and earlier ones'): responses, unscored, rewards."""
+    rewards = [r for record in _results(out) for r in record["rewards"] if r is not None]
+    responses = sum(len(record["rewards"]) for record in _results(out))
+    errors, bad_lines = run_counts.pop("errors"), run_counts.pop("bad_lines")
+    summary: dict[str, Any] = {**run_counts, "errors": len(errors), "bad_lines": len(bad_lines),
+                               "responses": responses, "unscored": responses - len(rewards)}
+    if rewards:
+        summary["reward"] = distribution(rewards)
+    summary["error_examples"], summary["bad_line_examples"] = errors[:10], bad_lines[:10]
+    return summary
+
+
+def write_best_worst(lines: dict[str, ScoreLine], out: Path, path: Path) -> dict[str, int]:
+    """TRL preference pairs, one per prompt with two scored responses of different rewards:
+    `{"id", "prompt", "chosen", "rejected", "chosen_reward", "rejected_reward", "margin"}`,
+    conversational (messages) where the prompt is messages. Rewritten whole from `out` each run."""
+    counts = {"written": 0, "tied": 0, "too_few_scored": 0}
+    with open(path, "w", encoding="utf-8") as f:
+        for record in _results(out):
+            line = lines.get(json.dumps(record["id"]))
+            scored = [(r, text) for r, text in zip(record["rewards"], line.texts() if line else []) if r is not None]
+            if len(scored) < 2:
+                counts["too_few_scored"] += 1
+                continue
+            (best, chosen), (worst, rejected) = max(scored, key=lambda s: s[0]), min(scored, key=lambda s: s[0])
+            if best == worst:
+                counts["tied"] += 1
+                continue
+            conversational = isinstance(line.prompt, list)
+            prompt = [m.model_dump() for m in line.prompt] if conversational else line.prompt
+            turn = (lambda text: [{"role": "assistant", "content": text}]) if conversational else (lambda text: text)
+            pair = {"id": record["id"], "prompt": prompt, "chosen": turn(chosen), "rejected": turn(rejected),
+                    "chosen_reward": best, "rejected_reward": worst, "margin": best - worst}
+            f.write(json.dumps(pair, ensure_ascii=False) + "\n")
+            counts["written"] += 1
+    return counts
