@@ -103,6 +103,7 @@ class Plaudit:
                                           f"{limit} (limits.max_queue); retry later", "field": None},
                                 status_code=503, headers={"Retry-After": "1"})
         self.in_progress += 1  # on the event loop's thread: no lock needed
+        self.monitor.metrics.in_progress.set(self.in_progress)
         try:
             response = await asyncio.get_running_loop().run_in_executor(self.threads, handler, self.pool, request)
         except InputError as e:
@@ -119,6 +120,7 @@ class Plaudit:
             raise
         finally:
             self.in_progress -= 1
+            self.monitor.metrics.in_progress.set(self.in_progress)
         scorer = self.pool.get(getattr(response, "model", None) or getattr(response, "judge", None) or model)
         items = self.monitor.answered(endpoint, scorer, request, response)
         self.monitor.request(endpoint, scorer.name, "ok", time.perf_counter() - started, items)

@@ -29,6 +29,7 @@ log = logging.getLogger("plaudit")
 # The defaults are package data: they load from wherever plaudit is installed.
 MODELS_DIR = Path(plaudit.__file__).resolve().parent / "models"
 DEFAULT_MODEL_DIR = MODELS_DIR / "default-bt"
+PACKAGED = "packaged:"  # `path: packaged:default-bt` in a config names a packaged default model
 DEFAULT_MODELS = {"default": DEFAULT_MODEL_DIR, "default-gpm": MODELS_DIR / "default-gpm",
                   "default-prm": MODELS_DIR / "default-prm"}
 
@@ -198,6 +199,9 @@ def load_config(path: str | os.PathLike | None = None) -> ServiceConfig:
         raise ModelLoadError(f"config {file}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
     for model in config.models.values():
         if model.path is None:
+            continue
+        if model.path.startswith(PACKAGED):  # a default shipped in the package, wherever it is installed
+            model.path = str(MODELS_DIR / model.path.removeprefix(PACKAGED))
             continue
         local = file.parent / model.path
         if not Path(model.path).is_absolute() and local.exists():

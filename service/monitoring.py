@@ -80,6 +80,9 @@ class Metrics:
         self.requests = counter("plaudit_requests", "requests answered", ["endpoint", "model", "outcome"])
         self.latency = histogram("plaudit_request_duration_seconds", "time to answer a request",
                                  ["endpoint", "model"], LATENCY_BUCKETS)
+        self.in_progress = pc.Gauge("plaudit_requests_in_progress", "scoring requests being answered or waiting, "
+                                    "summed over a pod's workers (what the HorizontalPodAutoscaler scales on)",
+                                    multiprocess_mode="livesum", **where)
         self.items = counter("plaudit_items", "items, pairs, responses or traces scored", ["endpoint", "model"])
         self.errors = counter("plaudit_errors", "requests that failed, by kind", ["endpoint", "kind"])
         self.batch_size = histogram("plaudit_forward_batch_size", "sequences per merged forward call", ["model"],

@@ -216,7 +216,8 @@ def test_feedback_and_metrics_over_http(monitored):
     assert monitored.post("/feedback", json={"items": [{"id": "x", "label": 3}]}).status_code == 400
     text = monitored.get("/metrics").text
     for name in ("plaudit_requests_total", "plaudit_calibration_ece", "plaudit_reward_drift",
-                 "plaudit_forward_batch_size_bucket", "plaudit_judge_unscored_total", "plaudit_judge_checklists_total"):
+                 "plaudit_forward_batch_size_bucket", "plaudit_judge_unscored_total", "plaudit_judge_checklists_total",
+                 "plaudit_requests_in_progress", "plaudit_calibration_predictions_total", "plaudit_reward_moments"):
         assert name in text, name
     assert 'plaudit_errors_total{endpoint="steps",kind="UnsupportedOperation"}' in text
     if shutil.which("promtool"):
