@@ -50,13 +50,7 @@ def run(inputs: Path, out: Path, judge: JudgeFn, *, judge_name: str | None, conc
     read = read_items(inputs, BatchItem, "judge")
 
     def task(request: JudgeRequest, index: int) -> Task:
-        def judged() -> dict[str, Any]:
-            response = judge(request, index)
-            failed = [v.error for v in response.results if v.error]
-            if failed:  # a partly judged item is an error too, so the next run judges it whole
-                raise BackendUnavailable(f"{len(failed)} of {len(response.results)} responses failed: {failed[0]}")
-            return {"result": response.model_dump(mode="json")}
-        return judged
+        return lambda: record(judge(request, index))
 
     work = [(key, task(item.request(judge_name), i)) for i, (key, item) in enumerate(read.items)]
     skipped, errors = run_resumable(work, out, concurrency=concurrency, progress=progress,
@@ -65,6 +59,15 @@ def run(inputs: Path, out: Path, judge: JudgeFn, *, judge_name: str | None, conc
                         bad_lines=read.bad_lines)
     summary_path(out).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def record(response: JudgeResponse) -> dict[str, Any]:
+    """An item's output record (beside its id); a partly judged item is an error, so that the
+    next run judges it whole."""
+    failed = [v.error for v in response.results if v.error]
+    if failed:
+        raise BackendUnavailable(f"{len(failed)} of {len(response.results)} responses failed: {failed[0]}")
+    return {"result": response.model_dump(mode="json")}
 
 
 def summarise(out: Path, **run_counts: Any) -> dict[str, Any]:

@@ -32,6 +32,12 @@ class Inputs(Generic[Item]):
     bad_lines: list[str] = field(default_factory=list)  # "line N: why"
 
 
+def why_bad(number: int, error: ValidationError) -> str:
+    """A bad input line's report: its number, the field and what is wrong."""
+    first = error.errors()[0]
+    return f"line {number}: {'.'.join(map(str, first['loc'])) or 'line'}: {first['msg']}"
+
+
 def read_items(path: Path, model: type[Item], command: str | None = None) -> Inputs[Item]:
     """Every valid line as `model` (which has an optional `id`); the others reported by line
     number (and printed to stderr, as `command`'s, when given). An id is keyed by its JSON
@@ -45,9 +51,7 @@ def read_items(path: Path, model: type[Item], command: str | None = None) -> Inp
             try:
                 item = model.model_validate_json(line)
             except ValidationError as e:
-                err = e.errors()[0]
-                where = ".".join(map(str, err["loc"])) or "line"
-                inputs.bad_lines.append(f"line {number}: {where}: {err['msg']}")
+                inputs.bad_lines.append(why_bad(number, e))
                 continue
             key = json.dumps(item.id if item.id is not None else number)  # type: ignore[attr-defined]
             if key in seen:

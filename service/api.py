@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from pathlib import Path
 from typing import Iterable
 
 from plaudit.judges.base import Judge
@@ -18,7 +19,7 @@ from plaudit.rewardmodels import (AGGREGATES, InputError, Item, LimitExceeded, M
                                   UnsupportedOperation, load_scorer)
 from plaudit.rewardmodels.prm import DEFAULT_SEPARATOR, split_steps
 
-from .config import Limits, ServiceConfig
+from .config import Limits, ModelConfig, ServiceConfig, load_config
 from plaudit.schemas import (CompareRequest, CompareResponse, GetRewardRequest, GetRewardResponse, ModelInfo,
                       ModelsResponse, RankRequest, RankResponse, ScoreRequest, ScoreResponse, StepsRequest,
                       StepsResponse)
@@ -99,6 +100,17 @@ class ModelPool:
         """Stops the judges' backends (the local llama.cpp server among them)."""
         if self._hub is not None:
             self._hub.close()
+
+
+def pool_for(model: str | None, config: str | None) -> tuple[ModelPool, str | None]:
+    """The configured models and judges, and the name to ask for (a bare judge method too); a
+    model given as a directory is served alone."""
+    cfg = load_config(config)
+    if model and model not in cfg.models and model not in cfg.judges and model not in METHODS:
+        name = Path(model).name or model
+        cfg = ServiceConfig(models={name: ModelConfig(path=model)}, default_model=name)
+        model = None
+    return ModelPool(cfg), model
 
 
 def _ids(n: int) -> list[str]:

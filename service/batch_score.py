@@ -64,14 +64,7 @@ def run(inputs: Path, out: Path, score: ScoreFn, *, model: str | None, concurren
     read = read_items(inputs, ScoreLine, "score")
 
     def task(request: ScoreRequest, index: int) -> Task:
-        def scored() -> dict[str, Any]:
-            answer = score(request, index)
-            record: dict[str, Any] = {"rewards": answer.rewards, "truncated": answer.truncated, "model": answer.model}
-            for extra in ("uncertainty", "unscored", "errors"):
-                if getattr(answer, extra) is not None:
-                    record[extra] = getattr(answer, extra)
-            return record
-        return scored
+        return lambda: record(score(request, index))
 
     work = [(key, task(line.request(model), i)) for i, (key, line) in enumerate(read.items)]
     skipped, errors = run_resumable(work, out, concurrency=concurrency, progress=progress, label="scoring",
@@ -82,6 +75,15 @@ def run(inputs: Path, out: Path, score: ScoreFn, *, model: str | None, concurren
         summary["pairs"] = write_best_worst(dict(read.items), out, pairs_path(out))
     summary_path(out).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def record(answer: ScoreResponse) -> dict[str, Any]:
+    """A line's output record (beside its id)."""
+    fields: dict[str, Any] = {"rewards": answer.rewards, "truncated": answer.truncated, "model": answer.model}
+    for extra in ("uncertainty", "unscored", "errors"):
+        if getattr(answer, extra) is not None:
+            fields[extra] = getattr(answer, extra)
+    return fields
 
 
 def pairs_path(out: Path) -> Path:

@@ -29,23 +29,11 @@ from plaudit.training.warm import WarmConfig, merge, train_warm
 
 from plaudit.judges import batch
 from plaudit.judges.hub import BackendHub
-from plaudit.judges.registry import METHODS
 from plaudit.training import codefavor
 
 from . import api, batch_score
-from .api import ModelPool, score_one
-from .config import API_KEY_ENV, ModelConfig, ServiceConfig, load_config
-
-
-def _pool(model: str | None, config: str | None):
-    """Configured models and judges by name (a bare judge method too); a model given as a
-    directory is served alone."""
-    cfg = load_config(config)
-    if model and model not in cfg.models and model not in cfg.judges and model not in METHODS:
-        name = Path(model).name or model
-        cfg = ServiceConfig(models={name: ModelConfig(path=model)}, default_model=name)
-        model = None
-    return ModelPool(cfg), model
+from .api import ModelPool, pool_for, score_one
+from .config import API_KEY_ENV, load_config
 
 
 def cmd_serve(args) -> None:
@@ -70,16 +58,18 @@ def cmd_score(args) -> None:
     if args.input is None:
         if args.prompt is None or args.response is None or args.out:
             sys.exit("plaudit score: give IN.jsonl -o OUT.jsonl, or --prompt and --response for one item")
-        pool, model = _pool(args.model, args.config)
+        pool, model = pool_for(args.model, args.config)
         print(score_one(pool, model, _prompt(args.prompt), args.response).model_dump_json(indent=2))
         return
     if not args.out:
         sys.exit("plaudit score: -o/--out is required with an input file")
+    if args.ray:
+        return _run_batch("score", lambda: _on_ray("score", args, args.model), args.out, lambda: None)
     if args.endpoint:
         endpoints = batch_score.Endpoints(args.endpoint, api_key=os.environ.get(API_KEY_ENV))
         score, model, close = endpoints, args.model, endpoints.close
     else:
-        pool, model = _pool(args.model, args.config)
+        pool, model = pool_for(args.model, args.config)
         pool.get(model)  # an unknown model fails here, and the model loads before the clock
         score, close = (lambda request, index: api.score(pool, request)), pool.close
     _run_batch("score", lambda: batch_score.run(Path(args.input), Path(args.out), score, model=model,
@@ -87,7 +77,21 @@ def cmd_score(args) -> None:
                                                 pairs=args.pairs), args.out, close)
 
 
+def _on_ray(kind: str, args, name: str | None) -> dict:
+    from plaudit import ray as on_ray  # the [ray] extra
+
+    endpoint = args.endpoint[0] if args.endpoint else None
+    if args.endpoint and len(args.endpoint) > 1:
+        sys.exit(f"plaudit {kind}: with --ray, give one --endpoint (a load balancer) or none")
+    return on_ray.run_job(kind, Path(args.input), Path(args.out), model=name, config=args.config, endpoint=endpoint,
+                          address=None if args.ray == "local" else args.ray, num_workers=args.num_workers,
+                          cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
+                          shard_lines=args.shard_lines)
+
+
 def cmd_judge(args) -> None:
+    if args.ray:
+        return _run_batch("judge", lambda: _on_ray("judge", args, args.judge), args.out, lambda: None)
     if args.endpoint:
         judge = batch.Endpoints(args.endpoint, api_key=os.environ.get(API_KEY_ENV))
         close = judge.close
@@ -229,12 +233,12 @@ def cmd_data(args) -> None:
 
 
 def cmd_eval_pairs(args) -> None:
-    pool, model = _pool(args.model, args.config)
+    pool, model = pool_for(args.model, args.config)
     print(json.dumps(eval_pairs(pool.get(model), read_pairs(args.data)), indent=2))
 
 
 def cmd_eval_steps(args) -> None:
-    pool, model = _pool(args.model, args.config)
+    pool, model = pool_for(args.model, args.config)
     print(json.dumps(eval_steps(pool.get(model), read_steps(args.data)), indent=2))
 
 
@@ -251,7 +255,7 @@ def cmd_eval_codepref(args) -> None:
     if args.model == "longer-wins":
         scorer = LongerWins()
     else:
-        pool, model = _pool(args.model, args.config)
+        pool, model = pool_for(args.model, args.config)
         scorer = pool.get(model)
     print(json.dumps(eval_codepref(scorer, tasks), indent=2))
 
@@ -299,6 +303,16 @@ def cmd_experiment_warm_noise(args) -> None:
                                 on_log=lambda row: print(json.dumps(row), file=sys.stderr, flush=True)), indent=2))
 
 
+def ray_flags(p: argparse.ArgumentParser) -> None:
+    ray = p.add_argument_group("Ray (the [ray] extra): a dataset larger than one machine")
+    ray.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                     help="run on a Ray cluster (ADDRESS, e.g. ray://head:10001 or auto), or a local Ray without one")
+    ray.add_argument("--num-workers", type=int, default=2, help="actors, each holding the models (or a client)")
+    ray.add_argument("--cpus-per-worker", type=float, default=1)
+    ray.add_argument("--gpus-per-worker", type=float, default=0)
+    ray.add_argument("--shard-lines", type=int, default=256, help="lines per shard: the unit a re-run skips")
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="plaudit", description="Reward models and judges behind one scoring API.")
     sub = top.add_subparsers(dest="command", required=True)
@@ -325,6 +339,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=4, help="lines in flight")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--config")
+    ray_flags(p)
     p.set_defaults(run=cmd_score)
 
     p = sub.add_parser("judge", help="judge a JSONL file of items (resumable): one result line per item")
@@ -338,6 +353,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=8, help="items in flight")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--config")
+    ray_flags(p)
     p.set_defaults(run=cmd_judge)
 
     p = sub.add_parser("export", help="a BT or PRM model as a plain transformers checkpoint (adapter merged) that "
