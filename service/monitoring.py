@@ -95,18 +95,21 @@ class Metrics:
             ("evictions", "prompts dropped from the prefix cache to make room"))}
         self.prefix_cache_bytes = gauge("plaudit_prefix_cache_bytes", "bytes of prompts' keys and values held")
         self.reward = histogram("plaudit_reward", "rewards served", ["model"], REWARD_BUCKETS)
-        self.reward_mean = gauge("plaudit_reward_mean", "mean reward over the window")
-        self.reward_std = gauge("plaudit_reward_std", "standard deviation of the reward over the window")
+        self.reward_mean = gauge("plaudit_reward_mean",
+                                 "mean reward over this process's window (fleet-wide: plaudit:reward_mean:1h)")
+        self.reward_std = gauge("plaudit_reward_std", "standard deviation of the reward over this process's window")
         self.length_corr = gauge("plaudit_reward_length_correlation",
                                  "Pearson correlation of reward with response length (characters) over the window")
         self.drift = gauge("plaudit_reward_drift", "Kolmogorov-Smirnov distance between the window's rewards and "
                                                    "the reference window (the first rewards served)")
         self.feedback = counter("plaudit_feedback", "labels received for served predictions", ["model", "kind"])
         self.feedback_unmatched = counter("plaudit_feedback_unmatched", "labels for unknown or expired ids", [])
-        self.ece = gauge("plaudit_calibration_ece", "expected calibration error (10 bins) over the feedback window")
-        self.brier = gauge("plaudit_calibration_brier", "Brier score over the feedback window")
+        self.ece = gauge("plaudit_calibration_ece", "expected calibration error (10 bins) over this process's "
+                                                    "feedback window (fleet-wide: plaudit:calibration_ece:1h)")
+        self.brier = gauge("plaudit_calibration_brier", "Brier score over this process's feedback window")
         self.accuracy = gauge("plaudit_calibration_accuracy", "share of labelled predictions on the right side of 0.5")
-        self.labelled = gauge("plaudit_calibration_window_size", "labelled predictions in the feedback window")
+        self.labelled = gauge("plaudit_calibration_window_size",
+                              "labelled predictions in this process's feedback window")
         self.judge_answers = counter("plaudit_judge_answers", "questions, pair orders or ratings a judge asked")
         self.judge_unscored = counter("plaudit_judge_unscored", "judge answers that could not be read")
         self.judge_pairs = counter("plaudit_judge_pairs", "pairs a pairwise judge read in both orders")
