@@ -12,6 +12,12 @@ Within one forward batch every distinct prompt runs once; across batches (one sa
 request, as OpenRLHF and verl send them) prompts stay in a cache bounded in bytes, least
 recently used out. Encoders (bidirectional attention) and sliding-window models run every
 sequence whole.
+
+Memory: a response batch holds its rows' prompt keys and values for every layer at once,
+one copy per row (transformers' cache concatenates them with the responses'). That is
+small for SmolLM2 (about 46 KB a token in fp32) but on a large model with long prompts it
+is what fills the GPU first; a batch that runs out of memory is rerun in halves by the
+batcher, and a lower `max_batch_tokens` keeps batches smaller.
 """
 from __future__ import annotations
 
