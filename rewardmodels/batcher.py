@@ -132,7 +132,7 @@ class BatchedScorer(Scorer):
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         batching = batching.on(device)
         self.prefixes: SharedPrefixForward | None = None
-        if isinstance(rows, Split) and can_share(rows.backbone):
+        if isinstance(rows, Split) and batching.share_prefixes and can_share(rows.backbone):
             self.prefixes = SharedPrefixForward(rows, batching, pad_id, device, int(batching.prefix_cache_mb * 2**20))
             run: Callable[[Seqs], list[torch.Tensor]] = self.prefixes
         else:

@@ -38,13 +38,14 @@ class Batching:
     call (None: the device's default from CALL_OVERHEAD_TOKENS, resolved at load time).
     `linger`: see LINGER (None: the device's default). `prefix_cache_mb`: how much memory the
     prompts' keys and values kept for later requests may take (0: prompts are shared within a
-    batch only; see prefix.py)."""
+    batch only; see prefix.py). `share_prefixes` False runs every sequence whole."""
 
     max_batch_size: int = 32
     max_batch_tokens: int = 16384
     call_overhead_tokens: int | None = None
     linger: float | None = None
     prefix_cache_mb: float = 512
+    share_prefixes: bool = True
 
     def on(self, device: torch.device) -> "Batching":
         """These limits with the call overhead and the linger filled in for `device`."""

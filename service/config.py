@@ -55,6 +55,8 @@ class ModelConfig(BaseModel):
         "prompt (one per request, as RL trainers send them) read it from the cache, least recently used "
         "out; 0 shares a prompt within one forward batch only. A 640-token prompt takes about 30 MB "
         "on SmolLM2-135M in fp32"))
+    share_prefixes: bool = Field(default=True, description=(
+        "compute a prompt once for the responses that share it (prefix.py); false runs every sequence whole"))
 
     @model_validator(mode="after")
     def _path_or_kind(self):
@@ -67,7 +69,7 @@ class ModelConfig(BaseModel):
             return {"kind": self.kind, "settings": self.settings}
         return {"kind": self.kind, "device": self.device, "dtype": self.dtype, "max_length": self.max_length,
                 "batching": Batching(self.max_batch_size, self.max_batch_tokens, self.call_overhead_tokens,
-                                     self.linger, self.prefix_cache_mb)}
+                                     self.linger, self.prefix_cache_mb, self.share_prefixes)}
 
 
 class Limits(BaseModel):

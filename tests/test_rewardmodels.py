@@ -87,25 +87,30 @@ def test_rewards_do_not_depend_on_batch_size(model_dir):
     """The spec's first requirement (RewardBench #137): a reward is the same whatever batch it
     is scored in. Scored at batch sizes 1, 7 and 32, and one item per call, all must agree."""
     items = mixed_items()
-    alone_scorer = load_scorer(model_dir, batching=Batching(max_batch_size=1))
+    alone_scorer = load_scorer(model_dir, batching=Batching(max_batch_size=1, share_prefixes=False))
     lengths = [len(encode_item(alone_scorer.tokenizer, it, alone_scorer.max_length)[0]) for it in items]
     assert max(lengths) > 10 * min(lengths) and 200 < max(lengths) < 512, f"items are not mixed enough: {sorted(lengths)}"
 
     alone = [alone_scorer.score([it]).rewards[0] for it in items]
     assert len({round(r, 4) for r in alone}) > 16, "rewards are nearly constant: the check would be vacuous"
     for size in (1, 7, 32):  # a call costing more than any padding: batches are filled to `size`
-        s = load_scorer(model_dir, batching=Batching(max_batch_size=size, call_overhead_tokens=10**9))
+        whole = load_scorer(model_dir, batching=Batching(max_batch_size=size, call_overhead_tokens=10**9,
+                                                         share_prefixes=False))
         seen: list[list[int]] = []  # real lengths of the rows of every forward pass
-        hook = s.model.base_model.register_forward_pre_hook(
+        hook = whole.model.base_model.register_forward_pre_hook(
             lambda m, args, kwargs: seen.append(kwargs["attention_mask"].sum(1).tolist()), with_kwargs=True)
         try:
-            rewards = s.score(items).rewards
+            rewards = whole.score(items).rewards
         finally:
             hook.remove()
         assert max(len(rows) for rows in seen) == size
         if size > 1:  # padding really happened, so the test covers it
             assert any(len(set(rows)) > 1 for rows in seen)
         assert close(rewards, alone), f"batch size {size}: max diff {max_diff(rewards, alone)}"
+        # and with prompts computed once for the items that share them (prefix.py)
+        shared = load_scorer(model_dir, batching=Batching(max_batch_size=size, call_overhead_tokens=10**9))
+        rewards = shared.score(items).rewards
+        assert close(rewards, alone), f"batch size {size}, shared prompts: max diff {max_diff(rewards, alone)}"
 
 
 def test_rewards_do_not_depend_on_item_order(model_dir):
