@@ -17,8 +17,8 @@ from plaudit.rewardmodels.loading import choose_device
 from plaudit.service.api import ModelPool
 from plaudit.service.config import load_config
 
-from . import (execution, gpm_rank, judge_batch, monitoring_overhead, padding, prefix_groups, score_throughput,
-               serving, soak, startup, warm_merge)
+from . import (ensemble, execution, gpm_rank, judge_batch, monitoring_overhead, padding, prefix_groups,
+               score_throughput, serving, soak, startup, warm_merge)
 
 OUT = Path(__file__).resolve().parent / "out" / "latest.json"
 TARGETS = {  # key: (what, target, met); met is None where the number is only reported
@@ -36,6 +36,8 @@ TARGETS = {  # key: (what, target, met); met is None where the number is only re
                          lambda v: v >= 3),
     "group_single_vs_raw_k16": ("the same, one response per request from 32 clients / raw whole forward", ">= 2",
                                 lambda v: v >= 2),
+    "ensemble_m3_vs_single_32": ("3-member ensemble (adapted in the last 8 of 30 blocks) / one member, "
+                                 "32 one-item clients", ">= 0.5", lambda v: v >= 0.5),
     "padding_sorted_vs_arrival": ("items/s, length-sorted / arrival-order micro-batches", "> 1", lambda v: v > 1),
     "exec_sandbox_overhead": ("one short program: bubblewrap sandbox / plain subprocess", "<= 1.5",
                               lambda v: v <= 1.5),
@@ -63,6 +65,8 @@ def main() -> None:
         results.update(score_throughput.run(service, pool.get("default")))
         results.update(prefix_groups.run(service, pool.get("default")))
         results.update(soak.run(service))
+    with tempfile.TemporaryDirectory(prefix="plaudit-bench-ensemble-") as tmp:
+        results.update(ensemble.run(Path(tmp), choose_device()[0]))
     results.update(startup.run())
     results["seconds"] = round(time.time() - start, 1)
     print(f"{'benchmark':58} {'measured':>10}  {'target':>8}  met")
@@ -89,6 +93,7 @@ def main() -> None:
         for row in groups["curves"][curve]:
             print(f"  K={row['k']:2}, prompt {row['prompt_tokens']:3} tokens: shared "
                   f"{row['shared_ms_per_item']} ms/item, whole {row['whole_ms_per_item']} ms/item ({row['speedup']}x)")
+    print(f"Ensemble of 3, 32 one-item clients: {results['ensemble']}")
     for order in ("sorted", "arrival"):
         print(f"Padding, {order:7}: {results['padding'][order]}")
     print(f"Execution: {results['execution']}")

@@ -37,10 +37,10 @@ class Server(Launched):
                 total += proc.memory_info().rss
         return total / 2**20
 
-    def forward_stats(self) -> dict:
-        """The default model's forward calls and the sequences they carried."""
+    def forward_stats(self, model: str = "default") -> dict:
+        """A model's forward calls and the sequences they carried."""
         models = httpx2.get(f"{self.url}/models", timeout=30).json()["models"]
-        return next(m["stats"] for m in models if m["name"] == "default")
+        return next(m["stats"] for m in models if m["name"] == model)
 
 
 @contextlib.contextmanager
@@ -80,16 +80,18 @@ class Load:
 
 
 def drive(url: str, items: Sequence[Item], clients: int, seconds: float | None = None,
-          requests: Sequence[Sequence[int]] | None = None) -> Load:
+          requests: Sequence[Sequence[int]] | None = None, model: str | None = None) -> Load:
     """`clients` concurrent clients, one item per POST /score (or the items of each of
-    `requests`, lists of indices, per POST), until every request was sent once or, given
-    `seconds`, round the requests until then; the clock stops at the last answer."""
-    return asyncio.run(_drive(url, items, clients, seconds, requests or [[i] for i in range(len(items))]))
+    `requests`, lists of indices, per POST) to `model` (the server's default when None), until
+    every request was sent once or, given `seconds`, round the requests until then; the clock
+    stops at the last answer."""
+    return asyncio.run(_drive(url, items, clients, seconds, requests or [[i] for i in range(len(items))], model))
 
 
 async def _drive(url: str, items: Sequence[Item], clients: int, seconds: float | None,
-                 requests: Sequence[Sequence[int]]) -> Load:
-    bodies = [{"items": [items[i].model_dump() for i in request]} for request in requests]
+                 requests: Sequence[Sequence[int]], model: str | None) -> Load:
+    chosen = {"model": model} if model else {}
+    bodies = [{**chosen, "items": [items[i].model_dump() for i in request]} for request in requests]
     turns = itertools.count() if seconds else iter(range(len(requests)))
     load = Load(0.0)
     async with httpx2.AsyncClient(base_url=url, timeout=600, limits=httpx2.Limits(max_connections=clients)) as http:

@@ -4,24 +4,78 @@ spread (standard deviation across members) per item as a cheap uncertainty signa
 This is what WARM trades away for one model's cost; plaudit serves both. The folder's
 plaudit.json lists the members (sub-folders), e.g. what `plaudit warm train` writes in
 DIR/members/. Each member is loaded as its own kind with the same options.
+
+Members that share their lower blocks (WARM members, LoRA fine-tunes of one base) run as one
+forward: the shared blocks once, each member's own blocks after them (trunk.py), with one
+batcher and prefix sharing over it. Members that share nothing run side by side: a request
+is submitted to every member's batcher before any is waited on.
 """
 from __future__ import annotations
 
+import logging
 import statistics
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import torch
+
 from .base import Item, ModelLoadError, Scorer, Scores
+from .batcher import BatchedScorer
 from .bt import BradleyTerry
+from .encoding import Batching, encode_item, encode_text, fp32_linear, last_token, rendered_text
 from .loading import read_metadata, resolve_path
+from .prefix import Split
+from .trunk import TrunkAndTails, shared_blocks
+
+log = logging.getLogger(__name__)
+
+
+def summarise(columns: Sequence[Sequence[float]], truncated: Sequence[bool]) -> Scores:
+    """Each item's mean over its members' rewards, and their spread."""
+    return Scores([statistics.fmean(c) for c in columns], list(truncated), [statistics.pstdev(c) for c in columns])
+
+
+class SharedTrunk(BatchedScorer):
+    """The members as one model: one forward row per sequence holds every member's raw reward."""
+
+    kind = "ensemble"
+
+    def __init__(self, name: str, members: list[BradleyTerry], backbone: TrunkAndTails, batching: Batching):
+        self.members = members
+        first = members[0]
+        super().__init__(name, {}, first.tokenizer, first.max_length, Split(backbone, self.head), batching,
+                         first.device)
+
+    def head(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        last = last_token(hidden, mask).chunk(len(self.members), dim=-1)
+        return torch.stack([fp32_linear(state, m.model.score.weight, m.model.score.bias).squeeze(-1)
+                            for state, m in zip(last, self.members)], dim=-1)
+
+    def _scores(self, encoded: list[tuple[list[int], bool]], field: str) -> Scores:
+        rows = self.run(encoded, field)
+        return summarise([[(float(r) - m.mean) / m.std for r, m in zip(row, self.members)] for row in rows],
+                         [cut for _, cut in encoded])
+
+    def score(self, items: Sequence[Item]) -> Scores:
+        return self._scores([encode_item(self.tokenizer, it, self.max_length) for it in items], "items")
+
+    def score_rendered(self, texts: Sequence[str]) -> Scores:
+        return self._scores([encode_text(self.tokenizer, rendered_text(self.tokenizer, t), self.max_length)
+                             for t in texts], "query")
 
 
 class Ensemble(Scorer):
     kind = "ensemble"
 
-    def __init__(self, name: str, members: list[BradleyTerry], metadata: dict[str, Any]):
+    def __init__(self, name: str, members: list[BradleyTerry], metadata: dict[str, Any],
+                 batching: Batching | None = None):
         super().__init__(name, metadata)
         self.members = members
+        self.shared = self._share_trunk(batching or Batching())
+        self.metadata["shared_blocks"] = self.shared_blocks
+        # what the service watches in models that batch (metrics per forward call, prefix cache)
+        self.forward = self.shared.forward if self.shared else None
+        self.prefixes = self.shared.prefixes if self.shared else None
 
     @classmethod
     def load(cls, path: str | Path, name: str | None = None, **options: Any) -> "Ensemble":
@@ -38,23 +92,46 @@ class Ensemble(Scorer):
         if kinds != {"bt"}:
             raise ModelLoadError(f"{directory}: ensemble members must be BT models with absolute rewards, got {kinds}")
         metadata = {**metadata, "kind": "ensemble", "member_metadata": [m.metadata for m in members]}
-        return cls(name or directory.name, members, metadata)
+        return cls(name or directory.name, members, metadata, options.get("batching"))
 
-    @staticmethod
-    def _combine(submitted: list[Callable[[], Scores]]) -> Scores:
-        """Mean and spread per item. Every member was submitted to before any is waited on, so
-        the members run at the same time, and concurrent requests merge in each member's
-        batcher (a pool of threads per request serialised them)."""
-        results = [collect() for collect in submitted]
-        columns = list(zip(*(r.rewards for r in results)))
-        return Scores([statistics.fmean(c) for c in columns], list(results[0].truncated),
-                      [statistics.pstdev(c) for c in columns])
+    def _share_trunk(self, batching: Batching) -> SharedTrunk | None:
+        """One forward over the members when their lower blocks are the same weights, their
+        tokenizers read text alike and the trunk-then-tails forward checks out; else None."""
+        self.shared_blocks = 0
+        decoders = [getattr(m.model, "score", None) is not None for m in self.members]
+        if len(self.members) < 2 or not all(decoders):
+            return None
+        first = self.members[0]
+        if any(m.tokenizer.get_vocab() != first.tokenizer.get_vocab() or m.max_length != first.max_length
+               or m.tokenizer.chat_template != first.tokenizer.chat_template for m in self.members[1:]):
+            return None
+        blocks = shared_blocks([m.model.base_model for m in self.members])
+        if not blocks:
+            return None
+        try:
+            backbone = TrunkAndTails([m.model.base_model for m in self.members], blocks)
+        except ValueError as e:
+            log.warning("%s: members run whole: %s", self.name, e)
+            return None
+        self.shared_blocks = blocks
+        return SharedTrunk(f"{self.name}/shared", self.members, backbone, batching)
 
     def score(self, items: Sequence[Item]) -> Scores:
-        return self._combine([m.submit_score(items) for m in self.members])
+        if self.shared is not None:
+            return self.shared.score(items)
+        return self._side_by_side([m.submit_score(items) for m in self.members])
 
     def score_rendered(self, texts: Sequence[str]) -> Scores:
-        return self._combine([m.submit_score_rendered(texts) for m in self.members])
+        if self.shared is not None:
+            return self.shared.score_rendered(texts)
+        return self._side_by_side([m.submit_score_rendered(texts) for m in self.members])
+
+    @staticmethod
+    def _side_by_side(submitted: list[Callable[[], Scores]]) -> Scores:
+        """Every member was submitted to before any is waited on, so the members run at the same
+        time and concurrent requests merge in each member's batcher."""
+        results = [wait() for wait in submitted]
+        return summarise(list(zip(*(r.rewards for r in results))), results[0].truncated)
 
     def end_markers(self) -> Sequence[str]:
         return list(dict.fromkeys(marker for m in self.members for marker in m.end_markers()))
@@ -63,8 +140,10 @@ class Ensemble(Scorer):
         return list(dict.fromkeys(marker for m in self.members for marker in m.pad_markers()))
 
     def stats(self) -> dict[str, Any]:
+        if self.shared is not None:
+            return {"shared_blocks": self.shared_blocks, **self.shared.stats()}
         return {m.name: m.stats() for m in self.members}
 
     def limit_tokens(self, max_request_tokens: int) -> None:
-        for member in self.members:
-            member.limit_tokens(max_request_tokens)
+        for scorer in [self.shared] if self.shared is not None else self.members:
+            scorer.limit_tokens(max_request_tokens)

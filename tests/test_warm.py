@@ -17,7 +17,8 @@ from safetensors.torch import load_file, save_file
 from conftest import make_tiny, tiny_training
 from plaudit.rewardmodels import Item, ModelLoadError, Pair, load_scorer
 from plaudit.rewardmodels.bt import load_classifier
-from plaudit.rewardmodels.loading import read_metadata
+from plaudit.rewardmodels.loading import read_metadata, write_metadata
+from plaudit.rewardmodels.trunk import TrunkAndTails, shared_blocks
 from plaudit.service.api import ModelPool, score as score_endpoint
 from plaudit.service.config import ModelConfig, ServiceConfig
 from plaudit.schemas import ScoreRequest
@@ -95,38 +96,102 @@ def test_the_merge_is_also_one_exact_adapter(warm):
     assert (adapter / "adapter_model.safetensors").stat().st_size < (out / "model.safetensors").stat().st_size
 
 
+@pytest.fixture(scope="module")
+def unrelated(tmp_path_factory):
+    """An ensemble of two BT models initialised apart: no block in common, members run side by side."""
+    folder = tmp_path_factory.mktemp("unrelated")
+    for seed in (0, 1):
+        make_tiny(folder / f"m{seed}", head=True, seed=seed)
+    write_metadata(folder, {"kind": "ensemble", "members": ["m0", "m1"]})
+    return folder
+
+
+def group_items() -> list[Item]:
+    """Four responses of mixed lengths to each of four prompts."""
+    return [Item(prompt=p.prompt, response=r) for p in marker_pairs(4, seed=5)
+            for r in (p.chosen, p.rejected, p.chosen + " and then some more words", "x")]
+
+
 def test_ensemble_serves_mean_and_spread(warm):
+    """WARM members adapt only their last block, so the ensemble runs the embedding and block 0
+    once (one copy in memory), then each member's block 1 and head; the K responses of a
+    prompt share its pass. Rewards and spread are the members' own, scored one by one."""
     out, _ = warm
     ensemble = load_scorer(out / MEMBERS)
     members = [load_scorer(out / MEMBERS / f"member-{i}") for i in range(3)]
-    items = [Item(prompt=p.prompt, response=r) for p in marker_pairs(4, seed=5) for r in (p.chosen, p.rejected)]
+    items = group_items()
     got = ensemble.score(items)
     columns = list(zip(*(m.score(items).rewards for m in members)))
-    assert ensemble.kind == "ensemble"
+    assert ensemble.kind == "ensemble" and ensemble.shared_blocks == 1
     assert got.rewards == pytest.approx([statistics.fmean(c) for c in columns], abs=1e-5)
     assert got.spread == pytest.approx([statistics.pstdev(c) for c in columns], abs=1e-5)
     assert any(s > 0 for s in got.spread)
+    layers = [m.model.base_model.layers for m in ensemble.members]
+    assert all(own[0] is layers[0][0] for own in layers) and len({id(own[1]) for own in layers}) == 3
+    stats = ensemble.stats()
+    assert stats["forward_calls"] == 1 and stats["prefix_cache"]["shared_sequences"] == len(items)
+    assert ensemble.score_rendered(["hello there", "a longer rendered text"]).rewards == pytest.approx(
+        [statistics.fmean(c) for c in zip(*(m.score_rendered(["hello there", "a longer rendered text"]).rewards
+                                            for m in members))], abs=1e-5)
     pool = ModelPool(ServiceConfig(models={"ens": ModelConfig(path=str(out / MEMBERS))}, default_model="ens"))
     answer = score_endpoint(pool, ScoreRequest(items=items[:2]))
     assert answer.uncertainty == pytest.approx(got.spread[:2], abs=1e-5)
 
 
-def test_concurrent_ensemble_requests_merge_in_every_member(warm):
-    """8 one-item requests at once: every member's batcher runs the first alone and merges the
-    other 7 (its forward slowed to 300 ms so that they queue, even on a loaded machine). With a
-    pool of M threads per ensemble, requests reached the members one at a time: 8 calls each."""
-    out, _ = warm
-    ensemble = load_scorer(out / MEMBERS)
-    for member in ensemble.members:
-        run = member.forward._run
-        member.forward._run = lambda seqs, run=run: (time.sleep(0.3), run(seqs))[1]
+def test_members_that_share_no_block_run_side_by_side(unrelated):
+    ensemble = load_scorer(unrelated)
+    members = [load_scorer(unrelated / m) for m in ("m0", "m1")]
+    items = group_items()
+    columns = list(zip(*(m.score(items).rewards for m in members)))
+    assert ensemble.shared_blocks == 0 and ensemble.shared is None
+    assert ensemble.score(items).rewards == pytest.approx([statistics.fmean(c) for c in columns], abs=1e-5)
+
+
+def test_a_forward_that_is_more_than_its_blocks_is_not_split():
+    """A backbone that scales its input inside `forward` (as older Gemma did) would scale the
+    trunk's states again in every tail: the load-time check refuses it, so the ensemble's
+    members run whole."""
+    from transformers import LlamaConfig, LlamaModel
+
+    class Scaled(LlamaModel):
+        def forward(self, input_ids=None, inputs_embeds=None, **kwargs):
+            inputs_embeds = (self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds) * 2.0
+            return super().forward(inputs_embeds=inputs_embeds, **kwargs)
+
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2)
+    torch.manual_seed(0)
+    first, second = Scaled(config), Scaled(config)
+    second.load_state_dict(first.state_dict())
+    with torch.no_grad():
+        second.layers[1].mlp.up_proj.weight.add_(0.1)
+    assert shared_blocks([first, second]) == 1
+    with pytest.raises(ValueError, match="differs from its own forward"):
+        TrunkAndTails([first, second], 1)
+    plain = [LlamaModel(config) for _ in range(2)]
+    plain[1].load_state_dict(plain[0].state_dict())
+    TrunkAndTails(plain, 1)  # the same shape without the scaling passes
+
+
+@pytest.mark.parametrize("which", ["warm", "unrelated"])
+def test_concurrent_ensemble_requests_merge(which, request):
+    """8 one-item requests at once: the batcher (the shared one, or every member's) runs the
+    first alone and merges the other 7 (its forward slowed to 300 ms so that they queue, even
+    on a loaded machine). With a pool of M threads per ensemble, requests reached the members
+    one at a time: 8 calls each."""
+    folder = request.getfixturevalue(which)
+    ensemble = load_scorer(folder[0] / MEMBERS if which == "warm" else folder)
+    batchers = [ensemble.shared.forward] if ensemble.shared else [m.forward for m in ensemble.members]
+    for batcher in batchers:
+        run = batcher._run
+        batcher._run = lambda seqs, run=run: (time.sleep(0.3), run(seqs))[1]
     items = [Item(prompt=p.prompt, response=p.chosen) for p in marker_pairs(8, seed=9)]
     alone = ensemble.score(items).rewards
-    before = [m.forward.batches for m in ensemble.members]
+    before = [b.batches for b in batchers]
     with ThreadPoolExecutor(8) as pool:
         got = list(pool.map(lambda it: ensemble.score([it]).rewards[0], items))
     assert got == pytest.approx(alone, abs=1e-5)
-    assert all(m.forward.batches - b <= 3 for m, b in zip(ensemble.members, before))
+    assert all(b.batches - n <= 3 for b, n in zip(batchers, before))
 
 
 def test_greedy_soup_keeps_only_what_helps(warm, tmp_path):

@@ -1,0 +1,70 @@
+"""A 3-member ensemble under 32 one-item clients, against one of its members alone.
+
+The members are the default BT model's adapter (LoRA on the last 8 of SmolLM2's 30 blocks)
+with each member's LoRA B matrices scaled differently, so they differ exactly where WARM
+members do: in the adapted blocks and nowhere below. Served from one `plaudit serve`, the
+same mixed-length items one per request: `ensemble_m3_vs_single_32` is the ensemble's
+items/s over the single model's. Members sharing the 22 lower blocks cost one trunk plus
+three tails (22 + 3 x 8 = 46 block passes against 30), so about 0.65x is the ceiling;
+three whole models side by side would be about 0.33x.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from plaudit.service.config import DEFAULT_MODEL_DIR
+
+from . import serving
+from .workload import default_count, mixed_items
+
+MEMBERS, CLIENTS = 3, 32
+
+
+def build_members(folder: Path) -> Path:
+    """An ensemble folder of MEMBERS adapters of one base, differing only in their LoRA."""
+    for m in range(MEMBERS):
+        member = folder / f"member-{m}"
+        shutil.copytree(DEFAULT_MODEL_DIR, member)
+        weights = load_file(str(member / "adapter_model.safetensors"))
+        save_file({k: v * (1 + 0.1 * m) if ".lora_B." in k else v for k, v in weights.items()},
+                  str(member / "adapter_model.safetensors"))
+    (folder / "plaudit.json").write_text(json.dumps({"kind": "ensemble", "members": [f"member-{m}"
+                                                                                     for m in range(MEMBERS)]}))
+    return folder
+
+
+def _calls(stats: dict) -> int:
+    """Forward calls of a model, or of all its members where they batch apart."""
+    return stats.get("forward_calls", sum(member.get("forward_calls", 0) for member in stats.values()
+                                          if isinstance(member, dict)))
+
+
+def run(tmp: Path, device) -> dict:
+    config = {"models": {"default": {"path": str(DEFAULT_MODEL_DIR)},
+                         "ensemble": {"path": str(build_members(tmp / "ensemble"))}}}
+    items = mixed_items(default_count(device))
+    rows = {}
+    with serving.plaudit(tmp, config) as server:
+        for model in ("default", "ensemble"):
+            serving.drive(server.url, items[:4], 4, model=model)  # warm-up
+            before = server.forward_stats(model)
+            load = serving.drive(server.url, items, CLIENTS, model=model)
+            after = server.forward_stats(model)
+            rows[model] = {"items_per_s": round(len(items) / load.seconds, 3), "errors": load.errors,
+                           "forward_calls": _calls(after) - _calls(before)}
+        rows["ensemble"]["shared_blocks"] = after.get("shared_blocks", 0)
+    return {"ensemble": {"items": len(items), "clients": CLIENTS, **rows},
+            "ensemble_m3_vs_single_32": round(rows["ensemble"]["items_per_s"] / rows["default"]["items_per_s"], 3)}
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    from plaudit.rewardmodels.loading import choose_device
+
+    with tempfile.TemporaryDirectory(prefix="plaudit-bench-ensemble-") as folder:
+        print(json.dumps(run(Path(folder), choose_device()[0]), indent=2))
