@@ -102,3 +102,28 @@ def test_prefix_sharing_in_bf16_stays_within_bf16_noise(tiny_bt):
     seqs = [list(encode_item(gpu.tokenizer, it, gpu.max_length)[0]) for it in items]
     whole = run_batched(seqs, gpu.prefixes.split, gpu.prefixes.batching, gpu.tokenizer.pad_token_id, gpu.device)
     assert max(abs(a - float(b)) for a, b in zip(shared, whole)) <= BF16_TOL
+
+
+def test_an_ensemble_sharing_its_trunk_in_bf16_scores_as_its_members(tiny_bt, tmp_path):
+    """Two members that differ only in their last block: run as trunk and tails in bf16 on the
+    GPU, their mean and spread within BF16_TOL of each member scored alone in fp32 on the CPU."""
+    import shutil
+    import statistics
+
+    from safetensors.torch import load_file, save_file
+
+    from plaudit.rewardmodels.loading import write_metadata
+
+    for m in ("m0", "m1"):
+        shutil.copytree(tiny_bt, tmp_path / m)
+    weights = load_file(str(tmp_path / "m1" / "model.safetensors"))
+    save_file({k: v * 1.1 if ".layers.1." in k else v for k, v in weights.items()},
+              str(tmp_path / "m1" / "model.safetensors"))
+    write_metadata(tmp_path, {"kind": "ensemble", "members": ["m0", "m1"]})
+    gpu = load_scorer(tmp_path, device="cuda", dtype="bfloat16")
+    assert gpu.shared_blocks == 1
+    got = gpu.score(ITEMS * 2)
+    columns = list(zip(*(load_scorer(tmp_path / m, device="cpu", dtype="float32").score(ITEMS * 2).rewards
+                         for m in ("m0", "m1"))))
+    assert got.rewards == pytest.approx([statistics.fmean(c) for c in columns], abs=BF16_TOL)
+    assert got.spread == pytest.approx([statistics.pstdev(c) for c in columns], abs=BF16_TOL)
