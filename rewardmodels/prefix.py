@@ -53,12 +53,70 @@ class Split:
         return self.head(self.backbone(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
 
     def cached(self, **inputs: Any) -> tuple[torch.Tensor, Any]:
-        """The backbone's last hidden states and its key/value cache; a cache passed in as `cache`
-        is read and extended (transformers 5.24 renamed `past_key_values` to `cache`)."""
-        if "cache" in inputs and "cache" not in inspect.signature(self.backbone.forward).parameters:
-            inputs["past_key_values"] = inputs.pop("cache")
-        out = self.backbone(**inputs, use_cache=True)
-        return out.last_hidden_state, out.get("cache") or out.get("past_key_values")
+        return cached_forward(self.backbone, **inputs)
+
+
+def cached_forward(backbone: nn.Module, **inputs: Any) -> tuple[torch.Tensor, Any]:
+    """A backbone's last hidden states and its key/value cache; a cache passed in as `cache` is
+    read and extended (transformers 5.24 renamed `past_key_values` to `cache`)."""
+    if "cache" in inputs and "cache" not in inspect.signature(backbone.forward).parameters:
+        inputs["past_key_values"] = inputs.pop("cache")
+    out = backbone(**inputs, use_cache=True)
+    return out.last_hidden_state, out.get("cache") or out.get("past_key_values")
+
+
+def responses_on_prompts(backbone: nn.Module, keys: list[torch.Tensor], values: list[torch.Tensor],
+                         prompt_hidden: torch.Tensor, lengths: Sequence[int], suffixes: Sequence[Sequence[int]],
+                         pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whole sequences' last hidden states and mask (right-padded, as the full forward's) from
+    their prompts' keys and values per layer ([rows, kv heads, width, head dim]) and hidden
+    states ([rows, width, features]), the first `lengths` tokens of each row real, and their
+    responses, which run now on top with position ids continuing after their prompt.
+    Differentiable: training's forward is this too."""
+    from transformers import DynamicCache
+
+    count, width = prompt_hidden.shape[:2]
+    longest = max(map(len, suffixes))
+    joined = prompt_hidden
+    if longest:
+        ids, _ = pad([s or [pad_id] for s in suffixes], pad_id, device)
+        ids = torch.nn.functional.pad(ids, (0, longest - ids.shape[1]), value=pad_id)
+        attention = torch.zeros((count, width + longest), dtype=torch.long, device=device)
+        for r, (n, s) in enumerate(zip(lengths, suffixes)):
+            attention[r, :n] = 1
+            attention[r, width:width + len(s)] = 1
+        positions = torch.tensor(list(lengths), device=device)[:, None] + torch.arange(longest, device=device)
+        states, _ = cached_forward(backbone, input_ids=ids, attention_mask=attention, position_ids=positions,
+                                   cache=DynamicCache(ddp_cache_data=list(zip(keys, values))))
+        joined = torch.cat([prompt_hidden, states.to(prompt_hidden.dtype)], dim=1)
+    widths = torch.tensor([n + len(s) for n, s in zip(lengths, suffixes)], device=device)
+    starts = torch.tensor(list(lengths), device=device)[:, None]
+    at = torch.arange(int(widths.max()), device=device)[None, :]
+    index = torch.where(at < starts, at, width + at - starts)  # prompt tokens, then the response's
+    mask = (at < widths[:, None]).long()
+    index = index * mask  # past a row's end: any position, masked
+    return joined.gather(1, index[..., None].expand(-1, -1, joined.shape[-1])), mask
+
+
+def shared_prompt_states(backbone: nn.Module, seqs: Sequence[Sequence[int]], pad_id: int,
+                         device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last hidden states and mask of a padded batch, each distinct prompt computed once
+    (a sequence without a marked prompt counts as one whole): what a trainer's step runs, with
+    gradients, so a pair's two responses read their prompt once. A backbone that cannot share
+    runs every sequence whole."""
+    if not can_share(backbone):
+        ids, mask = pad(seqs, pad_id, device)
+        return backbone(input_ids=ids, attention_mask=mask).last_hidden_state, mask
+    prompt_of = [tuple(s[:prefix_length(s)] if prefix_length(s) else s) for s in seqs]
+    prompts = list(dict.fromkeys(prompt_of))
+    where = {prompt: i for i, prompt in enumerate(prompts)}
+    hidden, cache = cached_forward(backbone, **dict(zip(("input_ids", "attention_mask"),
+                                                        pad(prompts, pad_id, device))))
+    index = torch.tensor([where[p] for p in prompt_of], device=device)
+    return responses_on_prompts(backbone, [layer.keys.index_select(0, index) for layer in cache.layers],
+                                [layer.values.index_select(0, index) for layer in cache.layers],
+                                hidden.index_select(0, index), [len(p) for p in prompt_of],
+                                [list(s[len(p):]) for s, p in zip(seqs, prompt_of)], pad_id, device)
 
 
 def can_share(backbone: nn.Module) -> bool:
@@ -195,35 +253,15 @@ class SharedPrefixForward:
         """The head's rows for sequences whose prompts are computed: the responses run on the
         prompts' keys and values (prompts of any lengths, masked where shorter), then the head
         reads each sequence's hidden states, prompt's and response's, as the full forward's."""
-        from transformers import DynamicCache
-
         lengths = [p.length for _, p in rows]
-        suffixes = [list(s[p.length:]) for s, p in rows]
-        width, longest = max(lengths), max(map(len, suffixes))
-        count = len(rows)
-        hidden_size = rows[0][1].hidden.shape[-1]
-        widths = [p + len(s) for p, s in zip(lengths, suffixes)]
-        hidden = torch.zeros((count, max(widths), hidden_size), dtype=rows[0][1].hidden.dtype, device=self.device)
-        mask = torch.zeros((count, max(widths)), dtype=torch.long, device=self.device)
-        for r, (_, p) in enumerate(rows):
-            hidden[r, :p.length] = p.hidden
-            mask[r, :widths[r]] = 1
-        if longest:
-            cache = DynamicCache()
-            for layer in range(len(rows[0][1].keys)):
-                cache.update(_stack([p.keys[layer] for _, p in rows], width),
-                             _stack([p.values[layer] for _, p in rows], width), layer)
-            ids, suffix_mask = pad([s or [self.pad_id] for s in suffixes], self.pad_id, self.device)
-            ids = torch.nn.functional.pad(ids, (0, longest - ids.shape[1]), value=self.pad_id)
-            attention = torch.zeros((count, width + longest), dtype=torch.long, device=self.device)
-            for r, (n, s) in enumerate(zip(lengths, suffixes)):
-                attention[r, :n] = 1
-                attention[r, width:width + len(s)] = 1
-            positions = torch.tensor(lengths, device=self.device)[:, None] + torch.arange(longest, device=self.device)
-            states, _ = self.split.cached(input_ids=ids, attention_mask=attention, position_ids=positions,
-                                          cache=cache)
-            for r, (n, s) in enumerate(zip(lengths, suffixes)):
-                hidden[r, n:n + len(s)] = states[r, :len(s)]
+        width = max(lengths)
+        prefixes = [p for _, p in rows]
+        layers = range(len(prefixes[0].keys))
+        hidden, mask = responses_on_prompts(
+            self.split.backbone, [_stack([p.keys[layer] for p in prefixes], width) for layer in layers],
+            [_stack([p.values[layer] for p in prefixes], width) for layer in layers],
+            _stack([p.hidden for p in prefixes], width), lengths, [list(s[p.length:]) for s, p in rows],
+            self.pad_id, self.device)
         return self.split.head(hidden, mask)
 
     def stats(self) -> dict[str, Any]:
@@ -231,5 +269,5 @@ class SharedPrefixForward:
 
 
 def _stack(parts: list[torch.Tensor], width: int) -> torch.Tensor:
-    """[kv heads, n, head dim] tensors zero-padded to `width` tokens and stacked into a batch."""
-    return torch.stack([torch.nn.functional.pad(t, (0, 0, 0, width - t.shape[1])) for t in parts])
+    """[..., n tokens, features] tensors zero-padded to `width` tokens and stacked into a batch."""
+    return torch.stack([torch.nn.functional.pad(t, (0, 0, 0, width - t.shape[-2])) for t in parts])

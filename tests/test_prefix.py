@@ -168,3 +168,41 @@ def test_encoders_run_whole():
                                             intermediate_size=64)))
     assert not can_share(MistralModel(MistralConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                                     intermediate_size=64, sliding_window=16)))
+
+
+def test_training_reads_each_prompt_once_with_the_whole_forwards_values_and_gradients(tiny_bt):
+    """A trainer's step (shared_prompt_states, with gradients): a pair's responses and a GPM's
+    prompt-alone sequence read the prompt once, and the states, a loss on them and its
+    gradients are the whole forward's; at max_length 96 the long prompt is cut from the left,
+    at a different place for each of its responses."""
+    from transformers import AutoModelForSequenceClassification
+
+    from plaudit.rewardmodels.bt import reward_head
+    from plaudit.rewardmodels.encoding import encode_text, pad, prompt_text
+    from plaudit.rewardmodels.prefix import shared_prompt_states
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bt, dtype=torch.float32).train()
+    tokenizer = make_tokenizer(True)
+    items = groups(3, 2, prompt_words=(4, 30), response_words=(1, 4))
+    seqs = [encode_item(tokenizer, it, 96)[0] for it in items]
+    seqs += [encode_text(tokenizer, prompt_text(tokenizer, items[0].prompt), 96)[0]]  # no marked prompt
+    assert seqs[0][:seqs[0].prefix] == seqs[2][:seqs[2].prefix] == seqs[4] and seqs[1].prefix != seqs[3].prefix
+    rows = []
+    model.base_model.embed_tokens.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[0]))
+    weights = torch.linspace(-1, 1, len(seqs))
+
+    def loss_and_grads(hidden, mask):
+        loss = (reward_head(model, hidden, mask) * weights).sum()
+        return loss, torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad])
+
+    hidden, mask = shared_prompt_states(model.base_model, seqs, tokenizer.pad_token_id, torch.device("cpu"))
+    assert rows == [3, len(seqs)]  # the short prompt once for three sequences, the cut long one twice; responses
+    ids, whole_mask = pad(seqs, tokenizer.pad_token_id, torch.device("cpu"))
+    whole_hidden = model.base_model(input_ids=ids, attention_mask=whole_mask).last_hidden_state
+    assert torch.equal(mask, whole_mask)
+    assert torch.allclose(hidden * mask[..., None], whole_hidden * mask[..., None], atol=1e-5)
+    shared_loss, shared_grads = loss_and_grads(hidden, mask)
+    whole_loss, whole_grads = loss_and_grads(whole_hidden, whole_mask)
+    assert shared_loss.item() == pytest.approx(whole_loss.item(), abs=1e-5)
+    for ours, theirs in zip(shared_grads, whole_grads):
+        assert torch.allclose(ours, theirs, atol=1e-5)

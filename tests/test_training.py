@@ -158,6 +158,24 @@ def test_adapters_train_at_their_own_rate(tiny_base, tmp_path):
     assert not torch.allclose(trained_head, initial)
 
 
+def test_a_pairs_responses_read_their_prompt_once_through_the_trainer(tiny_base, tmp_path, monkeypatch):
+    """The Trainer and accelerate rebuild lists on their way to the device; the step must still
+    see each sequence's prompt length, so that both responses of a pair read their prompt
+    once: 4 pairs per step, 8 responses on at most 4 prompt rows (pairs may share a prompt)."""
+    import plaudit.training.bt as bt
+
+    calls = []
+
+    def watched(backbone, seqs, pad_id, device):
+        calls.append((len({tuple(s[:s.prefix]) for s in seqs}), [s.prefix for s in seqs]))
+        return shared(backbone, seqs, pad_id, device)
+
+    shared = bt.shared_prompt_states
+    monkeypatch.setattr(bt, "shared_prompt_states", watched)
+    train_bt(marker_pairs(8, seed=1), tmp_path, config(tiny_base, num_train_epochs=1), on_log=lambda row: None)
+    assert calls and all(distinct <= len(prefixes) // 2 and all(prefixes) for distinct, prefixes in calls)
+
+
 def test_untrained_model_does_not_know_the_rule(trained, tiny_base, tmp_path):
     """Guard for the learning test: with lr=0 the same setup stays far below the trained model,
     so a high accuracy after training is learned, not an accident of the random init."""

@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from plaudit.rewardmodels.base import Item
-from plaudit.rewardmodels.bt import HEAD_PREFIXES, last_token_rewards
+from plaudit.rewardmodels.bt import HEAD_PREFIXES, last_token_rewards, reward_head
 from plaudit.rewardmodels.encoding import encode_item, pad
+from plaudit.rewardmodels.prefix import shared_prompt_states
 
 from .data import PreferencePair
 from .loop import TrainConfig, final_outputs, fit, main_process, normalization, prepare, save_adapter
@@ -43,8 +44,13 @@ def train_bt(pairs: list[PreferencePair], out: str | Path, config: BTConfig,
         return encode_item(tokenizer, Item(prompt=prompt, response=response), config.max_length)[0]
 
     def step(model, batch, device):
+        """Both responses of each pair read their prompt once (prefix.py), on decoders."""
         n = len(batch)
-        rewards = last_token_rewards(model, *pad([c for c, _ in batch] + [r for _, r in batch], pad_id, device))
+        seqs = [c for c, _ in batch] + [r for _, r in batch]
+        if getattr(model, "score", None) is None:  # an encoder classifier pools its own way
+            rewards = last_token_rewards(model, *pad(seqs, pad_id, device))
+        else:
+            rewards = reward_head(model, *shared_prompt_states(model.base_model, seqs, pad_id, device))
         rewards = rewards.float()
         chosen, rejected = rewards[:n], rewards[n:]
         loss = -F.logsigmoid(chosen - rejected).mean() + config.center_coef * ((chosen + rejected) ** 2).mean()

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from plaudit.rewardmodels.base import Item
-from plaudit.rewardmodels.encoding import encode_item, encode_text, last_token_states, pad, prompt_text
+from plaudit.rewardmodels.encoding import encode_item, encode_text, last_token, prompt_text
+from plaudit.rewardmodels.prefix import shared_prompt_states
 from plaudit.rewardmodels.gpm import HEAD_PREFIXES, GPMNet, preference
 
 from .data import PreferencePair
@@ -51,10 +52,12 @@ def train_gpm(pairs: list[PreferencePair], out: str | Path, config: GPMConfig,
         return seqs + [encode_text(tokenizer, prompt_text(tokenizer, p.prompt), config.max_length)[0]]
 
     def differences(net, batch, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Chosen then rejected response-minus-prompt states, and the prompts' states."""
+        """Chosen then rejected response-minus-prompt states, and the prompts' states; a pair's
+        prompt runs once for its three sequences (prefix.py)."""
         n = len(batch)
         columns = list(zip(*batch))  # chosen seqs, rejected seqs, prompt seqs
-        states = last_token_states(net.backbone, *pad([s for col in columns for s in col], pad_id, device)).float()
+        states = last_token(*shared_prompt_states(net.backbone, [s for col in columns for s in col], pad_id,
+                                                  device)).float()
         prompts = states[2 * n:]
         return states[:2 * n] - torch.cat([prompts, prompts]), prompts
 

@@ -90,6 +90,15 @@ class StepModule(nn.Module):
         return self.step(self.model, examples, next(self.model.parameters()).device)
 
 
+class Examples:
+    """A batch's examples, handed to the step as they are: on their way to the device the
+    Trainer and accelerate rebuild lists by type, and a rebuilt `Tokens` would lose the length
+    of its prompt (which lets a pair's responses read their prompt once)."""
+
+    def __init__(self, items: Sequence[Any]):
+        self.items = list(items)
+
+
 class Tally:
     """Loss, accuracy and margin over the examples of the current epoch, as the rows log them."""
 
@@ -137,14 +146,14 @@ def fit(examples: Sequence[Any], step: Step, model: nn.Module, config: TrainConf
 
     class PlauditTrainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            loss, margin, outputs = model(inputs["examples"])
-            tally.add(loss.detach(), margin.detach(), len(inputs["examples"]))
+            loss, margin, outputs = model(inputs["examples"].items)
+            tally.add(loss.detach(), margin.detach(), len(inputs["examples"].items))
             return (loss, outputs) if return_outputs else loss
 
         def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
             with torch.no_grad():
-                loss, margin, _ = model(inputs["examples"])
-            held.add(loss, margin, len(inputs["examples"]))
+                loss, margin, _ = model(inputs["examples"].items)
+            held.add(loss, margin, len(inputs["examples"].items))
             return loss.detach(), None, None
 
         def evaluate(self, *args, **kwargs):
@@ -206,8 +215,8 @@ def fit(examples: Sequence[Any], step: Step, model: nn.Module, config: TrainConf
         disable_tqdm=True, ddp_find_unused_parameters=False)
     steps_per_epoch = -(-len(examples) // (batch * config.gradient_accumulation_steps * args.world_size))
     trainer = PlauditTrainer(model=StepModule(model, step), args=args, train_dataset=list(examples),
-                             eval_dataset=list(heldout) or None, data_collator=lambda batch: {"examples": batch},
-                             callbacks=[Rows()])
+                             eval_dataset=list(heldout) or None,
+                             data_collator=lambda batch: {"examples": Examples(batch)}, callbacks=[Rows()])
     trainer.remove_callback(PrinterCallback)  # its Python-dict lines would break the CLI's JSON output
     checkpoint = None
     if config.resume:
