@@ -12,8 +12,9 @@ key/value cache, and returns each member's last hidden states side by side on th
 axis, so the prefix sharing of prefix.py runs on it unchanged (its cache holds the trunk's
 layers, then each tail's). The trunk and the tails are views of the members' own transformers
 models (their forward code, their masks and rotary positions), built and checked at load:
-a model whose forward does more than embed and run blocks (Gemma scales its embeddings) fails
-the check and the ensemble runs its members whole.
+a model whose forward does more than embed and run blocks (older Gemma scaled its input inside
+`forward`) fails the check and the ensemble runs its members whole. Sharing renumbers the
+tails' blocks for the joined cache, so the members' own forwards are not used afterwards.
 """
 from __future__ import annotations
 
