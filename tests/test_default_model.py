@@ -17,7 +17,7 @@ from plaudit.training.humaneval import build_pairs, build_steps
 
 pytestmark = pytest.mark.slow
 
-# Measured: 23 of these 24 held-out pairs (0.958); the computation is deterministic.
+# Measured: 22 of these 24 held-out pairs (0.917; the previous default 23); the computation is deterministic.
 # A model whose adapters or head failed to load sits near 0.5.
 DEFAULT_MODEL_FLOOR = 0.75
 # default-gpm, same pairs: measured 23 of 24.
@@ -55,8 +55,8 @@ def test_default_model_metadata(default_model):
     meta = default_model.metadata
     assert meta["kind"] == "bt" and meta["base"] == "default"
     assert meta["normalization"]["stored"] is True and meta["normalization"]["std"] > 0
-    assert meta["training"]["pairs"] > 400
-    assert (DEFAULT_MODEL_DIR / "adapter_model.safetensors").stat().st_size < 5_000_000
+    assert meta["training"]["examples"] > 400  # training pairs
+    assert (DEFAULT_MODEL_DIR / "adapter_model.safetensors").stat().st_size < 8_000_000  # LoRA on 16 blocks + the head: 5.2 MB
 
 
 def test_default_model_prefers_passing_code_on_heldout_problems(default_model, heldout_pairs):

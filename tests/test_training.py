@@ -351,19 +351,21 @@ def test_missing_adapter_file_is_a_load_error(trained, tmp_path):
         load_scorer(folder)
 
 
-# Rewards of the packaged default BT model on these items, measured with plaudit's adapter
-# format before the defaults were converted to PEFT's (2026-11-30): the conversion kept them.
-BEFORE_PEFT = [1.5543714225869738, -0.18768786783043803, 1.2243622512280472, 1.4960117765245633]
+# Rewards of the packaged default BT model on these items, measured when it was retrained
+# through the Trainer and PEFT (2026-12-01): loading and encoding must keep serving them.
+# (The folder it replaced, converted from plaudit's old adapter format, gave 1.554, -0.188,
+# 1.224, 1.496 both before and after the conversion.)
+SHIPPED = [1.733390966151102, -1.2352732846662908, 0.9234855459226785, 1.2684717669493342]
 ADD_PROMPT = "Write a Python function `add(a, b)` that returns the sum."
 ADD_RESPONSES = ["```python\ndef add(a, b):\n    return a + b\n```", "def add(a, b):\n    return a - b",
                  "I don't know.", "return a+b"]
 
 
-def test_the_converted_default_scores_as_before():
+def test_the_packaged_default_scores_as_when_it_was_trained():
     from plaudit.service.config import DEFAULT_MODEL_DIR
 
     rewards = load_scorer(DEFAULT_MODEL_DIR).score([Item(prompt=ADD_PROMPT, response=r) for r in ADD_RESPONSES]).rewards
-    assert rewards == pytest.approx(BEFORE_PEFT, abs=1e-5)
+    assert rewards == pytest.approx(SHIPPED, abs=1e-5)
 
 
 def test_convert_adapter_rewrites_an_old_folder_with_the_same_rewards(trained, tmp_path, capsys):
@@ -443,7 +445,7 @@ def test_the_default_exports_to_a_checkpoint_transformers_scores_as_plaudit(tmp_
     with torch.no_grad():
         plain = model(**tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")).logits[:, 0]
     served = load_scorer(DEFAULT_MODEL_DIR)
-    raw = [r * served.std + served.mean for r in BEFORE_PEFT]
+    raw = [r * served.std + served.mean for r in SHIPPED]
     assert plain.tolist() == pytest.approx(raw, abs=1e-4)
     # Sequences that end on the end-of-turn token itself (a trainer's query): transformers'
     # pooling reads the same token as plaudit's only because the export pads with another token.

@@ -92,7 +92,9 @@ def warm_noise(out: str | Path, train: str | Path, test: str | Path, members: in
     clean = read_pairs(train)[:limit]
     noisy, flipped = flip_labels(clean, flip, seed)
     held_out = read_pairs(test)[:test_limit]
-    config = WarmConfig(base=base, num_train_epochs=epochs, learning_rate=lr, lora_layers=lora_layers, seed=seed)
+    # a constant rate, as when its numbers in docs/model-families.md were measured (BT now defaults to cosine)
+    config = WarmConfig(base=base, num_train_epochs=epochs, learning_rate=lr, lora_layers=lora_layers, seed=seed,
+                        lr_scheduler_type="constant", warmup_steps=0.0)
     warm = train_warm(noisy, out, config, members, on_log=on_log, data=f"{train} ({flipped} flipped)")
     pairs = [Pair(prompt=p.prompt, a=p.chosen, b=p.rejected) for p in held_out]
     names = [Path(m).name for m in warm["members"]]

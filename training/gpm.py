@@ -18,7 +18,7 @@ from plaudit.rewardmodels.prefix import shared_prompt_states
 from plaudit.rewardmodels.gpm import HEAD_PREFIXES, GPMNet, preference
 
 from .data import PreferencePair
-from .loop import TrainConfig, fit, prepare, save_adapter
+from .loop import TrainConfig, family_default, fit, prepare, save_adapter
 
 log = logging.getLogger(__name__)
 CENTRING_SAMPLE = 512  # pairs whose mean response-minus-prompt state centres the value head
@@ -29,9 +29,8 @@ class GPMConfig(TrainConfig):
     """The GPM's own defaults: more epochs, a 16-dim embedding and slower adapters than BT's,
     measured on 30 different 3-cycles (90 pairs, SmolLM2-135M): 96.7% of the pairs fitted;
     2 epochs with adapters at 1e-4: 83.3%, at 3e-4: 87.8%."""
-    num_train_epochs: int = 4
-    adapter_learning_rate: float | None = field(default=1e-4, metadata={
-        "help": "the LoRA adapters' rate; the heads train at learning_rate"})
+    num_train_epochs: int = family_default("num_train_epochs", 4)
+    adapter_learning_rate: float | None = family_default("adapter_learning_rate", 1e-4)
     dims: int = field(default=16, metadata={"help": "embedding dimension 2k (even)"})
     prompt_head: bool = field(default=False, metadata={"help": "gate the blocks with a prompt head"})
     tau: float = field(default=0.1, metadata={"help": "P(i beats j) = sigmoid(s / tau)"})

@@ -53,6 +53,11 @@ class TrainConfig:
         "const": "last"})
 
 
+def family_default(name: str, value: Any) -> Any:
+    """A family's own default for a TrainConfig field, keeping the field's --help."""
+    return field(default=value, metadata=TrainConfig.__dataclass_fields__[name].metadata)
+
+
 # One optimisation step's view of a batch, given the model to run it through (the Trainer's,
 # wrapped for data parallelism when there are several processes): (loss, one signed margin per
 # decision (> 0 is right: a pair ordered correctly, a step classified correctly), outputs).
