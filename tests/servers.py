@@ -116,6 +116,8 @@ class FakeLLM:
             return sum(needle in b["messages"][-1]["content"] for b in self.bodies)
 
     @contextlib.contextmanager
-    def serving(self):
-        with http_server(self._handle) as url:
+    def serving(self, lifetime_s: float = 60.0):
+        """`lifetime_s`: the backstop after which the server stops answering; a fixture that
+        outlives one test needs more (after it, requests hang until the client's timeout)."""
+        with http_server(self._handle, lifetime_s) as url:
             yield url

@@ -132,7 +132,7 @@ def tick_llm(messages: list[dict]) -> str | tuple[str, dict[str, float]]:
 @pytest.fixture(scope="module")
 def served(models, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("get-reward-service")
-    with FakeLLM(tick_llm).serving() as llm_url:
+    with FakeLLM(tick_llm).serving(lifetime_s=1800) as llm_url:  # the module's tests share it
         config = tmp / "plaudit.yaml"
         config.write_text(yaml.safe_dump({
             "models": {"bt": {"path": str(models["bt"])}, "gpm": {"path": str(models["gpm"])},

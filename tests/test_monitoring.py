@@ -178,7 +178,7 @@ def judge_llm(messages):
 @pytest.fixture(scope="module")
 def monitored(tiny_bt, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("monitored")
-    with FakeLLM(judge_llm).serving() as llm_url:
+    with FakeLLM(judge_llm).serving(lifetime_s=1800) as llm_url:  # the module's tests share it: minutes
         config = tmp / "plaudit.yaml"
         config.write_text(yaml.safe_dump({
             "models": {"tiny": {"path": str(tiny_bt)}}, "default_model": "tiny",
@@ -319,10 +319,14 @@ def test_real_prometheus_sees_every_panel_and_fires_on_bad_calibration(monitored
         # Calibration made bad on purpose: every label contradicts the prediction.
         labels = [{"id": i, "label": int(p < 0.5)} for i, p in served]
         assert monitored.post("/feedback", json={"items": labels}).json()["accepted"] == len(served)
-        time.sleep(4)
         dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "plaudit.json").read_text())
-        empty = [p["title"] for p in dashboard["panels"] for t in p["targets"]
-                 if not any(r["value"][1] != "NaN" for r in query(url, t["expr"]))]
+        deadline = time.monotonic() + 60  # scrapes (1 s) and recording rules lag behind; more on a loaded machine
+        while True:
+            empty = [p["title"] for p in dashboard["panels"] for t in p["targets"]
+                     if not any(r["value"][1] != "NaN" for r in query(url, t["expr"]))]
+            if not empty or time.monotonic() > deadline:
+                break
+            time.sleep(1)
         assert not empty, f"panels without data: {empty}"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -103,7 +103,7 @@ def rating(messages):
 
 @pytest.fixture(scope="module")
 def pool(tiny_bt, tmp_path_factory):
-    with FakeLLM(rating).serving() as url:
+    with FakeLLM(rating).serving(lifetime_s=1800) as url:  # the module's tests share it
         config = ServiceConfig(
             models={"tiny": ModelConfig(path=str(tiny_bt)),
                     "exec": ModelConfig(kind="execution", settings={"slots": 2, "wall_s": 6}),
