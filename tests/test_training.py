@@ -511,10 +511,15 @@ def test_a_run_killed_midway_resumes_to_the_uninterrupted_result(tiny_base, tmp_
     assert resumed.metadata["training"]["steps"] == straight.metadata["training"]["steps"] == 36
 
 
-def test_two_processes_train_as_one_with_the_same_global_batch(tiny_base, tmp_path):
-    """`torchrun --nproc-per-node 2 -m plaudit train bt` on CPU (gloo), 2 pairs a process, against
-    one process with 4 pairs a step: the same batches in the same order, gradients averaged, so
-    the same model up to the order of float additions (measured 8.8e-5; allowed 1e-3)."""
+@pytest.mark.parametrize("launcher", [
+    ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"],
+    ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+     "--mixed_precision", "no", "--dynamo_backend", "no"]], ids=["torchrun", "accelerate-launch"])
+def test_two_processes_train_as_one_with_the_same_global_batch(tiny_base, tmp_path, launcher):
+    """`torchrun --nproc-per-node 2 -m plaudit train bt` (or `accelerate launch --multi_gpu`, which
+    runs torchrun) on CPU (gloo), 2 pairs a process, against one process with 4 pairs a step:
+    the same batches in the same order, gradients averaged, so the same model up to the order of
+    float additions (measured 8.8e-5 and 8.6e-7; allowed 1e-3)."""
     import subprocess
     import sys
 
@@ -525,8 +530,7 @@ def test_two_processes_train_as_one_with_the_same_global_batch(tiny_base, tmp_pa
     command = ["train", "bt", "--data", str(data), "--base", str(tiny_base), "--num-train-epochs", "2", "--learning-rate", "5e-3",
                "--lora-layers", "2", "--max-length", "256", "--device", "cpu"]
     main([*command, "--per-device-train-batch-size", "4", "--out", str(tmp_path / "one")])
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          "-m", "plaudit",
+    two = subprocess.run([sys.executable, *launcher, "-m", "plaudit",
                           *command, "--per-device-train-batch-size", "2", "--out", str(tmp_path / "two")],
                          capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-2000:]
@@ -534,6 +538,51 @@ def test_two_processes_train_as_one_with_the_same_global_batch(tiny_base, tmp_pa
     one, both = load_scorer(tmp_path / "one"), load_scorer(tmp_path / "two")
     assert both.metadata["training"]["steps"] == one.metadata["training"]["steps"] == 12
     assert both.score(items).rewards == pytest.approx(one.score(items).rewards, abs=1e-3)
+
+
+@pytest.mark.parametrize("variable, name", [("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")])
+def test_a_sharded_launch_is_refused_before_the_base_loads(tiny_base, tmp_path, monkeypatch, variable, name):
+    """`accelerate launch` with an FSDP or DeepSpeed config sets these variables. Sharded weights
+    would make the first process save and normalise from its shard, so plaudit refuses with
+    the data-parallel launch to use, before loading a base (which may be an 8B)."""
+    import transformers
+
+    from plaudit.service.cli import main
+    from plaudit.training.loop import refuse_sharding
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the base was loaded before the launch was refused")
+
+    data = tmp_path / "pairs.jsonl"
+    write_pairs(data, marker_pairs(4, seed=100))
+    monkeypatch.setenv(variable, "true")
+    monkeypatch.setattr(transformers.AutoModelForSequenceClassification, "from_pretrained", loaded)
+    with pytest.raises(SystemExit) as refused:
+        main(["train", "bt", "--data", str(data), "--base", str(tiny_base), "--device", "cpu",
+              "--out", str(tmp_path / "out")])
+    assert f"launcher: {name} is not supported" in str(refused.value) and "MULTI_GPU" in str(refused.value)
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setenv(variable, "false")  # what accelerate writes when its config does not shard
+    refuse_sharding()
+
+
+def test_accelerate_launch_with_fsdp_is_refused(tiny_base, tmp_path):
+    """The real launcher: `accelerate launch --use_fsdp` (2 processes) ends non-zero with plaudit's
+    reason (from the first process to refuse; the launcher then stops the other), not with
+    accelerate's own error or a hang, and writes no model."""
+    import subprocess
+    import sys
+
+    data = tmp_path / "pairs.jsonl"
+    write_pairs(data, marker_pairs(4, seed=100))
+    run = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--num_processes", "2",
+                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                          "-m", "plaudit", "train", "bt", "--data", str(data), "--base", str(tiny_base),
+                          "--device", "cpu", "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode != 0
+    assert "plaudit: error: launcher: FSDP is not supported" in run.stderr, run.stderr[-2000:]
+    assert not (tmp_path / "out").exists()
 
 
 def test_held_out_data_is_evaluated_during_training(tiny_base, tmp_path, capsys):

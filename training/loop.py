@@ -5,6 +5,7 @@ in PEFT's format with the model's metadata. A family supplies only its head, its
 its step (the loss)."""
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -66,6 +67,22 @@ CHECKPOINTS = "checkpoints"  # OUT/checkpoints/checkpoint-STEP: what --resume co
 TRAINABLE = "trainable.safetensors"  # a checkpoint's weights: the adapters and heads only
 
 
+SHARDING = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed"}  # set by `accelerate launch`
+
+
+def refuse_sharding() -> None:
+    """FSDP and DeepSpeed shard the weights across processes, and a checkpoint, the normalisation
+    pass and the saved adapter here read whole weights in the first process: they would be
+    wrong, so a sharded launch is refused before the base is loaded. LoRA does not need it:
+    the frozen base is replicated (bf16: 16 GB for an 8B), only adapters and heads train."""
+    for variable, name in SHARDING.items():
+        if os.environ.get(variable, "").lower() in ("1", "true", "yes"):
+            raise InputError("launcher", f"{name} is not supported by plaudit train (it shards the weights; "
+                                         "checkpoints and the saved adapter need them whole). Launch data-parallel "
+                                         "instead: torchrun, or an accelerate config with distributed_type "
+                                         "MULTI_GPU")
+
+
 def prepare(build: Callable[[Path], nn.Module], config: TrainConfig, head_prefixes: tuple[str, ...]
             ) -> tuple[nn.Module, Any, int, Any]:
     """Seed, build the family's model on the base backbone, freeze it and add LoRA to its last
@@ -73,6 +90,7 @@ def prepare(build: Callable[[Path], nn.Module], config: TrainConfig, head_prefix
     PeftModel for `save_adapter`), the model on its device in training mode."""
     from transformers import AutoTokenizer
 
+    refuse_sharding()
     torch.manual_seed(config.seed)
     base = resolve_path(config.base)
     tokenizer = AutoTokenizer.from_pretrained(base)
