@@ -20,21 +20,16 @@ from plaudit.rewardmodels.encoding import encode_item, pad
 from plaudit.rewardmodels.prefix import shared_prompt_states
 
 from .data import PreferencePair
-from .loop import TrainConfig, family_default, final_outputs, fit, main_process, normalization, prepare, save_adapter
+from .loop import DeeperRecipe, final_outputs, fit, main_process, normalization, prepare, save_adapter
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class BTConfig(TrainConfig):
-    """BT's own defaults, with which the shipped `default` was trained: adapters on 16 of
-    SmolLM2's 30 blocks, 4 epochs on a cosine schedule. 8 blocks, 2 epochs and a constant
-    rate underfitted (80.7% of its own training pairs, 80.9% held-out); these fit 97.1% and
-    reach 90.9% held-out (README, "The embedded default models")."""
-    num_train_epochs: int = family_default("num_train_epochs", 4)
-    lora_layers: int = family_default("lora_layers", 16)
-    lr_scheduler_type: str = family_default("lr_scheduler_type", "cosine")
-    warmup_steps: float = family_default("warmup_steps", 0.05)
+class BTConfig(DeeperRecipe):
+    """The deeper recipe trained the shipped `default`: it fits 97.1% of its own training pairs
+    where 8 blocks, 2 epochs and a constant rate fitted 80.7% (README, "The embedded default
+    models")."""
     center_coef: float = field(default=1e-2, metadata={"help": "weight of the term keeping rewards centred"})
 
 

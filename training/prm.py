@@ -20,13 +20,13 @@ from plaudit.rewardmodels.encoding import pad
 from plaudit.rewardmodels.prm import encode_steps
 
 from .data import StepRecord
-from .loop import TrainConfig, fit, prepare, save_adapter
+from .loop import DeeperRecipe, fit, prepare, save_adapter
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class PRMConfig(TrainConfig):
+class PRMConfig(DeeperRecipe):
     separator: str = field(default="\n", metadata={"help": "text that ends each step; the head is read there"})
     aggregate: str = field(default="min", metadata={"help": f"step rewards to one reward for /score: {', '.join(AGGREGATES)}"})
 
