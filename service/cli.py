@@ -400,14 +400,15 @@ def parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a reward model").add_subparsers(dest="family", required=True)
     for family, (config_class, _, _, help_text) in TRAINERS.items():
-        p = train.add_parser(family, help=help_text, parents=[config_flags(config_class)])
+        p = train.add_parser(family, help=help_text, parents=[config_flags(config_class)],
+                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # families' defaults differ
         p.add_argument("--data", required=True, help="JSONL training records")
         p.add_argument("--out", required=True, help="model directory to write")
         p.set_defaults(run=cmd_train)
 
     warm = sub.add_parser("warm", help="weight-averaged reward models (WARM)").add_subparsers(dest="step", required=True)
     p = warm.add_parser("train", help="train M BT members from one init, serve them as an ensemble, merge them",
-                        parents=[config_flags(WarmConfig)])
+                        parents=[config_flags(WarmConfig)], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", required=True, help="JSONL preference pairs")
     p.add_argument("--members", type=int, default=3, help="M, the number of fine-tunes to average")
     p.add_argument("--out", required=True, help="the merged model; the members go to OUT/members/")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,20 @@ def plaudit(*args: str, check: bool = True, timeout: float = 300) -> subprocess.
                                      ["eval", "steps"], ["experiment", "cyclic"], ["experiment", "warm-noise"]])
 def test_help(command):
     assert "usage: plaudit" in plaudit(*command, "--help").stdout
+
+
+@pytest.mark.parametrize("family, flag, default", [("bt", "--lora_layers", "16"), ("prm", "--lora_layers", "16"),
+                                                   ("gpm", "--lora_layers", "8"),
+                                                   ("gpm", "--adapter_learning_rate", "0.0003"),
+                                                   ("prm", "--lr_scheduler_type", "cosine")])
+def test_train_help_shows_each_familys_own_defaults(family, flag, default, capsys):
+    from plaudit.service.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", family, "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the lines
+    option = re.search(rf"{flag} [A-Z_]+, --[a-z-]+ [A-Z_]+ .*?\(default: (.*?)\)", text)
+    assert option and option.group(1) == default, text
 
 
 def test_score_prints_the_api_response(tiny_bt):
