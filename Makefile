@@ -21,16 +21,21 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-serve: install
+serve: install system-packages
 	$(VENV)/bin/plaudit serve --host $(HOST) --port $(PORT)
 
-# Debian's packages the tests use: Prometheus (prometheus, promtool) for the monitoring
-# tests, bubblewrap (bwrap) for the execution kind's sandbox. The tests that need them are
-# skipped, and say so, where they cannot be installed.
+# Debian's packages plaudit uses: bubblewrap (bwrap), the execution kind's sandbox, and the
+# toolchains it runs programs with beside the image's gcc, g++, JDK and Node (golang-go,
+# rustc); Prometheus (prometheus, promtool) for the monitoring tests. Both commands install
+# what is missing; where apt cannot, the kinds and tests that need it say so and step aside.
+# (under /usr: the sandbox sees /usr only, so a rustup in ~/.cargo does not count)
+SYSTEM_TOOLS := /usr/bin/bwrap /usr/bin/go /usr/bin/rustc /usr/bin/prometheus /usr/bin/promtool
 system-packages:
-	@command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v bwrap >/dev/null || \
-	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus bubblewrap >/dev/null) || \
-	  echo "make: could not install Debian's prometheus and bubblewrap; the tests that need them will be skipped"
+	@for tool in $(SYSTEM_TOOLS); do [ -x $$tool ] || missing=1; done; \
+	[ -z "$$missing" ] || \
+	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends bubblewrap golang-go rustc \
+	     prometheus >/dev/null) || \
+	  echo "make: could not install Debian's bubblewrap, golang-go, rustc and prometheus; what needs them is skipped"
 
 # Random testing (hypothesis, schemathesis) runs derandomised under CI=true (the `ci`
 # profile in tests/conftest.py); `make fuzz` runs the same tests with fresh random examples.
