@@ -1,27 +1,34 @@
 """The execution reward: run the response's code against the item's tests in the sandbox;
 the reward is the share of tests passed.
 
-The code is the response's fenced code blocks marked python, py or unmarked, joined in
-order; a response without any fence is taken whole as code; one whose fences are all in
-other languages has no code (`no_code`). The tests come with each item as its
-`reference` (`labels` in /get_reward), in the shapes people have:
+The code is the response's fenced blocks in one language (`languages.find_source`): the
+item's (`reference.language`), else the first fence tag that names one, else Python. The
+tests come with each item as its `reference` (`labels` in /get_reward), in the shapes people
+have:
 
 - assert statements (a string, or `{"tests": "..."}`): each top-level assert is a test,
   the other lines are setup;
-- HumanEval: `{"tests": "def check(candidate): ...", "entry_point": "add"}`: each assert in
-  check's body is a test, with `candidate` bound to the program's `add`;
-- stdin/stdout cases (APPS, CodeContests): `{"cases": [{"input": "...", "output": "..."}]}`
-  or the list itself: the program runs once per case, its output compared token by token.
+- HumanEval: `{"tests": "def check(candidate): ...", "entry_point": "add"}` (and optionally
+  its `prompt`, whose helpers the tests then take from the task, not from the response);
+- function calls (APPS/TACO `fn_name`): `{"fn_name": "f", "inputs": [...], "outputs": [...]}`,
+  each input a list of arguments or a string of one JSON value per line (verl's form);
+- stdin/stdout cases, in every language: `{"cases": [{"input": ..., "output": ...}]}`, the
+  list itself, or verl's `{"inputs": [...], "outputs": [...]}`: the program runs once per case
+  and its output is compared (`compare`: tokens, lines or exact; `float_tolerance`).
 
-A reference may also arrive as that JSON in a string (verl's ground truth, OpenRLHF's
-labels). A run that cannot finish gets reward 0 and a reason: `timeout`, `memory`,
-`output_limit`, `error` (the program or the tests failed to load, or the run died) or
-`no_code`.
+Python tests of the first three shapes run in a judge of their own, in another sandbox: the
+program is only called, and only plain data comes back (see exec_judge.py). A reference may
+also arrive as that JSON in a string (verl's ground truth, OpenRLHF's labels). A run that
+cannot finish gets reward 0 and a reason: `timeout`, `memory`, `output_limit`,
+`compile_error`, `error` (the program or the tests failed to load, or the run died),
+`no_code`, `wrong_language` (Python tests, another language's code) or
+`language_unavailable` (the response's language has no toolchain here).
 """
 from __future__ import annotations
 
 import json
-import re
+import math
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,11 +37,13 @@ from typing import Any, Literal, Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from .base import InputError, Item, Scorer, Scores
-from .sandbox import Run, Sandbox, SandboxLimits
+from .languages import DEFAULT_LANGUAGE, LANGUAGES, Language, by_name, find_source
+from .programs import Programs
+from .sandbox import Job, Run, Sandbox, SandboxLimits
 
-HARNESS = (Path(__file__).parent / "exec_harness.py").read_text()
-FENCE = re.compile(r"```([^\n`]*)\n(.*?)```", re.S)
-PYTHON_FENCES = {"", "python", "py", "python3"}
+IN_SANDBOX = {name: (Path(__file__).parent / f"{name}.py").read_text()
+              for name in ("exec_program", "exec_judge", "plain_data")}
+Comparison = Literal["tokens", "lines", "exact"]
 
 
 class ExecutionSettings(BaseModel):
@@ -49,6 +58,13 @@ class ExecutionSettings(BaseModel):
     memory_mb: int = Field(1024, ge=64)
     processes: int = Field(32, ge=2)
     output_kb: int = Field(1024, ge=1)
+    compile_s: float = Field(20.0, gt=0, description="one compile, in the sandbox (once per distinct program)")
+    build_cache: int = Field(256, ge=1, description="compiled programs kept for repeated responses")
+    language: str = Field(DEFAULT_LANGUAGE, description="the language of code whose fences and item name none")
+    compare: Comparison = Field("tokens", description="how stdout is compared: tokens (whitespace-split), lines "
+                                                      "(each stripped), exact (after trailing newlines)")
+    float_tolerance: float | None = Field(None, ge=0, description="numbers in the output (and in function-call "
+                                                                  "results) equal within this, absolute or relative")
 
 
 @dataclass
@@ -64,15 +80,50 @@ class Outcome:
     tests: list[dict[str, Any]] = field(default_factory=list)
 
 
-def extract_code(response: str) -> str:
-    fences = FENCE.findall(response)
-    if not fences:
-        return response
-    return "\n".join(code for lang, code in fences if lang.strip().lower() in PYTHON_FENCES)
+
+@dataclass
+class Tests:
+    """An item's tests, read from its reference (see `read_tests`)."""
+
+    style: Literal["asserts", "check", "calls", "io"]
+    source: str = ""  # asserts, or a module with check(candidate)
+    entry_point: str | None = None
+    context: str | None = None  # the task's own code (HumanEval's prompt)
+    fn_name: str | None = None
+    calls: list[dict[str, Any]] = field(default_factory=list)  # {"args": [...], "output": value}
+    cases: list[dict[str, str]] = field(default_factory=list)  # {"input": str, "output": str}
+    language: str | None = None
+    compare: Comparison | None = None
+    float_tolerance: float | None = None
+
+    @property
+    def count(self) -> int:
+        return len(self.cases) if self.style == "io" else len(self.calls) if self.style == "calls" else 0
 
 
-def read_tests(reference: Any, field_name: str) -> dict[str, Any]:
-    """The harness's job description for a reference, or an InputError naming the field."""
+def _arguments(case: Any, field_name: str) -> list:
+    """A function-call case's arguments: a list of them, or one JSON value per line (verl)."""
+    if isinstance(case, list):
+        return case
+    if isinstance(case, str):
+        try:
+            return [json.loads(line) for line in case.split("\n") if line.strip()]
+        except json.JSONDecodeError as e:
+            raise InputError(field_name, f"each line of a function-call input is a JSON value ({e})") from None
+    raise InputError(field_name, "a function-call input is a list of arguments or JSON lines")
+
+
+def _expected(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def read_tests(reference: Any, field_name: str) -> Tests:
+    """The tests a reference holds, or an InputError naming the field."""
     if isinstance(reference, str) and reference.lstrip()[:1] in ("{", "["):
         try:
             reference = json.loads(reference)
@@ -81,20 +132,86 @@ def read_tests(reference: Any, field_name: str) -> dict[str, Any]:
     if isinstance(reference, list):
         reference = {"cases": reference}
     if isinstance(reference, str) and reference.strip():
-        return {"style": "asserts", "tests": reference, "entry_point": None, "cases": []}
-    if isinstance(reference, dict):
-        if isinstance(reference.get("cases"), list) and reference["cases"]:
-            cases = reference["cases"]
-            if all(isinstance(c, dict) and isinstance(c.get("input"), str) and isinstance(c.get("output"), str)
-                   for c in cases):
-                return {"style": "io", "tests": "", "entry_point": None, "cases": cases}
-            raise InputError(field_name, "each case is {\"input\": str, \"output\": str}")
-        if isinstance(reference.get("tests"), str) and reference["tests"].strip():
-            entry = reference.get("entry_point")
-            return {"style": "check" if entry else "asserts", "tests": reference["tests"], "entry_point": entry,
-                    "cases": []}
-    raise InputError(field_name, "the execution kind needs tests: assert statements, {\"tests\", \"entry_point\"} "
-                                 "with a check(candidate), or {\"cases\": [{\"input\", \"output\"}]}")
+        return Tests("asserts", reference)
+    if not isinstance(reference, dict):
+        raise InputError(field_name, _NEEDS)
+    options = _item_options(reference, field_name)
+    if isinstance(reference.get("inputs"), list) and isinstance(reference.get("outputs"), list):
+        inputs, outputs = reference["inputs"], reference["outputs"]
+        if len(inputs) != len(outputs) or not inputs:
+            raise InputError(f"{field_name}.outputs", "as many outputs as inputs, at least one")
+        if reference.get("fn_name"):
+            calls = [{"args": _arguments(i, f"{field_name}.inputs[{n}]"), "output": _expected(o)}
+                     for n, (i, o) in enumerate(zip(inputs, outputs))]
+            return Tests("calls", fn_name=str(reference["fn_name"]), calls=calls, **options)
+        reference = {**reference, "cases": [{"input": i, "output": o} for i, o in zip(inputs, outputs)]}
+    if isinstance(reference.get("cases"), list) and reference["cases"]:
+        cases = reference["cases"]
+        if all(isinstance(c, dict) and isinstance(c.get("input"), str) and isinstance(c.get("output"), str)
+               for c in cases):
+            return Tests("io", cases=cases, **options)
+        raise InputError(field_name, "each case is {\"input\": str, \"output\": str}")
+    if isinstance(reference.get("tests"), str) and reference["tests"].strip():
+        entry = reference.get("entry_point")
+        context = reference.get("prompt") if entry and isinstance(reference.get("prompt"), str) else None
+        return Tests("check" if entry else "asserts", reference["tests"], entry, context, **options)
+    raise InputError(field_name, _NEEDS)
+
+
+_NEEDS = ("the execution kind needs tests: assert statements, {\"tests\", \"entry_point\"} with a "
+          "check(candidate), {\"fn_name\", \"inputs\", \"outputs\"}, or {\"cases\": [{\"input\", \"output\"}]}")
+
+
+def _item_options(reference: dict, field_name: str) -> dict[str, Any]:
+    """The item's own language and comparison, checked here so that a bad one is the caller's 4xx."""
+    options: dict[str, Any] = {}
+    if reference.get("language") is not None:
+        language = by_name(str(reference["language"]))
+        if language is None:
+            raise InputError(f"{field_name}.language", f"plaudit runs {', '.join(LANGUAGES)}; not "
+                                                       f"{reference['language']!r}")
+        if language.missing:
+            raise InputError(f"{field_name}.language", f"{language.name} is not available here: "
+                                                       f"{', '.join(language.missing)} missing ({language.install})")
+        options["language"] = language.name
+    if reference.get("compare") is not None:
+        if reference["compare"] not in ("tokens", "lines", "exact"):
+            raise InputError(f"{field_name}.compare", "tokens, lines or exact")
+        options["compare"] = reference["compare"]
+    if reference.get("float_tolerance") is not None:
+        tolerance = reference["float_tolerance"]
+        if not isinstance(tolerance, (int, float)) or isinstance(tolerance, bool) or not tolerance >= 0:
+            raise InputError(f"{field_name}.float_tolerance", "a number >= 0")
+        options["float_tolerance"] = float(tolerance)
+    return options
+
+
+def same_output(got: str, expected: str, compare: Comparison, tolerance: float | None) -> bool:
+    """stdout against the expected output: tokens (whitespace-split), lines (each stripped,
+    outer blank lines dropped: LiveCodeBench, SandboxFusion), exact (after trailing newlines:
+    verl); with a tolerance, numbers match within it, absolute or relative."""
+    if compare == "exact":
+        return got.rstrip("\n") == expected.rstrip("\n")
+    if compare == "lines":
+        got_lines, expected_lines = got.strip().splitlines(), expected.strip().splitlines()
+        return len(got_lines) == len(expected_lines) and all(
+            _same_tokens(g.strip().split(), e.strip().split(), tolerance) if tolerance is not None
+            else g.strip() == e.strip() for g, e in zip(got_lines, expected_lines))
+    return _same_tokens(got.split(), expected.split(), tolerance)
+
+
+def _same_tokens(got: list[str], expected: list[str], tolerance: float | None) -> bool:
+    if tolerance is None or len(got) != len(expected):
+        return got == expected
+    return all(g == e or _close(g, e, tolerance) for g, e in zip(got, expected))
+
+
+def _close(got: str, expected: str, tolerance: float) -> bool:
+    try:
+        a, b = float(got), float(expected)
+    except ValueError:
+        return False
+    return math.isclose(a, b, rel_tol=tolerance, abs_tol=tolerance)
 
 
 class Execution(Scorer):
@@ -107,6 +224,8 @@ class Execution(Scorer):
         limits = SandboxLimits(wall_s=settings.wall_s, cpu_s=int(settings.wall_s) + 1, memory_mb=settings.memory_mb,
                                processes=settings.processes, output_bytes=settings.output_kb << 10)
         self.sandbox = Sandbox(settings.sandbox, limits, settings.slots, settings.max_waiting)
+        self.programs = Programs(self.sandbox, settings.compile_s, settings.build_cache)
+        self.default_language = by_name(settings.language) or LANGUAGES[DEFAULT_LANGUAGE]
         self.pool = ThreadPoolExecutor(max_workers=settings.slots + min(settings.max_waiting, 64),
                                        thread_name_prefix=f"exec-{name}")
 
@@ -116,38 +235,115 @@ class Execution(Scorer):
         return cls(name or "execution", ExecutionSettings.model_validate(settings or {}))
 
     def score(self, items: Sequence[Item]) -> Scores:
-        jobs = [read_tests(it.reference, f"items[{i}].reference") for i, it in enumerate(items)]
-        outcomes = list(self.pool.map(self.run, [it.response for it in items], jobs))
+        tests = [read_tests(it.reference, f"items[{i}].reference") for i, it in enumerate(items)]
+        outcomes = list(self.pool.map(self.run, [it.response for it in items], tests))
         return Scores([o.reward for o in outcomes], [False] * len(items), details=[asdict(o) for o in outcomes],
                       logs={"all_passed": [float(o.all_passed) for o in outcomes],
                             "failed_to_run": [float(o.reason is not None) for o in outcomes]})
 
-    def run(self, response: str, job: dict[str, Any]) -> Outcome:
-        code = extract_code(response)
-        if not code.strip():
-            return Outcome(0.0, 0, 0, False, "no_code", "the response has no Python code")
-        job = {**job, "program": code, "test_s": self.settings.test_s}
-        return outcome(self.sandbox.run({"harness.py": HARNESS}, ["harness.py", "{result_fd}"],
-                                        json.dumps(job).encode()))
+    def run(self, response: str, tests: Tests) -> Outcome:
+        source = find_source(response, tests.language)
+        if source.language is None:
+            return Outcome(0.0, 0, tests.count, False, "no_code",
+                           f"no code in a language plaudit runs (fences: {', '.join(source.tags)})")
+        if not tests.language and not source.tags:  # neither the item nor a fence names it
+            source.language = self.default_language
+        language = source.language
+        if not source.code.strip():
+            return Outcome(0.0, 0, tests.count, False, "no_code", f"the response has no {language.name} code")
+        if language.missing:
+            return Outcome(0.0, 0, tests.count, False, "language_unavailable",
+                           f"{language.name} is not available here ({language.install})")
+        if tests.style != "io":
+            if language.name != "python":
+                return Outcome(0.0, 0, tests.count, False, "wrong_language",
+                               f"these tests ({tests.style}) call Python; the response is {language.name}")
+            return self._judged(source.code, tests)
+        return self._cases(language, source.code, tests)
+
+    def _judged(self, code: str, tests: Tests) -> Outcome:
+        """Python tests that call the program: the judge in one sandbox, the program in another."""
+        s = self.settings
+        job = {"style": tests.style, "tests": tests.source, "entry_point": tests.entry_point,
+               "context": tests.context, "fn_name": tests.fn_name, "calls": tests.calls, "test_s": s.test_s,
+               "float_tolerance": tests.float_tolerance if tests.float_tolerance is not None else s.float_tolerance}
+        python = self.sandbox.python
+        with self.sandbox.folder({"main.py": code, "exec_program.py": IN_SANDBOX["exec_program"],
+                                  "plain_data.py": IN_SANDBOX["plain_data"]}) as program, \
+                self.sandbox.folder({"exec_judge.py": IN_SANDBOX["exec_judge"],
+                                     "plain_data.py": IN_SANDBOX["plain_data"]}) as judge:
+            verdict, answers = self.sandbox.run_pair(
+                Job((python, "-I", "-B", "/code/exec_program.py", "{calls_fd}", "{answers_fd}", str(s.test_s)),
+                    program, limits=self.sandbox.limits),
+                Job((python, "-I", "-B", "/code/exec_judge.py", "{result_fd}", "{calls_fd}", "{answers_fd}"),
+                    judge, json.dumps(job).encode(), limits=self.sandbox.limits))
+        return outcome(verdict, answers)
+
+    def _cases(self, language: Language, code: str, tests: Tests) -> Outcome:
+        """stdin/stdout cases: build once, run once per case, compare here (the program never
+        holds an expected output)."""
+        s = self.settings
+        compare = tests.compare or s.compare
+        tolerance = tests.float_tolerance if tests.float_tolerance is not None else s.float_tolerance
+        with self.programs.built(language, code) as build:
+            if not build.ok:
+                return Outcome(0.0, 0, len(tests.cases), False, "compile_error", build.compile_message)
+            results, deadline = [], time.monotonic() + s.wall_s
+            for i, case in enumerate(tests.cases):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    results.append({"name": f"case #{i + 1}", "passed": False,
+                                    "message": f"timeout: the run's {s.wall_s:g} s are spent"})
+                    continue
+                run = self.programs.run(build, case["input"].encode(),
+                                        self.programs.limits(language, min(s.test_s, left)))
+                results.append({"name": f"case #{i + 1}", **_case(run, case["output"], compare, tolerance,
+                                                                   min(s.test_s, left))})
+        passed = sum(r["passed"] for r in results)
+        reason = _shared_reason(results) if passed == 0 else None
+        return Outcome(passed / len(results), passed, len(results), passed == len(results), reason,
+                       results[0]["message"] if reason else None, results)
 
 
-def outcome(run: Run) -> Outcome:
-    """The reward and the reason, from what the sandbox saw."""
+def _case(run: Run, expected: str, compare: Comparison, tolerance: float | None, seconds: float) -> dict:
     if run.output_exceeded:
-        return Outcome(0.0, 0, 0, False, "output_limit", "the program wrote more than the output limit")
+        return {"passed": False, "message": "output_limit: the program wrote more than the output limit"}
     if run.timed_out:
+        return {"passed": False, "message": f"timeout: over {seconds:g} s"}
+    stderr = run.stderr.decode(errors="replace")
+    if run.returncode != 0:
+        kind = "memory: " if "MemoryError" in stderr or "OutOfMemory" in stderr or "bad_alloc" in stderr else ""
+        return {"passed": False, "message": f"{kind}exit {run.returncode}: {stderr[-200:]}"}
+    got = run.stdout.decode(errors="replace")
+    if same_output(got, expected, compare, tolerance):
+        return {"passed": True, "message": None}
+    return {"passed": False, "message": f"expected {expected[:80]!r}, got {got[:80]!r}"}
+
+
+def _shared_reason(results: list[dict]) -> str | None:
+    """When no case passed for one cause (every case timed out, or ran out of memory), that cause."""
+    causes = {(r["message"] or "").split(":", 1)[0] for r in results}
+    return causes.pop() if len(causes) == 1 and causes <= {"timeout", "memory", "output_limit"} else None
+
+
+def outcome(verdict: Run, program: Run) -> Outcome:
+    """The reward and the reason, from what the judge reported and what the sandboxes saw."""
+    if verdict.output_exceeded:
+        return Outcome(0.0, 0, 0, False, "output_limit", "the program wrote more than the output limit")
+    if verdict.timed_out:
         return Outcome(0.0, 0, 0, False, "timeout", "the run did not finish within its wall time")
     try:
-        report = json.loads(run.result)
+        report = json.loads(verdict.result)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        stderr = run.stderr.decode(errors="replace")
-        reason = "memory" if "MemoryError" in stderr else "error"
-        return Outcome(0.0, 0, 0, False, reason, f"the run ended without a report (exit {run.returncode}): "
-                                                 f"{stderr[-300:]}")
+        stderr = verdict.stderr.decode(errors="replace")
+        return Outcome(0.0, 0, 0, False, "error", f"the judge ended without a report (exit {verdict.returncode}): "
+                                                  f"{stderr[-300:]}")
     tests = report.get("tests") or []
+    program_said = program.stderr.decode(errors="replace")
     if report.get("error") or not tests:
         message = report.get("error") or "no test ran"
-        reason = "timeout" if "timeout:" in message else "memory" if "MemoryError" in message else "error"
+        reason = "timeout" if "timeout:" in message else "memory" if "MemoryError" in message + program_said[-300:] \
+            else "error"
         return Outcome(0.0, 0, len(tests), False, reason, message, tests)
     passed = sum(bool(t["passed"]) for t in tests)
     return Outcome(passed / len(tests), passed, len(tests), passed == len(tests), None, None, tests)

@@ -19,6 +19,7 @@ import ctypes
 import json
 import logging
 import os
+import re
 import selectors
 import shutil
 import signal
@@ -26,15 +27,18 @@ import subprocess
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal
 
 from .base import ModelLoadError
 
 log = logging.getLogger("plaudit")
 
-BASE_UID = 61000  # pool slot i runs as uid/gid BASE_UID + i (no account needed)
+BASE_UID = 61000  # pool slot i runs its program as uid/gid BASE_UID + i (no account needed)
+JUDGE_UID_OFFSET = 64  # and the program's judge, when it has one, as BASE_UID + 64 + i
+MAX_SLOTS = JUDGE_UID_OFFSET
 INTERPRETERS = ("/usr/bin/python3", "/usr/local/bin/python3")
 
 
@@ -57,9 +61,26 @@ class Run:
     returncode: int | None
     stdout: bytes
     stderr: bytes
-    result: bytes  # what the harness wrote on its own channel (fd 3)
+    result: bytes  # what the job wrote on its result channel (`{result_fd}`)
     timed_out: bool = False
     output_exceeded: bool = False
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Job:
+    """One sandboxed process: `argv` as seen inside, over `code` (read-only at /code), with
+    `out` (when given) writable at /out, `binds` (host paths, read-only at the same place)
+    and `env`. An argument may name a descriptor: `{result_fd}` (read back as `Run.result`),
+    and in a pair `{calls_fd}` / `{answers_fd}`, the judge's line to its program."""
+
+    argv: tuple[str, ...]
+    code: Path
+    stdin: bytes = b""
+    out: Path | None = None
+    binds: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    limits: SandboxLimits = SandboxLimits()
 
 
 def _interpreter() -> str:
@@ -80,11 +101,13 @@ def sandbox_unavailable() -> str | None:
 
 
 class Sandbox:
-    """A bounded pool of sandbox slots: `run` waits for a free slot, or raises Busy when
+    """A bounded pool of sandbox slots: a run waits for a free slot, or raises Busy when
     `max_waiting` runs already wait."""
 
     def __init__(self, kind: Literal["bwrap", "none"] = "bwrap", limits: SandboxLimits = SandboxLimits(),
                  slots: int = 4, max_waiting: int = 256, adopt_orphans: bool = True):
+        if not 1 <= slots <= MAX_SLOTS:
+            raise ModelLoadError(f"slots: between 1 and {MAX_SLOTS}")
         self.kind, self.limits, self.max_waiting = kind, limits, max_waiting
         self.python = _interpreter()
         self.as_root = os.geteuid() == 0
@@ -109,41 +132,76 @@ class Sandbox:
                                  f"{probe.stderr.decode(errors='replace')[-300:]}); user namespaces may be disabled. "
                                  "`sandbox: none` in the config runs code unsandboxed (unsafe)")
 
-    def _command(self, slot: int, code: Path, script: str) -> list[str]:
-        lim = self.limits
+    def _command(self, job: Job, uid: int) -> list[str]:
+        lim = job.limits
         limits = [f"--cpu={lim.cpu_s}", f"--as={lim.memory_mb << 20}", f"--fsize={lim.work_mb << 20}", "--core=0"]
         if self.as_root:  # the slot's own uid, set by setpriv: a uid given to Popen would make it fork, not
             # vfork, and forking the service's large address space costs more than the whole sandbox
-            uid = BASE_UID + slot
             limits += [f"--nproc={lim.processes}", "--", "setpriv", f"--reuid={uid}", f"--regid={uid}",
                        "--clear-groups"]
-        python = [self.python, "-I", "-B", f"/code/{script}"]
-        if self.kind == "none":
-            return ["prlimit", *limits, "--", self.python, "-I", "-B", str(code / script)]
+        if self.kind == "none":  # the same paths, outside: /code and /out stand for the job's folders
+            places = {"/code": str(job.code), "/out": str(job.out)}
+            argv = [re.sub(r"^/(code|out)(?=/|$)", lambda m: places[m.group(0)], a) for a in job.argv]
+            return ["prlimit", *limits, "--", "env", "-i", *(f"{k}={v}" for k, v in job.env), *argv]
+        binds = [arg for path in job.binds for arg in ("--ro-bind", path, path)]
+        if job.out is not None:
+            binds += ["--bind", str(job.out), "/out"]
+        env = [arg for key, value in job.env for arg in ("--setenv", key, value)]
         return ["prlimit", *limits, "--", "bwrap", "--info-fd", "{info_fd}", "--unshare-all", "--die-with-parent",
                 "--new-session",
                 "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
                 "--symlink", "usr/bin", "/bin", "--proc", "/proc", "--dev", "/dev",
-                "--ro-bind", str(code), "/code", "--size", str(lim.work_mb << 20), "--tmpfs", "/work",
+                "--ro-bind", str(job.code), "/code", *binds, "--size", str(lim.work_mb << 20), "--tmpfs", "/work",
                 "--size", str(lim.work_mb << 20), "--tmpfs", "/tmp", "--chdir", "/work", "--clearenv",
                 "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/work", "--setenv", "LANG", "C.UTF-8",
-                "--", *python]
+                *env, "--", *job.argv]
 
     def run(self, files: dict[str, str], argv: list[str], stdin: bytes = b"") -> Run:
-        """Run `python -I /code/argv[0] argv[1:]` over `files` (written read-only at /code) in a free
-        slot; an argument `{result_fd}` becomes the descriptor of the result channel (`Run.result`)."""
-        slot = self._acquire()
+        """Run `python -I /code/argv[0] argv[1:]` over `files` (written read-only at /code)."""
+        with self.folder(files) as code:
+            return self.run_job(Job((self.python, "-I", "-B", f"/code/{argv[0]}", *argv[1:]), code, stdin,
+                                    limits=self.limits))
+
+    @contextmanager
+    def folder(self, files: dict[str, str | bytes]) -> Iterator[Path]:
+        """A fresh folder holding `files`, for a job's /code; removed afterwards."""
         code = Path(tempfile.mkdtemp(prefix="plaudit-run-"))
         try:
             for name, text in files.items():
-                (code / name).write_text(text)
+                (code / name).write_bytes(text.encode() if isinstance(text, str) else text)
             code.chmod(0o777 if self.kind == "none" else 0o755)  # unsandboxed runs work in it
-            return self._execute(self._command(slot, code, argv[0]) + list(argv[1:]), slot, stdin, code)
+            yield code
         finally:
             shutil.rmtree(code, ignore_errors=True)
-            self._release(slot)
 
-    def _acquire(self) -> int:
+    def writable_folder(self) -> Path:
+        """A folder a job may write into at /out (a compiler's output): the caller removes it."""
+        out = Path(tempfile.mkdtemp(prefix="plaudit-build-"))
+        out.chmod(0o777)  # the sandbox's uid is not ours; nobody else can reach inside /tmp's mkdtemp name
+        return out
+
+    def run_job(self, job: Job) -> Run:
+        """One job in a free slot."""
+        with self._slot() as slot:
+            return self._execute([(self._command(job, BASE_UID + slot), job)], job.limits)[0]
+
+    def run_pair(self, program: Job, judge: Job) -> tuple[Run, Run]:
+        """A program and the judge that questions it, side by side in one slot, each in its own
+        sandbox under its own uid, joined only by two pipes: the judge sends calls on
+        `{calls_fd}` and reads answers on `{answers_fd}`; in the program's argv the same names
+        are its ends. The run ends when the judge has reported; the program goes with it."""
+        with self._slot() as slot:
+            calls_read, calls_write = os.pipe()  # _execute closes them, whatever happens
+            answers_read, answers_write = os.pipe()
+            runs = self._execute(
+                [(self._command(judge, BASE_UID + JUDGE_UID_OFFSET + slot), judge,
+                  {"calls_fd": calls_write, "answers_fd": answers_read}),
+                 (self._command(program, BASE_UID + slot), program,
+                  {"calls_fd": calls_read, "answers_fd": answers_write})], judge.limits)
+        return runs[0], runs[1]
+
+    @contextmanager
+    def _slot(self) -> Iterator[int]:
         with self._free:
             if not self._slots and self._waiting >= self.max_waiting:
                 raise Busy(f"all sandbox slots are busy and {self._waiting} runs wait (max_waiting)")
@@ -151,64 +209,112 @@ class Sandbox:
             try:
                 while not self._slots:
                     self._free.wait()
-                return self._slots.pop()
+                slot = self._slots.pop()
             finally:
                 self._waiting -= 1
-
-    def _release(self, slot: int) -> None:
-        with self._free:
-            self._slots.append(slot)
-            self._free.notify()
-
-    def _execute(self, command: list[str], slot: int, stdin: bytes, code: Path) -> Run:
-        read_result, write_result = os.pipe()
-        read_info, write_info = os.pipe()  # bwrap says there which pid runs the sandbox
-        command = [a.replace("{result_fd}", str(write_result)).replace("{info_fd}", str(write_info)) for a in command]
         try:
-            process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                       pass_fds=(write_result, write_info), start_new_session=True, close_fds=True,
-                                       env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
-                                       cwd=code if self.kind == "none" else None)
+            yield slot
         finally:
-            os.close(write_result)
-            os.close(write_info)
-        if process.stdin:
-            try:
-                process.stdin.write(stdin)
-                process.stdin.close()
-            except BrokenPipeError:
-                pass
-        out, err = process.stdout.fileno(), process.stderr.fileno()
-        streams = {out: bytearray(), err: bytearray(), read_result: bytearray(), read_info: bytearray()}
-        deadline = time.monotonic() + self.limits.wall_s
-        timed_out = exceeded = False
+            with self._free:
+                self._slots.append(slot)
+                self._free.notify()
+
+    def _execute(self, processes: list[tuple], limits: SandboxLimits) -> list[Run]:
+        """Start each (command, job[, shared descriptors]) and collect their output under one
+        deadline and one output budget; the first is the one whose end ends the run. Input is
+        fed as it is read: a program that never reads its stdin cannot stall the service."""
+        started, streams, infos, pending = [], {}, set(), {}
+        handed = {fd for _, _, *shared in processes for fd in (shared[0].values() if shared else ())}
+        begun = time.monotonic()
+        try:
+            for command, job, *shared in processes:
+                read_result, write_result = os.pipe()
+                read_info, write_info = os.pipe()  # bwrap says there which pid runs the sandbox
+                named = {"result_fd": write_result, "info_fd": write_info, **(shared[0] if shared else {})}
+                command = [re.sub(r"\{(\w+_fd)\}", lambda m: str(named[m.group(1)]), a) for a in command]
+                try:
+                    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                               stderr=subprocess.PIPE, pass_fds=tuple(named.values()),
+                                               start_new_session=True, close_fds=True,
+                                               env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+                                               cwd=job.code if self.kind == "none" else None)
+                except BaseException:
+                    os.close(read_result)
+                    os.close(read_info)
+                    raise
+                finally:
+                    os.close(write_result)
+                    os.close(write_info)
+                fds = {"out": process.stdout.fileno(), "err": process.stderr.fileno(), "result": read_result,
+                       "info": read_info}
+                started.append((process, fds))
+                streams.update({fd: bytearray() for fd in fds.values()})
+                infos.add(read_info)
+                os.set_blocking(process.stdin.fileno(), False)
+                pending[process.stdin.fileno()] = (process.stdin, memoryview(job.stdin))
+            for fd in handed:  # the pipes between the sandboxes are theirs alone now: an end left
+                os.close(fd)  # open here would hide from one that the other has gone
+            handed.clear()
+            timed_out, exceeded = self._collect(streams, pending, set(started[0][1].values()), infos, limits,
+                                                begun + limits.wall_s)
+            lead = started[0][0]
+            if not (timed_out or exceeded):  # its output is closed; it may still be running
+                try:
+                    lead.wait(timeout=max(0.0, begun + limits.wall_s - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    timed_out = True
+            seconds = time.monotonic() - begun
+            codes = [process.poll() for process, _ in started]
+        finally:
+            for fd in handed:
+                os.close(fd)
+            for stream, _ in pending.values():
+                stream.close()
+            for process, fds in started:
+                _kill(process, bytes(streams.get(fds["info"], b"")))
+                os.close(fds["result"])
+                os.close(fds["info"])
+        failed = timed_out or exceeded
+        return [Run(None if failed and i == 0 else code, bytes(streams[fds["out"]]), bytes(streams[fds["err"]]),
+                    bytes(streams[fds["result"]]), timed_out, exceeded, seconds)
+                for i, ((_, fds), code) in enumerate(zip(started, codes))]
+
+    @staticmethod
+    def _collect(streams: dict, pending: dict, lead: set, infos: set, limits: SandboxLimits,
+                 deadline: float) -> tuple[bool, bool]:
+        """Read every stream and feed every stdin until the lead process's streams close, the
+        deadline passes (timed out) or the output budget is spent (exceeded)."""
         with selectors.DefaultSelector() as selector:
             for fd in streams:
                 selector.register(fd, selectors.EVENT_READ)
-            while selector.get_map() and not (timed_out or exceeded):
+            for fd in pending:
+                selector.register(fd, selectors.EVENT_WRITE)
+            while lead & selector.get_map().keys():
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    timed_out = True
-                    break
+                    return True, False
                 for key, _ in selector.select(timeout=left):
+                    if key.fd in pending:
+                        stream, rest = pending[key.fd]
+                        try:
+                            rest = rest[os.write(key.fd, rest[:65536]):]
+                        except BrokenPipeError:
+                            rest = rest[:0]
+                        if rest:
+                            pending[key.fd] = (stream, rest)
+                        else:
+                            selector.unregister(key.fd)
+                            stream.close()
+                            del pending[key.fd]
+                        continue
                     chunk = os.read(key.fd, 65536)
                     if not chunk:
                         selector.unregister(key.fd)
                         continue
                     streams[key.fd] += chunk
-                    if sum(len(v) for fd, v in streams.items() if fd != read_info) > self.limits.output_bytes:
-                        exceeded = True
-        if not (timed_out or exceeded):  # its output is closed; the program may still be running
-            try:
-                process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                timed_out = True
-        _kill(process, streams[read_info])
-        os.close(read_result)
-        os.close(read_info)
-        return Run(process.returncode if not (timed_out or exceeded) else None,
-                   bytes(streams[out]), bytes(streams[err]),
-                   bytes(streams[read_result]), timed_out, exceeded)
+                    if sum(len(v) for fd, v in streams.items() if fd not in infos) > limits.output_bytes:
+                        return False, True
+        return False, False
 
 
 def _become_subreaper() -> None:

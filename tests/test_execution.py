@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from plaudit.rewardmodels import InputError, Item, load_scorer
-from plaudit.rewardmodels.execution import extract_code
-from plaudit.rewardmodels.sandbox import BASE_UID
+from plaudit.rewardmodels.languages import find_source
+from plaudit.rewardmodels.sandbox import BASE_UID, JUDGE_UID_OFFSET
 from servers import running_service
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap missing (make test installs it)")
@@ -29,10 +29,15 @@ def execution():
     return load_scorer(None, name="tests", kind="execution", settings=SETTINGS)
 
 
-def test_code_is_the_python_fences_or_the_whole_response():
-    assert extract_code("Here:\n```python\nx = 1\n```\nand\n```\ny = 2\n```") == "x = 1\n\ny = 2\n"
-    assert extract_code("x = 1") == "x = 1"
-    assert extract_code("```bash\nls\n```") == ""
+def test_code_is_one_languages_fences_or_the_whole_response():
+    python = find_source("Here:\n```python\nx = 1\n```\nand\n```\ny = 2\n```\n```cpp\nint x;\n```")
+    assert (python.code, python.language.name) == ("x = 1\n\ny = 2\n", "python")
+    assert (find_source("x = 1").code, find_source("x = 1").language.name) == ("x = 1", "python")
+    assert find_source("```bash\nls\n```").language.name == "bash"
+    cpp = find_source("```\nint x;\n```\n```C++\nint main() {}\n```")  # the first tag names it
+    assert (cpp.code, cpp.language.name) == ("int x;\n\nint main() {}\n", "cpp")
+    assert find_source("```py\nx = 1\n```", language="java").code == ""  # the item's language rules
+    assert find_source("```kotlin\nfun main() {}\n```").language is None
 
 
 def test_every_test_shape_gives_the_share_passed(execution):
@@ -48,7 +53,7 @@ def test_every_test_shape_gives_the_share_passed(execution):
              Item(prompt="p", response="def add(a, b) return", reference="assert add(1, 1) == 2")]
     scored = execution.score(items)
     assert scored.rewards == pytest.approx([1.0, 2 / 3, 0.0, 0.5, 0.0, 0.0])
-    assert [d["reason"] for d in scored.details] == [None, None, None, None, "no_code", "error"]
+    assert [d["reason"] for d in scored.details] == [None, None, None, None, "wrong_language", "error"]
     assert scored.details[0]["all_passed"] and not scored.details[1]["all_passed"]
     assert [t["passed"] for t in scored.details[1]["tests"]] == [True, True, False]
     assert "SyntaxError" in scored.details[5]["message"]
@@ -108,7 +113,7 @@ def _sandbox_processes() -> list[str]:
     zombie, dead, until the host's init reaps it: not a process that runs.)"""
     listing = subprocess.run(["ps", "-eo", "uid=,pid=,stat=,args="], capture_output=True, text=True).stdout
     return [line for line in listing.splitlines()
-            if BASE_UID <= int(line.split()[0]) < BASE_UID + 64 and not line.split()[2].startswith("Z")]
+            if BASE_UID <= int(line.split()[0]) < BASE_UID + 2 * JUDGE_UID_OFFSET and not line.split()[2].startswith("Z")]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="per-slot uids and process limits need root")
