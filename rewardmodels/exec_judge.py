@@ -147,7 +147,7 @@ class Remote:
         return link.ask("getattr", object.__getattribute__(self, "_target"), name=name)
 
     def _no_value(self, *args):
-        raise PlainDataError(f"the program returned a {object.__getattribute__(self, '_label')}, which is not "
+        raise PlainDataError(f"the program returned a {object.__getattribute__(self, '_label')} object, which is not "
                              "plain data (numbers, strings, booleans, None, lists, tuples, dicts, sets)")
 
     __bool__ = __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = __len__ = __iter__ = __contains__ = _no_value
@@ -237,7 +237,10 @@ def _call_tests(job, namespace):
     for i, case in enumerate(job["calls"]):
         def test(case=case):
             function = target if target is not None else getattr(namespace["Solution"](), name)
-            got = _normal(function(*case["args"]))
+            got = function(*case["args"])
+            if isinstance(got, Remote):
+                got._no_value()
+            got = _normal(got)
             expected = _normal(case["output"])
             tolerance = job.get("float_tolerance")
             if not (_same(got, expected, tolerance) or (isinstance(expected, list) and len(expected) == 1
@@ -268,7 +271,9 @@ def main():
 def _judge(job, link, seconds):
     hello = link.hello()
     if "names" not in hello:
-        return [], False, f"the program failed to load: {hello.get('error', 'no answer')}"
+        if isinstance(hello.get("error"), str):
+            return [], False, f"the program failed to load: {hello['error']}"
+        return [], False, "the program did not load: its first answer was not the loader's"
     namespace = {"__name__": "tests", "__builtins__": builtins}
     trusted = set()
     if job.get("context"):  # the task's own code (HumanEval's prompt): its helpers are not the program's
