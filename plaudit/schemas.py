@@ -23,8 +23,9 @@ Prompt = str | Annotated[list[Message], Field(min_length=1)]
 
 REFERENCE_FIELD = Field(default=None, description=(
     "what a verifiable kind checks the response against: the tests for the execution kind (assert "
-    "statements; {\"tests\": \"def check(candidate): ...\", \"entry_point\": NAME}; or {\"cases\": [{\"input\", "
-    "\"output\"}]}); the expected answer for the match and numeric kinds; ignored by learned models and judges"))
+    "statements; {\"tests\": \"def check(candidate): ...\", \"entry_point\": NAME}; {\"fn_name\", \"inputs\", "
+    "\"outputs\"}; or {\"cases\": [{\"input\", \"output\"}]}, with optional \"language\", \"compare\", "
+    "\"float_tolerance\"); the expected answer for the match and numeric kinds; ignored by learned models and judges"))
 
 
 class Item(BaseModel):
@@ -253,6 +254,41 @@ class ModelInfo(BaseModel):
 
 class ModelsResponse(BaseModel):
     models: list[ModelInfo]
+
+
+# ---- SandboxFusion's /run_code, for trainers that already speak it (verl) ----
+
+class RunCodeRequest(BaseModel):
+    """SandboxFusion's request: one program, compiled when its language is, run once with stdin."""
+
+    model_config = ConfigDict(extra="ignore")  # as SandboxFusion: unknown keys are ignored
+    code: str
+    language: str = Field(description="SandboxFusion's name (python, cpp, java, nodejs, go, rust, bash, "
+                                      "typescript) or plaudit's (c, and the fence tags)")
+    compile_timeout: float = Field(10.0, gt=0, le=120)
+    run_timeout: float = Field(10.0, gt=0, le=120)
+    memory_limit_MB: int = Field(-1, le=16384, description="address space; -1: the execution model's memory_mb")
+    stdin: str | None = None
+    files: dict[str, str | None] = Field(default_factory=dict,
+                                         description="relative path -> base64 content, placed in the working folder")
+    fetch_files: list[str] = Field(default_factory=list, description="paths read back after the run (base64)")
+
+
+class CommandRunResult(BaseModel):
+    status: Literal["Finished", "Error", "TimeLimitExceeded"]
+    execution_time: float | None = None
+    return_code: int | None = None
+    stdout: str | None = None
+    stderr: str | None = None
+
+
+class RunCodeResponse(BaseModel):
+    status: Literal["Success", "Failed", "SandboxError"]
+    message: str = ""
+    compile_result: CommandRunResult | None = None
+    run_result: CommandRunResult | None = None
+    executor_pod_name: str | None = None
+    files: dict[str, str] = Field(default_factory=dict)
 
 
 class ErrorResponse(BaseModel):

@@ -37,7 +37,7 @@ from typing import Any, Literal, Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from .base import InputError, Item, Scorer, Scores
-from .languages import DEFAULT_LANGUAGE, LANGUAGES, Language, by_name, find_source
+from .languages import DEFAULT_LANGUAGE, LANGUAGES, Language, availability, by_name, find_source
 from .programs import Programs
 from .sandbox import Job, Run, Sandbox, SandboxLimits
 
@@ -219,7 +219,7 @@ class Execution(Scorer):
     neutral_reward = 0.5
 
     def __init__(self, name: str, settings: ExecutionSettings):
-        super().__init__(name, {"kind": self.kind, **settings.model_dump()})
+        super().__init__(name, {"kind": self.kind, **settings.model_dump(), "languages": availability()})
         self.settings = settings
         limits = SandboxLimits(wall_s=settings.wall_s, cpu_s=int(settings.wall_s) + 1, memory_mb=settings.memory_mb,
                                processes=settings.processes, output_bytes=settings.output_kb << 10)

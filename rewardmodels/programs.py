@@ -9,7 +9,9 @@ the least recently used one that no run holds is removed first.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
+import tempfile
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future
@@ -22,6 +24,7 @@ from .languages import Language, resolve
 from .sandbox import Job, Run, Sandbox, SandboxLimits
 
 COMPILER_MESSAGE_CHARS = 2000
+FILES_RUNNER = (Path(__file__).parent / "exec_files.py").read_text()
 
 
 @dataclass
@@ -56,6 +59,9 @@ class Programs:
         self.sandbox, self.compile_s, self.cache_size = sandbox, compile_s, cache_size
         self._builds: OrderedDict[str, Future] = OrderedDict()
         self._lock = threading.Lock()
+        self._runner = Path(tempfile.mkdtemp(prefix="plaudit-runner-"))  # exec_files.py alone, for /runner
+        (self._runner / "exec_files.py").write_text(FILES_RUNNER)
+        self._runner.chmod(0o755)
 
     def limits(self, language: Language, wall_s: float, memory_mb: int | None = None) -> SandboxLimits:
         """A run's limits: the sandbox's, with the wall time asked for and the language's needs."""
@@ -65,8 +71,10 @@ class Programs:
                        processes=base.processes + language.processes)
 
     @contextmanager
-    def built(self, language: Language, code: str) -> Iterator[Build]:
-        """The program's build, compiled now or found in the cache; held while the block runs."""
+    def built(self, language: Language, code: str, compile_s: float | None = None) -> Iterator[Build]:
+        """The program's build, compiled now (within `compile_s`, else the default) or found in
+        the cache; held while the block runs. A compile that timed out is not kept: another
+        time, or a longer limit, it may finish."""
         key = hashlib.sha256("\0".join([language.name, *language.compile, code]).encode()).hexdigest()
         with self._lock:
             future = self._builds.get(key)
@@ -76,7 +84,11 @@ class Programs:
             self._builds.move_to_end(key)
         if owner:
             try:
-                future.set_result(self._build(language, code))
+                build = self._build(language, code, compile_s or self.compile_s)
+                future.set_result(build)
+                if build.compile is not None and build.compile.timed_out:
+                    with self._lock:
+                        self._builds.pop(key, None)
             except BaseException as e:  # a Busy sandbox: the next asker tries again
                 with self._lock:
                     self._builds.pop(key, None)
@@ -103,7 +115,7 @@ class Programs:
                 if future.result().folder is not None:
                     shutil.rmtree(future.result().folder, ignore_errors=True)
 
-    def _build(self, language: Language, code: str) -> Build:
+    def _build(self, language: Language, code: str, compile_s: float) -> Build:
         name = language.source_name(code)
         if not language.compile:
             folder = self.sandbox.writable_folder()
@@ -112,7 +124,7 @@ class Programs:
             return Build(language, code, folder)
         out = self.sandbox.writable_folder()
         base = self.sandbox.limits
-        limits = replace(base, wall_s=self.compile_s, cpu_s=int(self.compile_s) + 1,
+        limits = replace(base, wall_s=compile_s, cpu_s=int(compile_s) + 1,
                          memory_mb=language.compile_memory_mb, processes=base.processes + language.processes + 64,
                          work_mb=max(base.work_mb, 512))
         with self.sandbox.folder({name: code}) as sources:
@@ -124,11 +136,19 @@ class Programs:
         out.chmod(0o755)
         return Build(language, code, out, run)
 
-    def run(self, build: Build, stdin: bytes, limits: SandboxLimits, argv: tuple[str, ...] = ()) -> Run:
-        """One run of a build, with `stdin`, under `limits` (see `limits`)."""
+    def run(self, build: Build, stdin: bytes, limits: SandboxLimits, files: Path | None = None,
+            fetch: tuple[str, ...] = ()) -> Run:
+        """One run of a build, with `stdin`, under `limits` (see `limits`); with `files` (a
+        folder copied into the working folder first) or `fetch` (paths whose contents come
+        back as `Run.result`, {path: base64}) it runs inside exec_files.py."""
         language = build.language
-        return self.sandbox.run_job(Job(resolve(language.argv(language.run, build.code)) + argv, build.folder,
-                                        stdin, binds=language.extra_binds, env=language.env, limits=limits))
+        argv = resolve(language.argv(language.run, build.code))
+        binds = language.extra_binds
+        if files is not None or fetch:
+            argv = (self.sandbox.python, "-I", "-B", "/runner/exec_files.py", "{result_fd}", json.dumps(fetch),
+                    "/files" if files is not None else "", "--", *argv)
+            binds += (f"{self._runner}:/runner",) + ((f"{files}:/files",) if files is not None else ())
+        return self.sandbox.run_job(Job(argv, build.folder, stdin, binds=binds, env=language.env, limits=limits))
 
     def close(self) -> None:
         with self._lock:
@@ -136,3 +156,4 @@ class Programs:
                 if future.done() and future.exception() is None and future.result().folder is not None:
                     shutil.rmtree(future.result().folder, ignore_errors=True)
             self._builds.clear()
+        shutil.rmtree(self._runner, ignore_errors=True)

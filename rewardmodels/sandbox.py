@@ -70,7 +70,8 @@ class Run:
 @dataclass(frozen=True)
 class Job:
     """One sandboxed process: `argv` as seen inside, over `code` (read-only at /code), with
-    `out` (when given) writable at /out, `binds` (host paths, read-only at the same place)
+    `out` (when given) writable at /out, `binds` (host paths, read-only at the same place, or
+    `host:inside`)
     and `env`. An argument may name a descriptor: `{result_fd}` (read back as `Run.result`),
     and in a pair `{calls_fd}` / `{answers_fd}`, the judge's line to its program."""
 
@@ -139,11 +140,13 @@ class Sandbox:
             # vfork, and forking the service's large address space costs more than the whole sandbox
             limits += [f"--nproc={lim.processes}", "--", "setpriv", f"--reuid={uid}", f"--regid={uid}",
                        "--clear-groups"]
-        if self.kind == "none":  # the same paths, outside: /code and /out stand for the job's folders
-            places = {"/code": str(job.code), "/out": str(job.out)}
-            argv = [re.sub(r"^/(code|out)(?=/|$)", lambda m: places[m.group(0)], a) for a in job.argv]
+        mounts = {target or source: source for source, _, target in (b.partition(":") for b in job.binds)}
+        if self.kind == "none":  # the same paths, outside: each inside path stands for its folder
+            places = {"/code": str(job.code), "/out": str(job.out), **mounts}
+            pattern = "^(" + "|".join(re.escape(p) for p in places) + ")(?=/|$)"
+            argv = [re.sub(pattern, lambda m: places[m.group(0)], a) for a in job.argv]
             return ["prlimit", *limits, "--", "env", "-i", *(f"{k}={v}" for k, v in job.env), *argv]
-        binds = [arg for path in job.binds for arg in ("--ro-bind", path, path)]
+        binds = [arg for target, source in mounts.items() for arg in ("--ro-bind", source, target)]
         if job.out is not None:
             binds += ["--bind", str(job.out), "/out"]
         env = [arg for key, value in job.env for arg in ("--setenv", key, value)]
@@ -168,6 +171,7 @@ class Sandbox:
         code = Path(tempfile.mkdtemp(prefix="plaudit-run-"))
         try:
             for name, text in files.items():
+                (code / name).parent.mkdir(parents=True, exist_ok=True)
                 (code / name).write_bytes(text.encode() if isinstance(text, str) else text)
             code.chmod(0o777 if self.kind == "none" else 0o755)  # unsandboxed runs work in it
             yield code

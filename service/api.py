@@ -20,9 +20,10 @@ from plaudit.rewardmodels import (AGGREGATES, InputError, Item, LimitExceeded, M
 from plaudit.rewardmodels.prm import DEFAULT_SEPARATOR, split_steps
 
 from .config import Limits, ModelConfig, ServiceConfig, load_config
+from .run_code import run_code as run_code_with
 from plaudit.schemas import (CompareRequest, CompareResponse, GetRewardRequest, GetRewardResponse, ModelInfo,
-                      ModelsResponse, RankRequest, RankResponse, ScoreRequest, ScoreResponse, StepsRequest,
-                      StepsResponse)
+                      ModelsResponse, RankRequest, RankResponse, RunCodeRequest, RunCodeResponse, ScoreRequest,
+                      ScoreResponse, StepsRequest, StepsResponse)
 
 
 class UnknownModel(InputError):
@@ -232,3 +233,15 @@ def judge(pool: ModelPool, request: JudgeRequest) -> JudgeResponse:
 def score_one(pool: ModelPool, model: str | None, prompt, response: str) -> ScoreResponse:
     """The CLI's `plaudit score`: the same path as POST /score with one item."""
     return score(pool, ScoreRequest(model=model, items=[Item(prompt=prompt, response=response)]))
+
+
+def run_code(pool: ModelPool, request: RunCodeRequest) -> RunCodeResponse:
+    """SandboxFusion's /run_code, through the sandbox of the first execution model configured."""
+    from plaudit.rewardmodels.execution import Execution
+
+    for name in pool.config.models:
+        if pool.config.models[name].kind == Execution.kind:
+            execution = pool.get(name)
+            return run_code_with(execution, request)
+    raise UnknownModel("model", "no execution model is configured: /run_code runs in its sandbox (a model with "
+                                "`kind: execution`; the default config has one where bubblewrap works)")

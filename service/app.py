@@ -30,8 +30,8 @@ from .config import AuthConfig, load_config
 from .monitoring import Monitor
 from .openapi import ExactOpenAPI
 from plaudit.schemas import (CompareRequest, CompareResponse, FeedbackRequest, FeedbackResponse, GetRewardRequest,
-                      GetRewardResponse, JudgeRequest, JudgeResponse, RankRequest, RankResponse, ScoreRequest,
-                      ScoreResponse, StepsRequest, StepsResponse)
+                      GetRewardResponse, JudgeRequest, JudgeResponse, RankRequest, RankResponse, RunCodeRequest,
+                      RunCodeResponse, ScoreRequest, ScoreResponse, StepsRequest, StepsResponse)
 
 log = logging.getLogger("plaudit")
 STATUS = {api.UnknownModel: 404, api.LimitExceeded: 413}
@@ -41,8 +41,12 @@ async def _models(request: Request) -> JSONResponse:
     return JSONResponse(request.app.state.pool.describe().model_dump())
 
 
+async def _ping(request: Request) -> JSONResponse:
+    return JSONResponse("pong")  # SandboxFusion's liveness answer, for clients that check it first
+
+
 # GET endpoints live in a small Starlette app: BentoML's own APIs are POST.
-read_only = Starlette(routes=[Route("/models", _models, methods=["GET"])])
+read_only = Starlette(routes=[Route("/models", _models, methods=["GET"]), Route("/v1/ping", _ping, methods=["GET"])])
 
 
 def _auth_config() -> AuthConfig | None:
@@ -108,7 +112,10 @@ class Plaudit:
             response = await asyncio.get_running_loop().run_in_executor(self.threads, handler, self.pool, request)
         except InputError as e:
             self._failed(endpoint, model, "client_error", type(e).__name__, started)
-            return JSONResponse({"error": str(e), "field": e.field}, status_code=STATUS.get(type(e), 422))
+            body = {"error": str(e), "field": e.field}
+            if endpoint == "run_code":  # SandboxFusion's clients read FastAPI's shape
+                body["detail"] = [{"type": "value_error", "loc": ["body", *e.field.split(".")], "msg": str(e)}]
+            return JSONResponse(body, status_code=STATUS.get(type(e), 422))
         except BackendUnavailable as e:  # the judge's LLM server failed every item after its retries
             self._failed(endpoint, model, "backend_error", "BackendError", started)
             return JSONResponse({"error": str(e), "field": None}, status_code=503, headers={"Retry-After": "5"})
@@ -160,6 +167,11 @@ class Plaudit:
         """A judge's full verdict: TICK's checklist and answers, a pairwise judge's two orders, a rating."""
         request = JudgeRequest.model_construct(**body)
         return await self._answer("judge", api.judge, request, self.pool.config.judge_name(request.judge))
+
+    @bentoml.api(route="/run_code", input_spec=RunCodeRequest)
+    async def run_code(self, **body: Any) -> RunCodeResponse:
+        """SandboxFusion's /run_code: one program compiled and run in the execution model's sandbox."""
+        return await self._answer("run_code", api.run_code, RunCodeRequest.model_construct(**body), None)
 
     @bentoml.api(route="/feedback", input_spec=FeedbackRequest)
     async def feedback(self, **body: Any) -> FeedbackResponse:

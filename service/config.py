@@ -94,7 +94,8 @@ class AuthConfig(BaseModel):
     api_keys: list[SecretStr] = Field(default=[], description=(
         f"accepted keys, sent as `Authorization: Bearer KEY` or `X-API-Key: KEY`; ${API_KEYS_ENV} "
         "(comma-separated) adds more"))
-    open_paths: list[str] = Field(default=["/healthz", "/livez", "/readyz", "/metrics", "/", "/docs", "/docs.json"],
+    open_paths: list[str] = Field(default=["/healthz", "/livez", "/readyz", "/metrics", "/", "/docs", "/docs.json",
+                                           "/v1/ping"],
                                   description="paths answered without a key (health, readiness, metrics, API docs)")
 
     def keys(self) -> list[str]:
