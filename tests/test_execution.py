@@ -21,7 +21,7 @@ from servers import running_service
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap missing (make test installs it)")
 
 ADD = "def add(a, b):\n    return a + b\n"
-SETTINGS = {"wall_s": 6, "test_s": 3, "slots": 2, "memory_mb": 256}
+SETTINGS = {"wall_s": 6, "test_s": 3, "slots": 2, "memory_mb": 256, "compile_s": 8}
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +92,24 @@ HOSTILE = {
                            "        time.sleep(60)\n        open('{marker}', 'w').write('alive')\n    os._exit(0)\n"
                            "assert False, 'the daemon is the point'\n", None),
 }
+# compiled languages, run as stdin/stdout programs: (fenced code, reason)
+HOSTILE_COMPILED = {
+    "C fork bomb": ("```c\n#include <unistd.h>\nint main(void) { for (;;) fork(); }\n```", "timeout"),
+    "C memory bomb": ("```c\n#include <stdlib.h>\n#include <string.h>\nint main(void) { for (;;) { char *p = "
+                      "malloc(1 << 26); if (p) memset(p, 1, 1 << 26); } }\n```", "timeout"),
+    "Go endless output": ("```go\npackage main\nimport \"fmt\"\nfunc main() { for { fmt.Println(\"spam spam\") } }\n```",
+                          "output_limit"),
+    "Java ignoring its limits": ("```java\nimport java.util.*;\npublic class Main { public static void main(String[] a) "
+                                 "{ List<long[]> hog = new ArrayList<>(); for (;;) { try { hog.add(new long[1 << 20]); "
+                                 "new Thread(() -> { for (;;) {} }).start(); } catch (Throwable t) { hog.clear(); } "
+                                 "} } }\n```", ("timeout", "output_limit")),  # the JVM's own warnings may fill the output first
+    "host file at compile time": ("```c\n#include \"/etc/shadow\"\nint main(void) { return 0; }\n```",
+                                  "compile_error"),
+    "a compile that never ends": ("```cpp\ntemplate <int N, int K> struct Tree { static constexpr long value = "
+                                  "Tree<N - 1, 2 * K>::value + Tree<N - 1, 2 * K + 1>::value; };\n"
+                                  "template <int K> struct Tree<0, K> { static constexpr long value = K; };\n"
+                                  "int main() { return Tree<40, 1>::value != 0; }\n```", "compile_error"),
+}
 
 
 def _leaks(config_path: str, port: int, marker: str) -> dict[str, tuple[str, str | None]]:
@@ -127,6 +145,8 @@ def test_hostile_programs_score_zero_while_the_service_answers(tiny_bt, tmp_path
         port = int(url.rsplit(":", 1)[1])
         programs = {name: (code.replace("{marker}", marker), "assert True", reason)
                     for name, (code, reason) in HOSTILE.items()}
+        programs.update({name: (code, [{"input": "", "output": "done"}], reason)
+                         for name, (code, reason) in HOSTILE_COMPILED.items()})
         programs.update({name: (code, test, None) for name, (code, test) in _leaks(str(config), port, marker).items()})
         headers = {"Authorization": "Bearer sk-secret"}
 
@@ -150,8 +170,9 @@ def test_hostile_programs_score_zero_while_the_service_answers(tiny_bt, tmp_path
         for (name, (_, _, reason)), reward, detail in zip(programs.items(), body["rewards"], body["details"]):
             assert reward == 0.0, (name, detail)
             if reason:
-                assert detail["reason"] == reason, (name, detail)
+                assert detail["reason"] in ((reason,) if isinstance(reason, str) else reason), (name, detail)
         assert not os.path.exists(marker)
+        assert "root:" not in str(body["details"])  # nothing of the host's files came back
         time.sleep(1)
         assert _sandbox_processes() == []  # every run's processes are gone, the daemon too
         assert httpx2.get(f"{url}/readyz", timeout=10).status_code == 200
@@ -269,3 +290,89 @@ def test_only_what_serves_runs_adopts_orphans(tmp_path):
              "print(before, adopting())\n")
     run = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert run.stdout.split() == ["0", "1"], run.stderr[-1000:]
+
+
+def _verl_sandbox_client():
+    """verl's own SandboxFusion client module (verl/utils/reward_score/sandbox_fusion/utils.py),
+    loaded by path: it needs only requests, where verl's package would import Ray and torch."""
+    import importlib.util
+    from pathlib import Path
+
+    root = importlib.util.find_spec("verl").submodule_search_locations[0]
+    spec = importlib.util.spec_from_file_location(
+        "verl_sandbox_fusion", Path(root) / "utils" / "reward_score" / "sandbox_fusion" / "utils.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_run_code_answers_verl_as_sandbox_fusion_would(served):
+    """verl's check_correctness against plaudit's /run_code, per language and outcome: True,
+    False, -4 (compile error), -2 (runtime error), -3 (timeout), as it reads SandboxFusion."""
+    from languages import COMPILED, INPUT, OUTCOMES, OUTPUT, PROGRAMS
+    from plaudit.rewardmodels.languages import LANGUAGES
+
+    verl = _verl_sandbox_client()
+    expected = {"correct": True, "wrong": False, "runtime_error": -2, "timeout": -3}
+    runs = [(language, outcome) for language in PROGRAMS for outcome in OUTCOMES
+            if language in verl.SUPPORTED_LANGUAGES and not LANGUAGES[language].missing]
+
+    def check(run):
+        language, outcome = run
+        results, _ = verl.check_correctness(f"{served}/run_code", {"inputs": [INPUT], "outputs": [OUTPUT]},
+                                            PROGRAMS[language][outcome], timeout=6, language=language)
+        return results[0]
+
+    with ThreadPoolExecutor(4) as pool:
+        got = dict(zip(runs, pool.map(check, runs)))
+    want = {(language, outcome): expected.get(outcome, -4 if language in COMPILED else -2)
+            for language, outcome in runs}
+    assert got == want
+    assert {language for language, _ in runs} >= {"python", "cpp", "java", "nodejs", "go", "rust", "bash"}
+
+
+def test_run_code_with_sandbox_fusions_own_client(served):
+    from sandbox_fusion import RunCodeRequest, run_code
+
+    from languages import INPUT, PROGRAMS
+
+    port = int(served.rsplit(":", 1)[1])
+    for language in ("python", "cpp", "java", "go"):
+        answer = run_code(RunCodeRequest(code=PROGRAMS[language]["correct"], language=language, stdin=INPUT),
+                          endpoint=served, max_attempts=1, client_timeout=60)
+        assert (answer.status, answer.run_result.stdout) == ("Success", "42\n"), (language, answer)
+    broken = run_code(RunCodeRequest(code=PROGRAMS["cpp"]["compile_error"], language="cpp"), endpoint=served,
+                      max_attempts=1, client_timeout=60)
+    assert broken.status == "Failed" and broken.compile_result.return_code != 0 and broken.run_result is None
+    assert "error" in broken.compile_result.stderr
+    # no network in the sandbox, not even to the service on loopback
+    probe = ("import socket\ns = socket.socket()\ns.settimeout(2)\n"
+             f"print('reached' if s.connect_ex(('127.0.0.1', {port})) == 0 else 'blocked')\n")
+    assert run_code(RunCodeRequest(code=probe, language="python"), endpoint=served, max_attempts=1,
+                    client_timeout=60).run_result.stdout == "blocked\n"
+
+
+def test_run_code_limits_files_and_errors(served):
+    import base64
+
+    from languages import PROGRAMS
+
+    assert httpx2.get(f"{served}/v1/ping", timeout=10).json() == "pong"
+    post = lambda body: httpx2.post(f"{served}/run_code", json=body, timeout=60)  # noqa: E731
+    hog = post({"code": "x = bytearray(600 << 20)\nprint('allocated')", "language": "python", "memory_limit_MB": 256})
+    assert hog.status_code == 200 and hog.json()["status"] == "Failed" and "MemoryError" in \
+        hog.json()["run_result"]["stderr"]
+    files = post({"code": "print(open('data/in.txt').read())\nopen('out.txt', 'w').write('made')", "language": "py",
+                  "files": {"data/in.txt": base64.b64encode(b"sent").decode()}, "fetch_files": ["out.txt", "gone"]})
+    assert files.json()["run_result"]["stdout"] == "sent\n"
+    assert files.json()["files"] == {"out.txt": base64.b64encode(b"made").decode()}
+    c = post({"code": PROGRAMS["c"]["correct"], "language": "c", "stdin": "2 40"})  # plaudit's, not SandboxFusion's
+    assert (c.json()["status"], c.json()["run_result"]["stdout"]) == ("Success", "42\n")
+    for body, field in (({"code": "x", "language": "cobol"}, "language"),
+                        ({"code": "x", "language": "python", "files": {"../up": "eA=="}}, "files['../up']"),
+                        ({"code": "x", "language": "python", "files": {"a": "not base64!"}}, "files['a']")):
+        refused = post(body)
+        assert refused.status_code == 422 and refused.json()["field"] == field, refused.text
+        assert refused.json()["detail"][0]["msg"]
+    assert "'python'" in post({"code": "x", "language": "cobol"}).json()["error"]
+
