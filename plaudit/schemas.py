@@ -265,8 +265,8 @@ class RunCodeRequest(BaseModel):
     code: str
     language: str = Field(description="SandboxFusion's name (python, cpp, java, nodejs, go, rust, bash, "
                                       "typescript) or plaudit's (c, and the fence tags)")
-    compile_timeout: float = Field(10.0, gt=0, le=120)
-    run_timeout: float = Field(10.0, gt=0, le=120)
+    compile_timeout: float = Field(10.0, ge=0.1, le=120)
+    run_timeout: float = Field(10.0, ge=0.1, le=120)
     memory_limit_MB: int = Field(-1, le=16384, description="address space; -1: the execution model's memory_mb")
     stdin: str | None = None
     files: dict[str, str | None] = Field(default_factory=dict,
