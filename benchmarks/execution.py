@@ -1,6 +1,8 @@
 """The execution reward's cost: one short program through the bubblewrap sandbox against a
-plain subprocess run of the same program (the isolation's price), and HumanEval programs
-with their tests per second through the execution kind at its default pool size."""
+plain subprocess run of the same program (the isolation's price), HumanEval programs with
+their tests per second through the execution kind at its default pool size (its tests judged
+in a sandbox of their own), and per language a short program's compile and run time and
+runs per second at the default pool size."""
 from __future__ import annotations
 
 import statistics
@@ -11,6 +13,7 @@ from pathlib import Path
 
 from plaudit.rewardmodels import Item, load_scorer
 from plaudit.rewardmodels.execution import ExecutionSettings
+from plaudit.rewardmodels.languages import LANGUAGES
 from plaudit.rewardmodels.sandbox import Sandbox
 from plaudit.training.humaneval import load_problems, solution_source
 
@@ -48,7 +51,40 @@ def run() -> dict:
     rewards = execution.score(items).rewards
     seconds = time.perf_counter() - start
     return {"exec_sandbox_overhead": round(sandboxed_s / plain_s, 2),
+            "exec_languages": _languages(execution),
             "exec_programs_per_s": round(len(items) / seconds, 1),
             "execution": {"plain_ms": round(plain_s * 1000, 1), "sandboxed_ms": round(sandboxed_s * 1000, 1),
                           "programs": len(items), "all_passed": sum(r == 1.0 for r in rewards),
                           "slots": ExecutionSettings().slots}}
+
+
+def _languages(execution) -> dict:
+    """Per language: the first compile (a fresh program), one run, and runs per second with
+    every slot busy (the build cached, as a GRPO group's repeats are)."""
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+    from languages import INPUT, PROGRAMS
+
+    programs, slots = execution.programs, ExecutionSettings().slots
+    table = {}
+    for name, outcomes in PROGRAMS.items():
+        language = LANGUAGES[name]
+        if language.missing:
+            table[name] = "unavailable"
+            continue
+        code = outcomes["correct"] + ("\n" if name != "python" else "\n# bench\n")  # not in the cache yet
+        start = time.perf_counter()
+        with programs.built(language, code) as build:
+            compiled_s = time.perf_counter() - start
+            limits = programs.limits(language, 10)
+            run_s = _medians_s(lambda: programs.run(build, INPUT.encode(), limits))[0]
+            runs = 4 * slots
+            start = time.perf_counter()
+            with ThreadPoolExecutor(slots) as pool:
+                list(pool.map(lambda _: programs.run(build, INPUT.encode(), limits), range(runs)))
+            table[name] = {"compile_ms": round(compiled_s * 1000) if language.compile else None,
+                           "run_ms": round(run_s * 1000, 1),
+                           "runs_per_s": round(runs / (time.perf_counter() - start), 1)}
+    return table
