@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Literal, Sequence
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .base import InputError, Item, ModelLoadError, Scorer, Scores
-from .execution import FENCE
+from .languages import FENCE
 
 AnswerPart = Literal["final", "last_line", "whole"]
 ANSWER_LINE = re.compile(r"^\s*(?:\**\s*(?:final\s+)?answer\s*\**\s*(?:is\s*)?[:：]\s*\**|####)\s*(.*?)\s*\**\s*$",
