@@ -42,6 +42,8 @@ TARGETS = {  # key: (what, target, met); met is None where the number is only re
     "exec_sandbox_overhead": ("one short program: bubblewrap sandbox / plain subprocess", "<= 1.5",
                               lambda v: v <= 1.5),
     "exec_programs_per_s": ("HumanEval programs with their tests per s, default pool", "report", None),
+    "exec_judging_outside_cost": ("the same HumanEval runs: judged outside the program / inside its process, time",
+                                  "report", None),
     "ready_s": ("start-up to /readyz, default models and local judge, s", "report", None),
     "soak_errors": ("soak, 16 clients x 30 s: failed requests", "0", lambda v: v == 0),
     "soak_p99_ms": ("soak: p99 latency, ms", "report", None),

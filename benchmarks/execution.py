@@ -1,7 +1,8 @@
 """The execution reward's cost: one short program through the bubblewrap sandbox against a
 plain subprocess run of the same program (the isolation's price), HumanEval programs with
 their tests per second through the execution kind at its default pool size (its tests judged
-in a sandbox of their own), and per language a short program's compile and run time and
+in a sandbox of their own) beside the same runs judged inside the program's one process (the
+price of judging outside), and per language a short program's compile and run time and
 runs per second at the default pool size."""
 from __future__ import annotations
 
@@ -47,15 +48,33 @@ def run() -> dict:
     problems = load_problems()[:64]
     items = [Item(prompt="p", response=f"```python\n{solution_source(p)}\n```",
                   reference={"tests": p["test"], "entry_point": p["entry_point"]}) for p in problems]
+    inside_s, inside_passed = _judged_inside(execution.sandbox, problems)
     start = time.perf_counter()
     rewards = execution.score(items).rewards
     seconds = time.perf_counter() - start
     return {"exec_sandbox_overhead": round(sandboxed_s / plain_s, 2),
             "exec_languages": _languages(execution),
             "exec_programs_per_s": round(len(items) / seconds, 1),
+            "exec_judging_outside_cost": round(seconds / inside_s, 2),
             "execution": {"plain_ms": round(plain_s * 1000, 1), "sandboxed_ms": round(sandboxed_s * 1000, 1),
                           "programs": len(items), "all_passed": sum(r == 1.0 for r in rewards),
-                          "slots": ExecutionSettings().slots}}
+                          "judged_inside_per_s": round(len(items) / inside_s, 1),
+                          "judged_inside_passed": inside_passed, "slots": ExecutionSettings().slots}}
+
+
+def _judged_inside(sandbox, problems) -> tuple[float, int]:
+    """Before judging outside: the same HumanEval runs as one sandboxed process each, the
+    program and its check() together (what a forging program defeats), on as many slots."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def inside(problem) -> bool:
+        program = f"{solution_source(problem)}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
+        return sandbox.run({"main.py": program}, ["main.py"]).returncode == 0
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(ExecutionSettings().slots) as pool:
+        passed = sum(pool.map(inside, problems))
+    return time.perf_counter() - start, passed
 
 
 def _languages(execution) -> dict:

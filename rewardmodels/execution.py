@@ -275,7 +275,7 @@ class Execution(Scorer):
             verdict, answers = self.sandbox.run_pair(
                 Job((python, "-I", "-B", "/code/exec_program.py", "{calls_fd}", "{answers_fd}", str(s.test_s)),
                     program, limits=self.sandbox.limits),
-                Job((python, "-I", "-B", "/code/exec_judge.py", "{result_fd}", "{calls_fd}", "{answers_fd}"),
+                Job((python, "-I", "-S", "-B", "/code/exec_judge.py", "{result_fd}", "{calls_fd}", "{answers_fd}"),
                     judge, json.dumps(job).encode(), limits=self.sandbox.limits))
         return outcome(verdict, answers)
 

@@ -7,13 +7,15 @@ CodePrefBench. The ground truth is checked, never assumed:
   tests (held-out problems; `training.humaneval`);
 - efficiency: two correct implementations of one task (`codepref_tasks/efficiency.yaml`)
   that return the same value, kept only when the slow one is measurably slower (timed in
-  subprocesses, best of 3);
+  plaudit's sandbox, best of 3);
 - security: a secure and an insecure implementation (`codepref_tasks/security.yaml`), kept
-  only when bandit flags the insecure one with the expected issue and not the secure one.
+  only when bandit flags the insecure one with the expected issue and not the secure one
+  (bandit reads the code; nothing of it runs).
 Which position holds the better code is drawn per task; evaluation asks both orders anyway.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import subprocess
@@ -26,6 +28,7 @@ from typing import Any, Sequence
 import yaml
 
 from plaudit.rewardmodels.base import Item, Pair, Scorer, Scores
+from plaudit.rewardmodels.sandbox import Sandbox, SandboxLimits
 
 from .humaneval import build_pairs
 
@@ -80,7 +83,7 @@ def security_tasks() -> tuple[list[dict], dict]:
 _TIMER = """
 import json, sys, time
 namespace = {}
-exec(sys.stdin.read(), namespace)
+exec(open("/code/candidate.py").read(), namespace)
 best, value = float("inf"), None
 for _ in range(3):
     start = time.perf_counter()
@@ -90,11 +93,20 @@ print(json.dumps({"seconds": best, "value": repr(value)}))
 """
 
 
+@functools.cache
+def _timing_sandbox() -> Sandbox:
+    """One slot, so that the two versions of a task are never timed against each other."""
+    return Sandbox("bwrap", SandboxLimits(wall_s=120, cpu_s=120, memory_mb=2048), slots=1)
+
+
 def _timed(code: str, check: str) -> dict[str, Any]:
-    run = subprocess.run([sys.executable, "-c", _TIMER, check], input=code, capture_output=True, text=True,
-                         timeout=120)
+    """The best of 3 timings of `check` over `code`, in the sandbox."""
+    run = _timing_sandbox().run({"timer.py": _TIMER, "candidate.py": code}, ["timer.py", check])
+    stderr = run.stderr.decode(errors="replace").strip()
+    if run.timed_out:
+        raise RuntimeError("over 120 s")
     if run.returncode:
-        raise RuntimeError(run.stderr.strip().splitlines()[-1] if run.stderr.strip() else f"exit {run.returncode}")
+        raise RuntimeError(stderr.splitlines()[-1] if stderr else f"exit {run.returncode}")
     return json.loads(run.stdout)
 
 
@@ -104,7 +116,7 @@ def efficiency_tasks(min_ratio: float = 3.0) -> tuple[list[dict], dict]:
     for t in templates:
         try:
             fast, slow = _timed(t["fast"], t["check"]), _timed(t["slow"], t["check"])
-        except (RuntimeError, subprocess.TimeoutExpired) as e:
+        except RuntimeError as e:
             dropped.append(f"{t['id']}: {e}")
             continue
         ratio = slow["seconds"] / max(fast["seconds"], 1e-9)

@@ -2,7 +2,7 @@
 
 Each pair prefers the canonical solution (which passes the problem's tests) over a
 single-point AST mutant of it that fails them.  The labels therefore come from
-running code in a time-limited subprocess, not from a judge or a heuristic.
+running code in plaudit's sandbox (the execution kind), not from a judge or a heuristic.
 
 Same-formatting rule: the chosen and the rejected program are both rendered by
 ``ast.unparse`` from the same docstring-free tree, so they differ only in the
@@ -13,15 +13,12 @@ docstring prose instead of the code's behaviour.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
 import logging
 import os
 import random
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,21 +27,9 @@ from typing import Any
 
 from plaudit.judges.base import render_file
 from plaudit.rewardmodels import ModelLoadError
+from plaudit.rewardmodels.execution import Execution, ExecutionSettings, Tests
 
 logger = logging.getLogger(__name__)
-
-# Address-space cap for every candidate run, so that a mutant that allocates in a
-# loop fails fast instead of exhausting the host's memory.
-_MEMORY_LIMIT_BYTES = 2 * 1024**3
-
-# Runs the program file given as argv[1] as __main__ under the memory cap.
-_RUNNER = f"""\
-import resource, runpy, sys
-_, hard = resource.getrlimit(resource.RLIMIT_AS)
-cap = {_MEMORY_LIMIT_BYTES} if hard == resource.RLIM_INFINITY else min({_MEMORY_LIMIT_BYTES}, hard)
-resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
-runpy.run_path(sys.argv[1], run_name="__main__")
-"""
 
 _COMPARE_SWAPS: dict[type[ast.cmpop], type[ast.cmpop]] = {
     ast.Lt: ast.LtE,
@@ -199,35 +184,26 @@ def mutants(source: str, entry_point: str) -> list[str]:
     return result
 
 
-def passes_tests(problem: dict, source: str, timeout: float = 5.0) -> bool:
-    """Run ``source`` against the problem's tests in a fresh, isolated subprocess.
+@functools.cache
+def _execution(timeout: float) -> Execution:
+    """The execution kind that judges candidates: the program and HumanEval's check() each in
+    a sandbox of their own, as the service runs them (one per timeout, kept for the process)."""
+    settings = ExecutionSettings(slots=4, wall_s=timeout + 5.0, test_s=timeout, memory_mb=2048)
+    return Execution("humaneval-labels", settings)
 
-    True only if the process exits with status 0 within ``timeout`` seconds; on
-    timeout its whole process group is killed and False is returned.
+
+def passes_tests(problem: dict, source: str, timeout: float = 5.0) -> bool:
+    """Whether ``source`` passes the problem's tests, run by the execution kind in its sandbox
+    (``check`` takes its helpers from the problem's prompt, never from the candidate).
+
+    False on a failing test, an error, or a run over ``timeout`` seconds.
     """
-    program = source + "\n\n" + problem["test"] + f"\n\ncheck({problem['entry_point']})\n"
-    with tempfile.TemporaryDirectory(prefix="plaudit-humaneval-") as workdir:
-        path = Path(workdir, "candidate.py")
-        path.write_text(program, encoding="utf-8")
-        proc = subprocess.Popen(
-            [sys.executable, "-I", "-c", _RUNNER, str(path)],
-            cwd=workdir,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-        try:
-            _, stderr = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            logger.debug("%s: timed out after %.1f s", problem["task_id"], timeout)
-            return False
-    if proc.returncode != 0:
-        tail = stderr.decode("utf-8", "replace").strip().splitlines()[-1:]
-        logger.debug("%s: exit %d %s", problem["task_id"], proc.returncode, tail)
-    return proc.returncode == 0
+    tests = Tests("check", problem["test"], problem["entry_point"], context=problem.get("prompt"))
+    outcome = _execution(timeout).run(_response(source), tests)
+    if not outcome.all_passed:
+        logger.debug("%s: %s %s", problem["task_id"], outcome.reason or "failed",
+                     (outcome.message or (outcome.tests[:1] or [{}])[0].get("message") or "")[:200])
+    return outcome.all_passed
 
 
 def _prompt(problem: dict) -> str:
@@ -307,8 +283,8 @@ def build_pairs(
 ) -> tuple[list[dict], dict]:
     """Build (canonical, failing mutant) preference pairs in TRL's prompt/chosen/rejected format.
 
-    Problems are processed by a pool of ``workers`` threads, each running its test
-    subprocesses; within a problem the mutants (shuffled with
+    Problems are processed by a pool of ``workers`` threads, each running its tests in the
+    sandbox; within a problem the mutants (shuffled with
     ``random.Random(f"{seed}:{task_id}")``) are tested in order and only until
     ``max_mutants_per_problem`` of them fail.  The output order is the problem order
     and does not depend on ``workers``.  Returns the records and a stats dict.
