@@ -65,21 +65,23 @@ def test_every_test_shape_gives_the_share_passed(execution):
 
 @pytest.mark.slow
 def test_humaneval_canonical_solutions_pass_and_failing_mutants_do_not(execution):
-    """Every problem's canonical solution scores 1.0 and each failing mutant below 1.0 (the
-    data builder's pairs: mutants it saw fail the tests)."""
+    """Every problem's canonical solution passes its tests (the data builder's labels come
+    from the execution kind: none is skipped), and scored through `score` with the reference
+    as a user sends it, a sample of canonical solutions scores 1.0 and their mutants below."""
     from plaudit.training.humaneval import build_pairs, load_problems
 
     problems = {p["task_id"]: p for p in load_problems()}
-    pairs = build_pairs(max_mutants_per_problem=1)[0]
-    chosen = {r["task_id"]: r["chosen"] for r in pairs}
-    tests = {t: {"tests": problems[t]["test"], "entry_point": problems[t]["entry_point"]} for t in chosen}
-    items = [Item(prompt="p", response=chosen[t], reference=tests[t]) for t in chosen]
-    items += [Item(prompt="p", response=r["rejected"], reference=tests[r["task_id"]]) for r in pairs]
-    scored = execution.score(items)
-    n = len(chosen)
-    assert n >= 150
-    assert [t for t, r in zip(chosen, scored.rewards[:n]) if r != 1.0] == []
-    assert [r["task_id"] for r, s in zip(pairs, scored.rewards[n:]) if s >= 1.0] == []
+    pairs, stats = build_pairs(max_mutants_per_problem=1)
+    assert stats["problems_skipped"] == 0 and len(pairs) >= 150
+    sample = pairs[::8]
+    tests = {r["task_id"]: {"tests": problems[r["task_id"]]["test"], "entry_point": problems[r["task_id"]]["entry_point"]}
+             for r in sample}
+    items = [Item(prompt="p", response=r["chosen"], reference=tests[r["task_id"]]) for r in sample]
+    items += [Item(prompt="p", response=r["rejected"], reference=tests[r["task_id"]]) for r in sample]
+    rewards = execution.score(items).rewards
+    n = len(sample)
+    assert [r["task_id"] for r, s in zip(sample, rewards[:n]) if s != 1.0] == []
+    assert [r["task_id"] for r, s in zip(sample, rewards[n:]) if s >= 1.0] == []
 
 
 HOSTILE = {
