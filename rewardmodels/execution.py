@@ -234,6 +234,10 @@ class Execution(Scorer):
              **ignored: Any) -> "Execution":
         return cls(name or "execution", ExecutionSettings.model_validate(settings or {}))
 
+    def p_good(self, reward: float | None) -> float | None:
+        """The share of tests passed is already on the scale of a probability."""
+        return reward
+
     def score(self, items: Sequence[Item]) -> Scores:
         tests = [read_tests(it.reference, f"items[{i}].reference") for i, it in enumerate(items)]
         outcomes = list(self.pool.map(self.run, [it.response for it in items], tests))

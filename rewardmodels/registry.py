@@ -19,6 +19,7 @@ KINDS: dict[str, str] = {
     "numeric": "plaudit.rewardmodels.rules:Numeric",
     "regex": "plaudit.rewardmodels.rules:Regex",
     "format": "plaudit.rewardmodels.rules:Format",
+    "math": "plaudit.rewardmodels.math_answer:MathAnswer",
     "composite": "plaudit.rewardmodels.composite:Composite",
 }
 

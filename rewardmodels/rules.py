@@ -121,6 +121,10 @@ class Rule(Scorer):
         except (ValidationError, re.error) as e:
             raise ModelLoadError(f"{name or cls.kind}: settings: {e}") from None
 
+    def p_good(self, reward: float | None) -> float | None:
+        """A rule's 0 or 1 is already what feedback labels."""
+        return reward
+
     def score(self, items: Sequence[Item]) -> Scores:
         verdicts = []
         for i, item in enumerate(items):

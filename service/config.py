@@ -170,10 +170,11 @@ DEFAULT_CODE = {"parts": {"tests": {"model": "execution"},
 
 
 def default_config() -> ServiceConfig:
-    """The three packaged models; the judge `local` when the judge-local extra is installed; and
-    `execution` with `default-code` when bubblewrap can sandbox programs here. Without either,
-    the rest is served and the log says what is missing."""
+    """The three packaged models; `math`; the judge `local` when the judge-local extra is
+    installed; and `execution` with `default-code` when bubblewrap can sandbox programs here.
+    Without either, the rest is served and the log says what is missing."""
     models = {name: ModelConfig(path=str(path)) for name, path in DEFAULT_MODELS.items()}
+    models["math"] = ModelConfig(kind="math")
     judges = {"local": JudgeConfig(method="tick", backend=LOCAL_BACKEND)}
     if not local_judge_installed():
         log.warning("the judge `local` is not served: xllamacpp is missing (pip install 'plaudit[judge-local]')")

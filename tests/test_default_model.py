@@ -92,8 +92,8 @@ def test_make_serve_answers_the_readme_curl(default_model, tmp_path):
         assert reply.json()["rewards"] == pytest.approx(default_model.score([Item(**item)]).rewards, abs=1e-4)
         models = httpx2.get(f"{url}/models").json()["models"]
         assert [(m["name"], m["kind"]) for m in models] == [
-            ("default", "bt"), ("default-gpm", "gpm"), ("default-prm", "prm"), ("execution", "execution"),
-            ("default-code", "composite"), ("local", "judge")]
+            ("default", "bt"), ("default-gpm", "gpm"), ("default-prm", "prm"), ("math", "math"),
+            ("execution", "execution"), ("default-code", "composite"), ("local", "judge")]
         judged = httpx2.post(f"{url}/judge", json={"instruction": item["prompt"], "responses": [item["response"]]},
                             timeout=120)
         assert judged.status_code == 200, judged.text
@@ -105,6 +105,10 @@ def test_make_serve_answers_the_readme_curl(default_model, tmp_path):
         steps = httpx2.post(f"{url}/steps", json={"model": "default-prm", "prompt": item["prompt"],
                                                  "response": "def add(a, b):\n    return a + b\n"})
         assert steps.status_code == 200 and len(steps.json()["step_rewards"]) == 2
+        checked = httpx2.post(f"{url}/score", json={"model": "math", "items": [
+            {"prompt": "3/6?", "response": "<think>Halve it.</think> \\boxed{0.5}", "reference": "\\frac{1}{2}"},
+            {"prompt": "3/6?", "response": "#### 2", "reference": "\\frac{1}{2}"}]}, timeout=60)
+        assert checked.status_code == 200 and checked.json()["rewards"] == [1.0, 0.0], checked.text
         # Proportional set size: RSS counts a shared page once per process and once per mapping,
         # and the three default models map the same backbone file (RSS sum ~2.4 GB, PSS ~1.7 GB).
         tree = psutil.Process(proc.pid)
