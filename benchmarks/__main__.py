@@ -17,8 +17,8 @@ from plaudit.rewardmodels.loading import choose_device
 from plaudit.service.api import ModelPool
 from plaudit.service.config import load_config
 
-from . import (ensemble, execution, gpm_rank, judge_batch, monitoring_overhead, padding, prefix_groups,
-               score_throughput, serving, soak, startup, warm_merge)
+from . import (ensemble, execution, gpm_rank, judge_batch, math_answers, monitoring_overhead, padding,
+               prefix_groups, score_throughput, serving, soak, startup, warm_merge)
 
 OUT = Path(__file__).resolve().parent / "out" / "latest.json"
 TARGETS = {  # key: (what, target, met); met is None where the number is only reported
@@ -44,6 +44,8 @@ TARGETS = {  # key: (what, target, met); met is None where the number is only re
     "exec_programs_per_s": ("HumanEval programs with their tests per s, default pool", "report", None),
     "exec_judging_outside_cost": ("the same HumanEval runs: judged outside the program / inside its process, time",
                                   "report", None),
+    "math_vs_naive": ("math: one /score of 64 references x 16 responses / math-verify pair by pair", ">= 4",
+                      lambda v: v >= 4),
     "ready_s": ("start-up to /readyz, default models and local judge, s", "report", None),
     "soak_errors": ("soak, 16 clients x 30 s: failed requests", "0", lambda v: v == 0),
     "soak_p99_ms": ("soak: p99 latency, ms", "report", None),
@@ -62,6 +64,7 @@ def main() -> None:
     results.update(monitoring_overhead.run(pool))
     results.update(padding.run(pool.get("default")))
     results.update(execution.run())
+    results.update(math_answers.run())
     with tempfile.TemporaryDirectory(prefix="plaudit-bench-") as tmp, \
             serving.plaudit(Path(tmp), serving.BT_ONLY) as service:
         results.update(score_throughput.run(service, pool.get("default")))
@@ -99,6 +102,7 @@ def main() -> None:
     for order in ("sorted", "arrival"):
         print(f"Padding, {order:7}: {results['padding'][order]}")
     print(f"Execution: {results['execution']}")
+    print(f"Math: {results['math']}")
     print(f"Soak: {results['soak']}")
     print(f"Ready with the defaults: {results['ready_s']} s, {results['ready_rss_mib']} MiB resident")
     OUT.parent.mkdir(parents=True, exist_ok=True)

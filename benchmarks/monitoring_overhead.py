@@ -30,16 +30,18 @@ def run(pool: api.ModelPool, repeats: int = 30) -> dict:
                                        response="def add(a, b):\n    return a + b")])
     scorer = pool.get(None)
     score_s = _median_s(lambda: api.score(pool, request), repeats)
-    response = api.score(pool, request)
+    rewards = api.score(pool, request).rewards
+    served = api.Served("score", scorer, "item", [scorer.p_good(r) for r in rewards], rewards,
+                        [len(item.response) for item in request.items])
     result = {"score_request_ms": round(score_s * 1e3, 2)}
     for label, interval in (("every_answer", 0.0), ("default", 1.0)):
         monitor = Monitor(MonitoringConfig(update_interval_s=interval), Metrics(CollectorRegistry()))
         for _ in range(1000):  # full windows, as in a long-running service
-            monitor.answered("score", scorer, request, response)
+            monitor.served(served)
 
         def observe():
-            items = monitor.answered("score", scorer, request, response)
-            monitor.request("score", scorer.name, "ok", 0.01, items)
+            monitor.served(served)
+            monitor.request("score", scorer.name, "ok", 0.01)
         result[f"monitor_ms_{label}"] = round(_median_s(observe, repeats * 10) * 1e3, 4)
     result["monitoring_overhead_pct"] = round(100 * result["monitor_ms_every_answer"] / result["score_request_ms"], 3)
     return result

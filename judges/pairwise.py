@@ -32,6 +32,7 @@ def combine(as_given: float | None, swapped: float | None) -> PairVerdict:
 
 class PairwiseJudge(Judge):
     method = "pairwise"
+    relative = True  # /score: mean preference against the other responses to the prompt
     labels = ("A", "B")
     neutral_reward = 0.5
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 
 # ---- what is scored ----
@@ -225,6 +225,103 @@ class GetRewardResponse(BaseModel):
         "(1 where the judge's backend failed for it and the reward is the neutral value)"))
 
 
+# ---- vLLM's pooling API (/classify, /pooling), for code written against a vLLM reward server ----
+
+class ClassifyRequest(BaseModel):
+    """vLLM's /classify body. `input` (the completion form) or `messages` (the chat form); the
+    fields vLLM defines that plaudit cannot honour are accepted only at their neutral value."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = Field(default=None, description=(
+        "a configured model by its name or by its configured path (vLLM serves a model under its path; verl "
+        "sends reward_model.model.path); the default model when absent"))
+    input: str | list[str] | list[StrictInt] | list[list[StrictInt]] | None = Field(default=None, description=(
+        "one text or several, each a whole conversation rendered by the model's chat template (special tokens "
+        "kept), read as /get_reward reads a query: cut at the last opening of the assistant's turn into "
+        "prompt and response; or token ids (one list, or one per sequence), decoded with the model's tokenizer"))
+    messages: list[Message] | None = Field(default=None, min_length=2, description=(
+        "one conversation whose last message is the assistant's response: scored as /score scores it"))
+    use_activation: bool | None = Field(default=None, description=(
+        "true (vLLM's default): P(good), the sigmoid of a reward model's reward (over its calibrated "
+        "temperature, 1 unless `plaudit calibrate` set one), the reward itself for kinds already on 0..1; "
+        "false: the raw reward /score gives"))
+    activation: bool | None = Field(default=None, description="vLLM's older spelling of use_activation")
+    add_special_tokens: bool | None = Field(default=None, description=(
+        "accepted for vLLM's clients: the text is read as it is, so a BOS the caller left or stripped is the "
+        "same either way"))
+    truncate_prompt_tokens: Literal[-1] | None = Field(default=None, description=(
+        "only -1 or null: plaudit cuts a sequence over the model's limit itself (from the prompt's left) and "
+        "says so per item"))
+    priority: Literal[0] = Field(default=0, description="only 0: plaudit schedules requests in arrival order")
+    user: str | None = None
+    request_id: str | None = Field(default=None, description="used as the answer's id")
+
+    @model_validator(mode="after")
+    def _one_form(self):
+        if (self.input is None) == (self.messages is None):
+            raise ValueError("send `input` (rendered texts or token ids) or `messages` (one conversation), "
+                             "not both and not neither")
+        if self.input == [] or self.input == "":
+            raise ValueError("input: nothing to score")
+        if None not in (self.use_activation, self.activation) and self.use_activation != self.activation:
+            raise ValueError("use_activation and activation disagree; send one (activation is its older name)")
+        return self
+
+    def activated(self) -> bool:
+        """Whether the answer is P(good) (vLLM's default) or the raw reward."""
+        chosen = self.use_activation if self.use_activation is not None else self.activation
+        return True if chosen is None else chosen
+
+
+class PoolingRequest(ClassifyRequest):
+    """vLLM's /pooling body: /classify's, with the pooling task and encoding."""
+
+    task: Literal["classify"] | None = Field(default=None, description=(
+        "only classify (or null): plaudit's models pool into one reward per sequence, not embeddings"))
+    encoding_format: Literal["float"] = Field(default="float", description="only float: the numbers as JSON")
+    dimensions: None = Field(default=None, description="only null: a reward has one dimension")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = Field(description="tokens the model read (0 for kinds that read no tokens: rules, math)")
+    total_tokens: int
+    completion_tokens: int = 0
+    prompt_tokens_details: None = None
+
+
+class ClassificationData(BaseModel):
+    index: int
+    label: str | None = Field(description="always null: a reward model has one class, with no name")
+    probs: list[float] = Field(description="one value: the reward, or P(good) with activation (see the request)")
+    num_classes: int
+
+
+class ClassifyResponse(BaseModel):
+    id: str
+    object: Literal["list"] = "list"
+    created: int
+    model: str = Field(description="the model as the request named it (its name or its path)")
+    data: list[ClassificationData]
+    usage: Usage
+    ids: list[str] = Field(description="plaudit: an id per sequence, for feedback on it later (POST /feedback)")
+
+
+class PoolingData(BaseModel):
+    index: int
+    object: Literal["pooling"] = "pooling"
+    data: list[float]
+
+
+class PoolingResponse(BaseModel):
+    id: str
+    object: Literal["list"] = "list"
+    created: int
+    model: str
+    data: list[PoolingData]
+    usage: Usage
+    ids: list[str] = Field(description="plaudit: an id per sequence, for feedback on it later (POST /feedback)")
+
+
 class Feedback(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str = Field(min_length=1, description="an id from a scoring answer")
@@ -299,7 +396,7 @@ class ErrorResponse(BaseModel):
     field: str | None = Field(description="where in the request the problem is, when it is in the request")
 
 
-__all__ = ["CompareRequest", "CompareResponse", "ErrorResponse", "FeedbackRequest", "FeedbackResponse",
+__all__ = ["ClassifyRequest", "ClassifyResponse", "CompareRequest", "CompareResponse", "ErrorResponse", "FeedbackRequest", "FeedbackResponse",
            "GetRewardRequest", "GetRewardResponse", "JudgeRequest", "JudgeResponse", "ModelInfo",
-           "ModelsResponse", "RankRequest", "RankResponse", "ScoreRequest", "ScoreResponse", "StepsRequest",
+           "ModelsResponse", "PoolingRequest", "PoolingResponse", "RankRequest", "RankResponse", "ScoreRequest", "ScoreResponse", "StepsRequest",
            "StepsResponse"]

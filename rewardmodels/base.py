@@ -35,6 +35,12 @@ KNOWN_END_MARKERS = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext
                      "</s>", "<eos>", "<pad>", "<|pad|>", "<|finetune_right_pad_id|>")
 
 
+# What opens the assistant's turn in common chat templates (ChatML, Llama 3, Gemma, Phi): where
+# a rendered conversation is cut into prompt and response when a scorer has no template of its own.
+KNOWN_TURN_STARTS = ("<|im_start|>assistant\n", "<|start_header_id|>assistant<|end_header_id|>\n\n",
+                     "<start_of_turn>model\n", "<|assistant|>\n")
+
+
 class InputError(ValueError):
     """Bad user input; `field` names where it is, so the API can answer 4xx with it."""
 
@@ -113,6 +119,12 @@ class Scorer(ABC):
     """Anything that turns responses into rewards, registered by `kind`."""
 
     kind: ClassVar[str]
+    # True where /score's reward is a preference against the other responses to the same prompt
+    # in the call (GPM, code preference models, a pairwise judge), not a number per response.
+    relative: ClassVar[bool] = False
+    # The transformers tokenizer of families that read tokens (None for judges and rules): the
+    # pooling API decodes token-id inputs and counts usage with it.
+    tokenizer: Any = None
     # The reward that says nothing either way: what a client gives an item it could not have
     # scored in time, and /get_reward an unscored judge answer. A normalised reward's mean by
     # default; 0.5 for rewards that are probabilities.
@@ -150,6 +162,11 @@ class Scorer(ABC):
         """What a trainer may have left-padded a query with."""
         return ()
 
+    def turn_starts(self) -> Sequence[str]:
+        """What opens the assistant's turn in a rendered conversation: the pooling API cuts a
+        templated `input` there into its prompt and the response."""
+        return KNOWN_TURN_STARTS
+
     def query_prompt(self, templated: str) -> Prompt:
         """A trainer's templated prompt as this scorer's items take it."""
         return Templated(templated)
@@ -186,6 +203,9 @@ class Scorer(ABC):
     def stats(self) -> dict[str, Any]:
         """Serving counters worth showing in `GET /models` (none by default)."""
         return {}
+
+    def close(self) -> None:
+        """Stop the processes this scorer started (the math kind's workers; none by default)."""
 
     def limit_tokens(self, max_request_tokens: int) -> None:
         """Refuse (LimitExceeded) a request that would make the model read more tokens than this;

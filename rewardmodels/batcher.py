@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .base import InputError, LimitExceeded, Scorer
-from .encoding import Batching, end_markers, run_batched
+from .encoding import Batching, end_markers, generation_prompt, run_batched
 from .prefix import SharedPrefixForward, Split, can_share
 
 Seqs = Sequence[Sequence[int]]
@@ -160,6 +160,10 @@ class BatchedScorer(Scorer):
 
     def pad_markers(self) -> Sequence[str]:
         return [self.tokenizer.pad_token] if self.tokenizer.pad_token else []
+
+    def turn_starts(self) -> Sequence[str]:
+        start = generation_prompt(self.tokenizer)
+        return [start] if start else super().turn_starts()
 
     def forward_within_limit(self, seqs: Seqs, field: str) -> list[torch.Tensor]:
         return self.forward.wait(self.submit_within_limit(seqs, field))

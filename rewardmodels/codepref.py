@@ -51,6 +51,7 @@ def label_logits(model: nn.Module, labels: list[int], ids: torch.Tensor, mask: t
 
 class CodePreference(BatchedScorer):
     kind = "codepref"
+    relative = True  # /score: mean preference against the other responses to the prompt
     neutral_reward = 0.5  # mean P(win)
 
     def __init__(self, name: str, model: nn.Module, tokenizer: Any, metadata: dict[str, Any], device: torch.device,

@@ -134,6 +134,25 @@ def assistant_turn(tokenizer, response: str) -> str:
     return full[len(head):] if full.startswith(head) else response + (tokenizer.eos_token or "")
 
 
+def generation_prompt(tokenizer) -> str | None:
+    """What the chat template adds to open the assistant's turn (`<|im_start|>assistant\\n` for
+    ChatML); None without a template or where the template adds nothing of its own."""
+    if not tokenizer.chat_template:
+        return None
+    head = tokenizer.apply_chat_template(_PROBE, tokenize=False, add_generation_prompt=True)
+    bare = tokenizer.apply_chat_template(_PROBE, tokenize=False, add_generation_prompt=False)
+    return (head[len(bare):] or None) if head.startswith(bare) else None
+
+
+def template_bos(tokenizer) -> str | None:
+    """The BOS string the chat template starts its renderings with (`<|im_start|>` is SmolLM2's
+    BOS, `<|begin_of_text|>` Llama 3's), or None."""
+    bos = tokenizer.bos_token
+    if not bos or not tokenizer.chat_template:
+        return None
+    return bos if tokenizer.apply_chat_template(_PROBE, tokenize=False).startswith(bos) else None
+
+
 def end_markers(tokenizer) -> list[str]:
     """What may close a trainer's query for this tokenizer: the template's end of turn, eos, pad."""
     markers = [tokenizer.eos_token, tokenizer.pad_token]

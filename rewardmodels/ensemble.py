@@ -71,6 +71,7 @@ class Ensemble(Scorer):
                  batching: Batching | None = None):
         super().__init__(name, metadata)
         self.members = members
+        self.tokenizer = members[0].tokenizer
         self.shared = self._share_trunk(batching or Batching())
         self.metadata["shared_blocks"] = self.shared_blocks
         # what the service watches in models that batch (metrics per forward call, prefix cache)
@@ -138,6 +139,9 @@ class Ensemble(Scorer):
 
     def pad_markers(self) -> Sequence[str]:
         return list(dict.fromkeys(marker for m in self.members for marker in m.pad_markers()))
+
+    def turn_starts(self) -> Sequence[str]:
+        return list(dict.fromkeys(start for m in self.members for start in m.turn_starts()))
 
     def stats(self) -> dict[str, Any]:
         if self.shared is not None:

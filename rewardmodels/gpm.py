@@ -139,6 +139,7 @@ def prompt_key(prompt: Prompt) -> str:
 
 class GPM(BatchedScorer):
     kind = "gpm"
+    relative = True  # /score: mean preference against the other responses to the prompt
     neutral_reward = 0.5  # mean P(win) / P(good step)
 
     def __init__(self, name: str, net: GPMNet, tokenizer: Any, metadata: dict[str, Any],

@@ -65,6 +65,14 @@ def read_queries(texts: Sequence[str], prompts: Sequence[str] | None, end_marker
     return queries
 
 
+def split_rendered(text: str, turn_starts: Sequence[str]) -> str | None:
+    """The prompt of a whole rendered conversation: the text up to and including the last
+    opening of the assistant's turn (the response follows it); None when there is none."""
+    found = [(text.rfind(start), start) for start in turn_starts if start]
+    at, start = max(found, default=(-1, ""))
+    return None if at < 0 else text[:at + len(start)]
+
+
 def score_queries(scorer: "Scorer", texts: Sequence[str], prompts: Sequence[str] | None,
                   labels: Sequence[Any] | None = None) -> tuple[Scores, list[bool]]:
     """Rewards for trainer-rendered queries as /score gives their conversations (`labels` are

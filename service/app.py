@@ -29,6 +29,7 @@ from .bodies import JsonBodyMiddleware
 from .config import AuthConfig, load_config
 from .monitoring import Monitor
 from .openapi import ExactOpenAPI
+from plaudit.schemas import (ClassifyRequest, ClassifyResponse, PoolingRequest, PoolingResponse)
 from plaudit.schemas import (CompareRequest, CompareResponse, FeedbackRequest, FeedbackResponse, GetRewardRequest,
                       GetRewardResponse, JudgeRequest, JudgeResponse, RankRequest, RankResponse, RunCodeRequest,
                       RunCodeResponse, ScoreRequest, ScoreResponse, StepsRequest, StepsResponse)
@@ -69,7 +70,9 @@ def _workers() -> int:
 class Plaudit:
     def __init__(self) -> None:
         try:
-            self.pool = api.ModelPool(load_config())
+            config = load_config()
+            self.monitor = Monitor(config.monitoring)
+            self.pool = api.ModelPool(config, served=self.monitor.served)
             self.pool.load_all()  # a bad model directory fails here, at start-up, not on a request
         except (ModelLoadError, LocalServerError) as e:
             # A configuration error, not a transient fault: stop the whole server rather than
@@ -81,7 +84,6 @@ class Plaudit:
             os.kill(os.getppid(), signal.SIGTERM)
             raise
         read_only.state.pool = self.pool
-        self.monitor = Monitor(self.pool.config.monitoring)
         for name in self.pool.loaded():
             scorer = self.pool.get(name)
             forward = getattr(scorer, "forward", None)  # models that batch their forward passes
@@ -128,9 +130,7 @@ class Plaudit:
         finally:
             self.in_progress -= 1
             self.monitor.metrics.in_progress.set(self.in_progress)
-        scorer = self.pool.get(getattr(response, "model", None) or getattr(response, "judge", None) or model)
-        items = self.monitor.answered(endpoint, scorer, request, response)
-        self.monitor.request(endpoint, scorer.name, "ok", time.perf_counter() - started, items)
+        self.monitor.request(endpoint, self._model_label(model), "ok", time.perf_counter() - started)
         return response
 
     def _failed(self, endpoint: str, model: str | None, outcome: str, kind: str, started: float) -> None:
@@ -162,6 +162,18 @@ class Plaudit:
         """OpenRLHF's remote reward model contract; queries are tokenised without adding special tokens."""
         return await self._answer("get_reward", api.get_reward, GetRewardRequest.model_construct(**body), body.get("model"))
 
+    @bentoml.api(route="/classify", input_spec=ClassifyRequest)
+    async def classify(self, **body: Any) -> ClassifyResponse:
+        """vLLM's /classify: one reward per sequence (`data[i].probs[0]`), a templated text or chat messages."""
+        request = ClassifyRequest.model_construct(**body)
+        return await self._answer("classify", api.classify, request, self.pool.resolve(request.model))
+
+    @bentoml.api(route="/pooling", input_spec=PoolingRequest)
+    async def pooling(self, **body: Any) -> PoolingResponse:
+        """vLLM's /pooling with the classify task: one reward per sequence (`data[i].data[0]`)."""
+        request = PoolingRequest.model_construct(**body)
+        return await self._answer("pooling", api.pool_sequences, request, self.pool.resolve(request.model))
+
     @bentoml.api(route="/judge", input_spec=JudgeRequest)
     async def judge(self, **body: Any) -> JudgeResponse:
         """A judge's full verdict: TICK's checklist and answers, a pairwise judge's two orders, a rating."""
@@ -171,7 +183,8 @@ class Plaudit:
     @bentoml.api(route="/run_code", input_spec=RunCodeRequest)
     async def run_code(self, **body: Any) -> RunCodeResponse:
         """SandboxFusion's /run_code: one program compiled and run in the execution model's sandbox."""
-        return await self._answer("run_code", api.run_code, RunCodeRequest.model_construct(**body), None)
+        return await self._answer("run_code", api.run_code, RunCodeRequest.model_construct(**body),
+                                  api.execution_name(self.pool))
 
     @bentoml.api(route="/feedback", input_spec=FeedbackRequest)
     async def feedback(self, **body: Any) -> FeedbackResponse:

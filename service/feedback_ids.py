@@ -23,7 +23,9 @@ SIGNATURE_BYTES = 16
 
 
 @dataclass(frozen=True)
-class Served:
+class Prediction:
+    """What a signed id carries: the prediction served, by whom and when."""
+
     model: str
     kind: str
     probability: float
@@ -55,12 +57,12 @@ class FeedbackIds:
         payload = _b64(json.dumps(fields, separators=(",", ":")).encode())
         return f"{payload}.{self._sign(payload)}"
 
-    def read(self, token: str) -> Served | None:
+    def read(self, token: str) -> Prediction | None:
         payload, dot, signature = token.partition(".")
         try:  # whatever a client sends: never an error, at most not ours
             if not dot or not hmac.compare_digest(signature.encode(), self._sign(payload).encode()):
                 return None
             model, kind, probability, served_at, _ = json.loads(_unb64(payload))
-            return Served(str(model), str(kind), float(probability), float(served_at))
+            return Prediction(str(model), str(kind), float(probability), float(served_at))
         except (ValueError, TypeError, UnicodeError):
             return None

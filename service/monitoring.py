@@ -20,19 +20,18 @@ import math
 import statistics
 import threading
 import time
+import uuid
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from plaudit.judges.base import Judge
-from plaudit.schemas import JudgeResponse
-from plaudit.rewardmodels import Scorer
+from plaudit.schemas import FeedbackRequest, FeedbackResponse
 from plaudit.training.calibration import bin_of, expected_calibration_error
 
+from .api import Served
 from .config import MonitoringConfig
 from .feedback_ids import FeedbackIds
-from plaudit.schemas import (CompareResponse, FeedbackRequest, FeedbackResponse, GetRewardResponse, RankResponse,
-                      ScoreResponse, StepsResponse)
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 REWARD_BUCKETS = (-4, -3, -2, -1, -0.5, 0, 0.25, 0.5, 0.75, 1, 2, 3, 4, 6, 8, 10)
@@ -186,11 +185,9 @@ class Monitor:
 
     # ---- serving ----
 
-    def request(self, endpoint: str, model: str, outcome: str, seconds: float, items: int = 0) -> None:
+    def request(self, endpoint: str, model: str, outcome: str, seconds: float) -> None:
         self.metrics.requests.labels(endpoint, model, outcome).inc()
         self.metrics.latency.labels(endpoint, model).observe(seconds)
-        if items:
-            self.metrics.items.labels(endpoint, model).inc(items)
 
     def error(self, endpoint: str, kind: str) -> None:
         self.metrics.errors.labels(endpoint, kind).inc()
@@ -215,31 +212,17 @@ class Monitor:
 
     # ---- what was served ----
 
-    def answered(self, endpoint: str, scorer: Scorer, request: Any, response: Any) -> int:
-        """Record an answer's rewards and remember its predictions; the number of items."""
-        model = scorer.name
-        if isinstance(response, ScoreResponse):
-            lengths = [len(item.response) for item in request.items]
-            self._rewards(model, response.rewards, lengths)
-            response.ids = self._mint(model, "item", response.ids, [scorer.p_good(r) for r in response.rewards])
-        elif isinstance(response, CompareResponse):
-            response.ids = self._mint(model, "pair", response.ids, response.probabilities)
-        elif isinstance(response, RankResponse):
-            self._rewards(model, response.rewards, [len(r) for r in request.responses])
-            response.ids = self._mint(model, "item", response.ids, [scorer.p_good(r) for r in response.rewards])
-        elif isinstance(response, StepsResponse):
-            response.id = self._mint(model, "item", [response.id], [response.aggregates["min"]])[0]
-        elif isinstance(response, GetRewardResponse):
-            self._rewards(model, response.rewards, [len(q) for q in request.query])
-            response.ids = self._mint(model, "item", response.ids, [scorer.p_good(r) for r in response.rewards])
-        elif isinstance(response, JudgeResponse):
-            rewards = [v.reward for v in response.results]
-            self._rewards(model, rewards, [len(r) for r in request.responses])
-            response.ids = self._mint(model, "item", response.ids, [scorer.p_good(r) for r in rewards])
-        if isinstance(scorer, Judge):
-            self._judge(model, scorer.stats())
-        return len(getattr(response, "rewards", None) or getattr(response, "probabilities", None)
-                   or getattr(response, "results", None) or [1])
+    def served(self, served: Served) -> list[str]:
+        """Record what an answer served (its rewards, its items, a judge's counters) and give
+        the signed ids it carries."""
+        model = served.scorer.name
+        if served.rewards is not None:
+            self._rewards(model, served.rewards, served.lengths)
+        if served.predictions:
+            self.metrics.items.labels(served.endpoint, model).inc(len(served.predictions))
+        if isinstance(served.scorer, Judge):
+            self._judge(model, served.scorer.stats())
+        return self._mint(model, served.kind, served.predictions)
 
     def _rewards(self, model: str, rewards: list[float | None], lengths: list[int]) -> None:
         with self._lock:
@@ -264,11 +247,11 @@ class Monitor:
         m.length_corr.labels(model).set(pearson(rewards, [float(n) for _, n in window.rewards]))
         m.drift.labels(model).set(ks_distance(sorted(rewards), window.reference))
 
-    def _mint(self, model: str, kind: str, ids: list[str], probabilities: list[float | None]) -> list[str]:
-        """Signed ids that carry each prediction (feedback_ids.py); an unscored answer keeps its
+    def _mint(self, model: str, kind: str, probabilities: list[float | None]) -> list[str]:
+        """Signed ids that carry each prediction (feedback_ids.py); an unscored answer gets a
         plain id, which no feedback matches."""
         now = time.time()
-        return [i if p is None else self.ids.mint(model, kind, p, now) for i, p in zip(ids, probabilities)]
+        return [uuid.uuid4().hex if p is None else self.ids.mint(model, kind, p, now) for p in probabilities]
 
     def _judge(self, model: str, stats: dict[str, Any]) -> None:
         """A judge's own counters, as increments since the last look."""

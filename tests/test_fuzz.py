@@ -123,7 +123,8 @@ def api_schema(service_url):
     return schema
 
 
-POSTS = ("/score", "/compare", "/rank", "/steps", "/get_reward", "/judge", "/feedback", "/run_code")
+POSTS = ("/score", "/compare", "/rank", "/steps", "/get_reward", "/classify", "/pooling", "/judge", "/feedback",
+         "/run_code")
 # Schema-valid bodies everywhere; schema-invalid ones where there is a body to break.
 OPERATIONS = ([("POST", path, GenerationMode.POSITIVE) for path in POSTS]
               + [("POST", path, GenerationMode.NEGATIVE) for path in POSTS]

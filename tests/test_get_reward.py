@@ -137,12 +137,18 @@ def served(models, tmp_path_factory):
         config.write_text(yaml.safe_dump({
             "models": {"bt": {"path": str(models["bt"])}, "gpm": {"path": str(models["gpm"])},
                        "prm": {"path": str(models["prm"]), "kind": "prm"},
-                       "ensemble": {"path": str(models["ensemble"])}, "codepref": {"path": str(models["codepref"])}},
+                       "ensemble": {"path": str(models["ensemble"])}, "codepref": {"path": str(models["codepref"])},
+                       "math": {"kind": "math", "settings": {"workers": 1}},
+                       "boxed": {"kind": "format", "settings": {"require": ["final_answer"]}},
+                       "math-and-format": {"kind": "composite", "settings": MATH_AND_FORMAT}},
             "default_model": "bt",
             "backends": {"fake": {"url": llm_url, "timeout_s": 10}}, "default_backend": "fake",
             "judges": {"checklist": {"method": "tick", "checklist_dir": str(tmp / "checklists")}}}))
         with running_service(config, tmp, env={"PLAUDIT_API_KEYS": ""}) as (url, _):
             yield url
+
+
+MATH_AND_FORMAT = {"parts": {"correct": {"model": "math"}, "boxed": {"model": "boxed", "weight": 0.1}}}
 
 
 def post(url: str, path: str, body: dict) -> dict:
@@ -209,3 +215,122 @@ def test_a_judge_can_be_the_default_model_openrlhf_scores_with(tiny_bt, tmp_path
         finally:
             pool.close()
     assert answer.rewards == pytest.approx(expected, abs=TOL) and len(set(answer.rewards)) == 2
+
+
+def test_math_answers_reach_the_math_kind_through_every_trainer_path(served):
+    """OpenRLHF's labels, verl's ground_truth, TRL's reference column and a composite: the
+    reference reaches the math kind, and other forms of the right answer are paid."""
+    import asyncio
+
+    from plaudit.integrations.trl import reward_function
+    from plaudit.integrations.verl import compute_score
+
+    prompt = "<|im_start|>user\nWhat is 3/6?<|im_end|>\n<|im_start|>assistant\n"
+    responses = ["<think>Halve it.</think> \\boxed{0.5}", "So it is $\\frac{1}{2}$.\nAnswer: 1/2", "\\boxed{2}"]
+    labels = ["\\frac{1}{2}"] * 3
+    answer = post(served, "/get_reward", {"model": "math", "query": [prompt + r + "<|im_end|>" for r in responses],
+                                          "prompts": [prompt] * 3, "labels": labels})
+    assert answer["rewards"] == [1.0, 1.0, 0.0] and answer["extra_logs"]["no_answer"] == [0.0, 0.0, 0.0]
+    reward = reward_function(served, "math", reference_column="solution")
+    assert reward(["What is 3/6?"] * 3, responses, solution=labels) == [1.0, 1.0, 0.0]
+    verl = [asyncio.run(compute_score(data_source="math", solution_str=r, ground_truth=0.5,
+                                      extra_info={"prompt": "What is 3/6?"}, url=served, model="math"))["score"]
+            for r in responses]
+    assert verl == [1.0, 1.0, 0.0]
+    combined = post(served, "/score", {"model": "math-and-format", "items": [
+        {"prompt": "What is 3/6?", "response": r, "reference": "1/2"} for r in responses]})
+    assert combined["rewards"] == pytest.approx([1.1, 1.1, 0.1])
+    assert combined["details"][0]["part_details"]["correct"]["path"] == "symbolic"
+    missing = httpx2.post(f"{served}/score", json={"model": "math", "items": [{"prompt": "p", "response": "1"}]},
+                          timeout=60)
+    assert missing.status_code == 422 and missing.json()["field"] == "items[0].reference"
+
+
+# ---- vLLM's pooling API: /classify and /pooling, as verl's reward loop and vLLM scripts call them ----
+
+def verl_input(tokenizer, messages: list[dict], response: str) -> str:
+    """What verl's reward loop posts as `input`: the whole conversation rendered by the reward
+    model's template, no generation prompt, a leading BOS string removed."""
+    text = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}],
+                                         add_generation_prompt=False, tokenize=False)
+    bos = tokenizer.bos_token
+    return text[len(bos):] if bos and text.startswith(bos) else text
+
+
+@pytest.mark.parametrize("model", ["bt", "prm", "ensemble", "checklist"])
+def test_vllm_pooling_requests_get_the_reward_of_score(served, models, model):
+    """verl's exact request (by the model's path where it has one), a batch of inputs, token
+    ids, `messages`, and /pooling: each equals /score on the same conversation; activation on
+    gives P(good), as vLLM's sigmoid does for a one-label classifier."""
+    from transformers import AutoTokenizer
+
+    from plaudit.rewardmodels.base import sigmoid
+
+    tokenizer = AutoTokenizer.from_pretrained(models["bt"])
+    items = [{"prompt": m, "response": r} for m, r in CONVERSATIONS]
+    expected = post(served, "/score", {"model": model, "items": items})["rewards"]
+    texts = [verl_input(tokenizer, m, r) for m, r in CONVERSATIONS]
+    name = str(models[model]) if model in models else model
+    for i, text in enumerate(texts):  # one sample per request, as verl sends them; verl 0.9's and older spelling
+        for flag in ("use_activation", "activation"):
+            answer = post(served, "/classify", {"model": name, "input": text, flag: False})
+            assert answer["data"][-1]["probs"][-1] == pytest.approx(expected[i], abs=TOL), (i, flag)
+    batch = post(served, "/classify", {"model": model, "input": texts})
+    assert batch["object"] == "list" and batch["id"].startswith("classify-") and batch["model"] == model
+    assert [d["index"] for d in batch["data"]] == [0, 1, 2, 3] and {d["num_classes"] for d in batch["data"]} == {1}
+    p_good = [sigmoid(r) for r in expected] if model in ("bt", "ensemble") else expected
+    assert [d["probs"][0] for d in batch["data"]] == pytest.approx(p_good, abs=TOL)
+    tokens = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    read = 0 if model == "checklist" else sum(map(len, tokens))  # a judge reads no tokens of its own
+    assert batch["usage"]["prompt_tokens"] == batch["usage"]["total_tokens"] == read
+    assert len(batch["ids"]) == 4
+    if model != "checklist":  # a judge reads text, not tokens
+        by_ids = post(served, "/classify", {"model": model, "input": tokens, "use_activation": False})
+        assert [d["probs"][0] for d in by_ids["data"]] == pytest.approx(expected, abs=TOL)
+    chat = post(served, "/classify", {"model": model, "use_activation": False, "messages": [
+        *CONVERSATIONS[0][0], {"role": "assistant", "content": CONVERSATIONS[0][1]}]})
+    assert chat["data"][0]["probs"] == pytest.approx([expected[0]], abs=TOL)
+    pooled = post(served, "/pooling", {"model": model, "input": texts, "use_activation": False, "task": "classify"})
+    assert pooled["id"].startswith("pooling-") and [d["object"] for d in pooled["data"]] == ["pooling"] * 4
+    assert [d["data"][0] for d in pooled["data"]] == pytest.approx(expected, abs=TOL)
+
+
+@pytest.mark.parametrize("path, body, status, field, needle", [
+    ("/classify", {"model": "gpm", "input": "x"}, 422, "model", "not one number per sequence"),
+    ("/classify", {"model": "math", "input": "<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n\\boxed{1}"},
+     422, "model", "reference"),
+    ("/classify", {"model": "nowhere", "input": "x"}, 404, "model", "unknown model"),
+    ("/classify", {"model": "math", "input": [1, 2]}, 422, "input", "token ids need a model that reads tokens"),
+    ("/classify", {"model": "bt", "input": [[1, 2], [10 ** 9]]}, 422, "input[1]", "outside the model's vocabulary"),
+    ("/classify", {"model": "prm", "input": ["no template here"]}, 422, "input", "assistant's turn"),
+    ("/classify", {"model": "bt", "messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]},
+     422, "messages[1].role", "assistant"),
+    ("/pooling", {"model": "bt", "input": "x", "task": "embed"}, 400, None, "task"),
+    ("/classify", {"model": "bt", "input": "x", "messages": [{"role": "user", "content": "a"}] * 2}, 400, None,
+     "not both"),
+    ("/classify", {"model": "bt", "input": "x", "use_activaton": False}, 400, None, "use_activaton"),
+])
+def test_vllm_pooling_requests_that_cannot_be_answered_name_why(served, path, body, status, field, needle):
+    reply = httpx2.post(f"{served}{path}", json=body, timeout=60)
+    assert reply.status_code == status, reply.text
+    assert needle in reply.text
+    if field is not None:
+        assert reply.json()["field"] == field
+
+
+@pytest.mark.slow
+def test_verl_classify_request_on_the_packaged_default_gets_score_s_reward():
+    """The packaged default BT with SmolLM2's own template, named by its path as verl names it."""
+    from plaudit.schemas import ClassifyRequest, ScoreRequest
+    from plaudit.service import api
+    from plaudit.service.config import DEFAULT_MODEL_DIR, ModelConfig, ServiceConfig
+
+    pool = api.ModelPool(ServiceConfig(models={"default": ModelConfig(path=str(DEFAULT_MODEL_DIR))}))
+    scorer = pool.get("default")
+    items = [Item(prompt=m, response=r) for m, r in CONVERSATIONS]
+    expected = api.score(pool, ScoreRequest(items=items)).rewards
+    for (messages, response), reward in zip(CONVERSATIONS, expected):
+        request = ClassifyRequest(model=str(DEFAULT_MODEL_DIR), input=verl_input(scorer.tokenizer, messages, response),
+                                  use_activation=False)
+        answer = api.classify(pool, request)
+        assert answer.data[-1].probs[-1] == pytest.approx(reward, abs=TOL)

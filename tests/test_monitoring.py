@@ -52,7 +52,7 @@ def test_windows_and_labelled_ids_stay_bounded():
     window = m.window("tiny")
     assert len(window.rewards) == 50 and len(window.reference) == 50
     assert window.reference[-1] == 49.0  # the reference is the first rewards, not the latest
-    ids = m._mint("tiny", "item", ["plain"] * 300, [0.7] * 300)
+    ids = m._mint("tiny", "item", [0.7] * 300)
     assert m.feedback(FeedbackRequest(items=[{"id": i, "label": 1} for i in ids])).accepted == 300
     assert len(m._labelled) == 100 and len(window.labelled) == 20
     again = m.feedback(FeedbackRequest(items=[{"id": ids[-1], "label": 0}]))
@@ -66,12 +66,12 @@ def test_any_process_with_the_key_accepts_a_label_and_nobody_forges_one(monkeypa
     served_by = Monitor(MonitoringConfig(feedback_key="shared"), Metrics(CollectorRegistry()))
     labelled_by = Monitor(MonitoringConfig(feedback_key="shared"), Metrics(registry))
     stranger = Monitor(MonitoringConfig(feedback_key="another"), Metrics(CollectorRegistry()))
-    ids = served_by._mint("tiny", "pair", ["a", "b", "c"], [0.9, 0.2, None])
-    assert ids[2] == "c"  # unscored: no signed id
+    ids = served_by._mint("tiny", "pair", [0.9, 0.2, None])
+    assert "." not in ids[2]  # unscored: no signed id
     signature = ids[0].partition(".")[2]
-    tampered = stranger._mint("tiny", "pair", ["x"], [0.9])[0].partition(".")[0] + "." + signature
+    tampered = stranger._mint("tiny", "pair", [0.9])[0].partition(".")[0] + "." + signature
     answer = labelled_by.feedback(FeedbackRequest(items=[{"id": i, "label": 1} for i in [*ids, tampered, "junk"]]))
-    assert answer.accepted == 2 and answer.unknown == ["c", tampered, "junk"]
+    assert answer.accepted == 2 and answer.unknown == [ids[2], tampered, "junk"]
     assert list(labelled_by.window("tiny").labelled) == [(0.9, 1), (0.2, 1)]
     assert registry.get_sample_value("plaudit_feedback_total", {"model": "tiny", "kind": "pair"}) == 2
     assert stranger.feedback(FeedbackRequest(items=[{"id": ids[1], "label": 1}])).unknown == [ids[1]]
@@ -125,7 +125,7 @@ def test_calibration_counters_give_the_one_ece():
     rng = random.Random(3)
     probabilities = [rng.random() for _ in range(500)]
     labels = [int(rng.random() < p ** 2) for p in probabilities]  # overconfident: ECE well above 0
-    ids = m._mint("tiny", "item", ["x"] * 500, probabilities)
+    ids = m._mint("tiny", "item", probabilities)
     m.feedback(FeedbackRequest(items=[{"id": i, "label": y} for i, y in zip(ids, labels)]))
     offline = metrics(probabilities, labels)
     ece, n = ece_from_counters(registry, "tiny")
@@ -139,7 +139,7 @@ def test_calibration_counters_give_the_one_ece():
 
 def test_expired_ids_are_reported_not_fatal():
     m = monitor(pending_ttl_s=0.05)
-    [served] = m._mint("tiny", "pair", ["a"], [0.8])
+    [served] = m._mint("tiny", "pair", [0.8])
     time.sleep(0.1)
     assert m.feedback(FeedbackRequest(items=[{"id": served, "label": 1}])).unknown == [served]
 

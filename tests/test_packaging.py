@@ -119,8 +119,11 @@ def test_installed_server_serves_the_packaged_defaults(wheel, tmp_path, default_
                   tmp_path / "serve.log", env, timeout_s=600, cwd=elsewhere) as server:
         models = httpx2.get(f"{server.url}/models", timeout=30).json()["models"]
         assert [(m["name"], m["kind"]) for m in models] == [
-            ("default", "bt"), ("default-gpm", "gpm"), ("default-prm", "prm"), ("execution", "execution"),
-            ("default-code", "composite"), ("local", "judge")]
+            ("default", "bt"), ("default-gpm", "gpm"), ("default-prm", "prm"), ("math", "math"),
+            ("execution", "execution"), ("default-code", "composite"), ("local", "judge")]
+        checked = httpx2.post(f"{server.url}/score", json={"model": "math", "items": [  # its workers, installed
+            {"prompt": "3/6?", "response": "\\boxed{0.5}", "reference": "\\frac{1}{2}"}]}, timeout=120)
+        assert checked.status_code == 200 and checked.json()["rewards"] == [1.0], checked.text
         code = httpx2.post(f"{server.url}/score", json={"model": "default-code", "items": [
             {"prompt": "Write add.", "response": "def add(a, b):\n    return a + b",
              "reference": "assert add(1, 2) == 3"}]},

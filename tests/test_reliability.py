@@ -47,11 +47,20 @@ def test_scoring_needs_a_key_and_health_and_metrics_do_not(guarded):
     assert httpx2.get(f"{url}/models", headers={"x-api-key": KEY}, timeout=30).status_code == 200
     for open_path in ("/readyz", "/livez", "/metrics", "/docs.json", "/"):
         assert httpx2.get(f"{url}{open_path}", timeout=30).status_code == 200, open_path
+    # vLLM's pooling API: the same key, limits and metrics
+    classify = {"input": ["<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\na<|im_end|>\n"]}
+    assert httpx2.post(f"{url}/classify", json=classify, timeout=30).status_code == 401
+    assert httpx2.post(f"{url}/classify", json=classify, headers=BEARER, timeout=30).status_code == 200
+    over = httpx2.post(f"{url}/pooling", json={"input": ["x"] * 65}, headers=BEARER, timeout=30)
+    assert over.status_code == 413 and over.json()["field"] == "input"
+    metrics = httpx2.get(f"{url}/metrics", timeout=30).text
+    assert 'plaudit_requests_total{endpoint="classify",model="tiny",outcome="ok"} 1.0' in metrics
+    assert 'plaudit_items_total{endpoint="classify",model="tiny"} 1.0' in metrics
     log = (tmp / "serve.log").read_text()
     assert KEY not in log and ENV_KEY not in log and "sk-wrong" not in log
 
 
-POSTS = ("/score", "/compare", "/rank", "/steps", "/get_reward", "/judge", "/feedback")
+POSTS = ("/score", "/compare", "/rank", "/steps", "/get_reward", "/classify", "/pooling", "/judge", "/feedback")
 BODY = b'{"items": [{"id": "x", "label": 1}]}'
 
 
