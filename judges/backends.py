@@ -21,6 +21,8 @@ from huggingface_hub import AsyncInferenceClient
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from plaudit.rewardmodels.base import Unavailable
+
 NO_API_KEY = "EMPTY"  # what vLLM's docs send to a server without a key
 
 
@@ -54,8 +56,10 @@ class Completion:
     attempts: int  # 1 when the first try succeeded
 
 
-class BackendUnavailable(RuntimeError):
-    """No answer could be had from a judge's backend (the service answers 503 and Retry-After)."""
+class BackendUnavailable(Unavailable):
+    """No answer could be had from a judge's backend."""
+
+    retry_after_s, outcome, kind = 5, "backend_error", "BackendError"
 
 
 class BackendError(BackendUnavailable):

@@ -217,7 +217,7 @@ class _Api:
         if kind is ScoreResponse:
             reason = f"{reason}; the model's neutral reward {neutral} stands in"
             return ScoreResponse(model=model, rewards=[neutral] * n, truncated=[False] * n, ids=[""] * n,
-                                 errors=[reason] * n)
+                                 errors=[reason] * n, deadline=[True] * n)
         return GetRewardResponse(rewards=[neutral] * n, scores=[neutral] * n, ids=[""] * n,
                                  extra_logs={"deadline": [1.0] * n})
 

@@ -138,6 +138,9 @@ class ScoreResponse(BaseModel):
         "verifiable kinds only: per item, how the reward came about (execution: passed, total, all_passed, "
         "reason (timeout, memory, output_limit, error, no_code) and message; per-test outcomes in `tests` when "
         "the request asks for test_outcomes)"))
+    deadline: list[bool] | None = Field(default=None, description=(
+        "set by plaudit.client only, never by the server: per item, whether the call missed its deadline_s "
+        "and the reward is the model's neutral value"))
 
 
 class CompareRequest(Request):

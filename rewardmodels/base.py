@@ -57,8 +57,26 @@ class UnsupportedOperation(InputError):
     """The chosen model's kind cannot answer this question (e.g. /steps on a BT model)."""
 
 
+class Unavailable(RuntimeError):
+    """Try again later: the service answers 503 with Retry-After, and clients retry. The class
+    says how long to wait and how its metrics name it."""
+
+    retry_after_s: ClassVar[int] = 1
+    outcome: ClassVar[str] = "overloaded"  # plaudit_requests' `outcome` label
+    kind: ClassVar[str] = "Overloaded"  # plaudit_errors' `kind` label
+
+
 class ModelLoadError(RuntimeError):
     """A model directory cannot be served as declared; raised at start-up, never per request."""
+
+
+@dataclass
+class Batcher:
+    """A forward batcher a scorer runs, as the service's metrics watch it."""
+
+    name: str  # the `model` label of its metrics: the scorer's name, or an ensemble member's
+    observers: list  # called with (sequences, queue waits) after each merged forward call
+    prefix_stats: Any = None  # () -> its prompt cache's counters, where it shares prompts
 
 
 @dataclass
@@ -203,6 +221,11 @@ class Scorer(ABC):
     def stats(self) -> dict[str, Any]:
         """Serving counters worth showing in `GET /models` (none by default)."""
         return {}
+
+    def batchers(self) -> list[Batcher]:
+        """The forward batchers this scorer runs (none for judges and rules), its members'
+        included, so that every forward call is in the metrics."""
+        return []
 
     def close(self) -> None:
         """Stop the processes this scorer started (the math kind's workers; none by default)."""

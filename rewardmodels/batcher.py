@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .base import InputError, LimitExceeded, Scorer
+from .base import Batcher, InputError, LimitExceeded, Scorer
 from .encoding import Batching, end_markers, generation_prompt, run_batched
 from .prefix import SharedPrefixForward, Split, can_share
 
@@ -176,6 +176,9 @@ class BatchedScorer(Scorer):
             raise LimitExceeded(field, f"{total} tokens to read, over the limit of {self.max_request_tokens} "
                                        f"(limits.max_tokens)")
         return self.forward.submit(seqs)
+
+    def batchers(self) -> list[Batcher]:
+        return [Batcher(self.name, self.forward.observers, self.prefixes.stats if self.prefixes else None)]
 
     def stats(self) -> dict[str, Any]:
         stats: dict[str, Any] = {"forward_calls": self.forward.batches, "sequences": self.forward.sequences}

@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .base import Item, ModelLoadError, Scorer, Scores
+from .base import Batcher, Item, ModelLoadError, Scorer, Scores
 from .batcher import BatchedScorer
 from .bt import BradleyTerry
 from .encoding import Batching, encode_item, encode_text, fp32_linear, last_token, rendered_text
@@ -74,9 +74,6 @@ class Ensemble(Scorer):
         self.tokenizer = members[0].tokenizer
         self.shared = self._share_trunk(batching or Batching())
         self.metadata["shared_blocks"] = self.shared_blocks
-        # what the service watches in models that batch (metrics per forward call, prefix cache)
-        self.forward = self.shared.forward if self.shared else None
-        self.prefixes = self.shared.prefixes if self.shared else None
 
     @classmethod
     def load(cls, path: str | Path, name: str | None = None, **options: Any) -> "Ensemble":
@@ -139,6 +136,12 @@ class Ensemble(Scorer):
 
     def pad_markers(self) -> Sequence[str]:
         return list(dict.fromkeys(marker for m in self.members for marker in m.pad_markers()))
+
+    def batchers(self) -> list[Batcher]:
+        """The shared trunk's one batcher, or each member's when they run side by side."""
+        if self.shared is not None:
+            return [Batcher(self.name, b.observers, b.prefix_stats) for b in self.shared.batchers()]
+        return [batcher for m in self.members for batcher in m.batchers()]
 
     def turn_starts(self) -> Sequence[str]:
         return list(dict.fromkeys(start for m in self.members for start in m.turn_starts()))

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal
 
-from .base import ModelLoadError
+from .base import ModelLoadError, Unavailable
 
 log = logging.getLogger("plaudit")
 
@@ -42,8 +42,10 @@ MAX_SLOTS = JUDGE_UID_OFFSET
 INTERPRETERS = ("/usr/bin/python3", "/usr/local/bin/python3")
 
 
-class Busy(RuntimeError):
-    """Every sandbox slot is taken and the waiting line is full: the service answers 503."""
+class Busy(Unavailable):
+    """Every sandbox slot is taken and the waiting line is full."""
+
+    kind = "SandboxBusy"
 
 
 @dataclass(frozen=True)

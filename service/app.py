@@ -18,10 +18,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from plaudit.judges.backends import BackendUnavailable
 from plaudit.judges.local import LocalServerError
 from plaudit.rewardmodels import InputError, ModelLoadError
-from plaudit.rewardmodels.sandbox import Busy
+from plaudit.rewardmodels.base import Unavailable
 
 from . import api
 from .auth import ApiKeyMiddleware
@@ -85,11 +84,7 @@ class Plaudit:
             raise
         read_only.state.pool = self.pool
         for name in self.pool.loaded():
-            scorer = self.pool.get(name)
-            forward = getattr(scorer, "forward", None)  # models that batch their forward passes
-            if forward is not None:
-                prefixes = getattr(scorer, "prefixes", None)
-                forward.observers.append(self.monitor.batch_observer(name, prefixes and prefixes.stats))
+            self.monitor.watch(self.pool.get(name))
         # One thread per in-flight request, so concurrent requests meet in the model's batcher.
         self.threads = ThreadPoolExecutor(max_workers=128, thread_name_prefix="request")
         self.in_progress = 0  # requests answered or waiting: bounded by limits.max_queue
@@ -118,12 +113,10 @@ class Plaudit:
             if endpoint == "run_code":  # SandboxFusion's clients read FastAPI's shape
                 body["detail"] = [{"type": "value_error", "loc": ["body", *e.field.split(".")], "msg": str(e)}]
             return JSONResponse(body, status_code=STATUS.get(type(e), 422))
-        except BackendUnavailable as e:  # the judge's LLM server failed every item after its retries
-            self._failed(endpoint, model, "backend_error", "BackendError", started)
-            return JSONResponse({"error": str(e), "field": None}, status_code=503, headers={"Retry-After": "5"})
-        except Busy as e:  # every sandbox slot taken and the line full
-            self._failed(endpoint, model, "overloaded", "SandboxBusy", started)
-            return JSONResponse({"error": str(e), "field": None}, status_code=503, headers={"Retry-After": "1"})
+        except Unavailable as e:  # a judge's backend down, every sandbox slot taken: try again later
+            self._failed(endpoint, model, e.outcome, e.kind, started)
+            return JSONResponse({"error": str(e), "field": None}, status_code=503,
+                                headers={"Retry-After": str(e.retry_after_s)})
         except Exception:
             self._failed(endpoint, model, "server_error", "internal", started)
             raise

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from plaudit.judges.base import Judge
+from plaudit.rewardmodels import Scorer
 from plaudit.schemas import FeedbackRequest, FeedbackResponse
 from plaudit.training.calibration import bin_of, expected_calibration_error
 
@@ -191,6 +192,11 @@ class Monitor:
 
     def error(self, endpoint: str, kind: str) -> None:
         self.metrics.errors.labels(endpoint, kind).inc()
+
+    def watch(self, scorer: Scorer) -> None:
+        """Observe every forward call of the scorer's batchers (its ensemble members' too)."""
+        for batcher in scorer.batchers():
+            batcher.observers.append(self.batch_observer(batcher.name, batcher.prefix_stats))
 
     def batch_observer(self, model: str, prefix_stats: Callable[[], dict[str, int]] | None = None
                        ) -> Callable[[int, list[float]], None]:

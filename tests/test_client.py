@@ -82,14 +82,16 @@ def test_a_deadline_gives_the_neutral_reward_flagged_and_counted():
         took = time.monotonic() - start
         assert took < 2.5, took  # the server answers after 3 s; the bound leaves room for a busy machine
         assert answer.rewards == [0.5, 0.5]  # the judge's neutral value, from GET /models
-        assert all(e.startswith("deadline") for e in answer.errors)
+        assert answer.deadline == [True, True] and all(e.startswith("deadline") for e in answer.errors)
         assert client.counts["deadline_items"] == 2
         reward = client.get_reward(["q"], deadline_s=0.2)
         assert reward.rewards == [0.5] and reward.extra_logs["deadline"] == [1.0]
-        assert client.score([ITEM], deadline_s=5).rewards == [1.5]  # in time: the real answer
+        in_time = client.score([ITEM], deadline_s=5)
+        assert in_time.rewards == [1.5] and in_time.deadline is None  # the real answer
     with http_server(Script(*[(503, {}, 0)] * 10)) as url, Client(url, max_retries=1, backoff_s=0.01) as client:
         down = client.score([ITEM], deadline_s=30)  # still failing after the retries: no exception in training
-        assert down.rewards == [0.5] and "503" in down.errors[0] and client.counts["deadline_items"] == 1
+        assert down.rewards == [0.5] and "503" in down.errors[0] and down.deadline == [True]
+        assert client.counts["deadline_items"] == 1
         with pytest.raises(PlauditError):
             client.score([ITEM])  # without a deadline the failure is raised
 
@@ -104,4 +106,4 @@ def test_the_async_client_retries_and_keeps_deadlines():
     with http_server(Script((503, {"Retry-After": "0"}, 0), (200, {}, 0), (200, {}, 2.0))) as url:
         first, slow, counts = asyncio.run(run(url))
     assert first.rewards == [1.5] and counts["retries"] == 1
-    assert slow.rewards == [0.5] and slow.errors[0].startswith("deadline")
+    assert slow.rewards == [0.5] and slow.deadline == [True]

@@ -147,6 +147,26 @@ def test_members_that_share_no_block_run_side_by_side(unrelated):
     assert ensemble.score(items).rewards == pytest.approx([statistics.fmean(c) for c in columns], abs=1e-5)
 
 
+def test_every_member_s_forward_calls_reach_the_metrics(unrelated, warm):
+    """The service watches each scorer's batchers: side by side, every member's; shared, the
+    trunk's one, under the ensemble's name."""
+    from prometheus_client import CollectorRegistry
+
+    from plaudit.service.config import MonitoringConfig
+    from plaudit.service.monitoring import Metrics, Monitor
+
+    registry = CollectorRegistry()
+    monitor = Monitor(MonitoringConfig(), Metrics(registry))
+    side_by_side = load_scorer(unrelated, name="apart")
+    shared = load_scorer(warm[0] / MEMBERS, name="warm")
+    for ensemble in (side_by_side, shared):
+        monitor.watch(ensemble)
+        ensemble.score(group_items()[:4])
+    calls = {label: registry.get_sample_value("plaudit_forward_batch_size_count", {"model": label})
+             for label in ("apart/m0", "apart/m1", "warm")}
+    assert calls == {"apart/m0": 1.0, "apart/m1": 1.0, "warm": 1.0}
+
+
 def test_a_forward_that_is_more_than_its_blocks_is_not_split():
     """A backbone that scales its input inside `forward` (as older Gemma did) would scale the
     trunk's states again in every tail: the load-time check refuses it, so the ensemble's

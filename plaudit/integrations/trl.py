@@ -39,7 +39,7 @@ def rewards(answer: ScoreResponse, name: str, trainer_kwargs: dict[str, Any]) ->
     deadline keeps the neutral reward the client put there, and is logged through TRL's
     `log_metric` as `<name>/deadline_items` (so is `<name>/failed_items`)."""
     errors = answer.errors or [None] * len(answer.rewards)
-    late = [bool(e and e.startswith("deadline")) for e in errors]
+    late = answer.deadline or [False] * len(answer.rewards)
     failed = [e is not None and not d for e, d in zip(errors, late)]
     if (log_metric := trainer_kwargs.get("log_metric")) is not None:
         log_metric(f"{name}/deadline_items", float(sum(late)))

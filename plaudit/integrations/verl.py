@@ -43,8 +43,8 @@ async def compute_score(data_source: str | None = None, solution_str: str = "", 
     client = _client(url, {"api_key": api_key} if api_key else {})
     item = Item(prompt=prompt or "", response=solution_str, reference=ground_truth)  # the execution kind's tests
     answer = await client.score([item], model=model, deadline_s=deadline_s)
-    reward, error = answer.rewards[0], (answer.errors or [None])[0]
-    if error and not error.startswith("deadline"):  # the judge's backend failed: verl needs a number
+    reward, error, late = answer.rewards[0], (answer.errors or [None])[0], bool((answer.deadline or [False])[0])
+    if error and not late:  # the judge's backend failed: verl needs a number
         raise RuntimeError(f"plaudit could not score this sample: {error}")
     if reward is None:  # a judge that could not read its own answer: its neutral value, flagged
         served = (await client.models()).models
@@ -53,7 +53,7 @@ async def compute_score(data_source: str | None = None, solution_str: str = "", 
     else:
         unscored = False
     return {"score": float(reward), "truncated": float(answer.truncated[0]),
-            "unscored": float(unscored), "deadline": float(bool(error)), "no_prompt": float(not prompt)}
+            "unscored": float(unscored), "deadline": float(late), "no_prompt": float(not prompt)}
 
 
 if __name__ == "__main__":
