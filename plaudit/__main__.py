@@ -2,14 +2,20 @@
 (`plaudit.service.cli`); a client-only install says which extra brings it."""
 import sys
 
+SERVER_SIDE = {"torch", "transformers", "bentoml", "yaml", "huggingface_hub", "peft", "safetensors", "accelerate",
+               "prometheus_client", "starlette", "filelock", "rich", "math_verify"}  # the [serve] extra's imports
+
 
 def main() -> None:
+    from plaudit.service.cli import main as cli
+
     try:
-        from plaudit.service.cli import main as cli
+        cli()
     except ModuleNotFoundError as e:  # a client-only install: no torch, bentoml, ...
-        sys.exit(f"plaudit: the command line needs the server side ({e.name} is not installed): "
+        if (e.name or "").partition(".")[0] not in SERVER_SIDE:
+            raise
+        sys.exit(f"plaudit: this command needs the server side ({e.name} is not installed): "
                  "pip install 'plaudit[serve]' (add ,train for training, ,judge-local for the offline judge)")
-    cli()
 
 
 if __name__ == "__main__":

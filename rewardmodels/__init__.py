@@ -6,8 +6,16 @@
 """
 from .base import (AGGREGATES, Comparison, InputError, Item, LimitExceeded, Message, ModelLoadError, Pair, Ranking,
                    Scorer, Scores, Steps, StepScores, UnsupportedOperation)
-from .encoding import Batching
-from .registry import KINDS, load_scorer
+from .batch_limits import Batching
+
+
+def __getattr__(name: str):
+    """The registry loads on first use: it brings torch, which the schemas, the config and
+    the command line do not need."""
+    if name in ("KINDS", "load_scorer"):
+        from . import registry
+        return getattr(registry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["AGGREGATES", "Batching", "Comparison", "InputError", "Item", "KINDS", "LimitExceeded", "Message",
            "ModelLoadError",

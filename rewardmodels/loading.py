@@ -11,9 +11,10 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from .base import ModelLoadError
 
@@ -26,6 +27,8 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def choose_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
     """CUDA with bf16 when a GPU is present, CPU fp32 otherwise; either can be forced."""
+    import torch  # here, not at the top: reading metadata and paths needs no torch
+
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
@@ -68,6 +71,7 @@ def packaged_gguf() -> Path:
 
 
 def _convert_gguf(source: Path, target: Path) -> None:
+    import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting %s to %s (once)", source / GGUF_FILE, target)

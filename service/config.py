@@ -84,7 +84,6 @@ class Limits(BaseModel):
 
 
 API_KEYS_ENV = "PLAUDIT_API_KEYS"  # the service's accepted keys
-API_KEY_ENV = "PLAUDIT_API_KEY"  # the key plaudit's own clients (`plaudit judge --endpoint`) send
 
 
 class AuthConfig(BaseModel):

@@ -49,7 +49,8 @@ def test_score_prints_the_api_response(tiny_bt):
     out = json.loads(plaudit("score", "--model", str(tiny_bt), "--prompt", "hello", "--response", "world").stdout)
     expected = load_scorer(tiny_bt).score([Item(prompt="hello", response="world")]).rewards
     assert out["rewards"] == pytest.approx(expected, abs=1e-5)
-    assert set(out) == {"model", "rewards", "truncated", "ids", "uncertainty", "unscored", "errors", "details"}
+    assert set(out) == {"model", "rewards", "truncated", "ids", "uncertainty", "unscored", "errors", "details",
+                        "deadline"}
     assert out["uncertainty"] is None and out["unscored"] is None
 
 

@@ -57,8 +57,13 @@ def test_default_model_metadata(default_model):
     assert meta["kind"] == "bt" and meta["base"] == "default"
     assert meta["normalization"]["stored"] is True and meta["normalization"]["std"] > 0
     assert meta["training"]["examples"] > 400  # training pairs
-    # LoRA on 16 blocks plus the head: 5.2 MB
-    assert (DEFAULT_MODEL_DIR / "adapter_model.safetensors").stat().st_size < 8_000_000
+    # LoRA on 16 blocks plus the head, under the repository's 5 MiB for a committed file
+    from safetensors import safe_open
+
+    adapter = DEFAULT_MODEL_DIR / "adapter_model.safetensors"
+    with safe_open(adapter, "pt") as tensors:
+        assert all("lora_" in key or "score" in key for key in tensors.keys())
+    assert adapter.stat().st_size < 5 * 2 ** 20
 
 
 def test_default_model_prefers_passing_code_on_heldout_problems(default_model, heldout_pairs):

@@ -296,11 +296,17 @@ def test_real_tick_on_smollm2(real_pool):
 def test_real_pairwise_and_direct_on_smollm2(real_pool):
     pair = api.judge(real_pool, JudgeRequest(judge="pairwise", instruction=INSTRUCTION, responses=[
         "def add(a, b):\n    return a + b", "I like turtles."]))
-    assert all(o is not None and 0.0 < o < 1.0 for o in pair.comparison.orders)
-    assert isinstance(pair.comparison.consistent, bool)
+    first, second = pair.comparison.orders
+    assert 0.0 < first < 1.0 and 0.0 < second < 1.0
+    assert pair.comparison.consistent == ((first - 0.5) * (second - 0.5) > 0)  # both orders read, compared
+    assert pair.comparison.probability == pytest.approx((first + second) / 2 if pair.comparison.consistent else 0.5)
     rated = api.judge(real_pool, JudgeRequest(judge="direct", instruction=INSTRUCTION, responses=[
         "def add(a, b):\n    return a + b"]))
-    assert rated.results[0].rating is None or 1 <= rated.results[0].rating <= 10
+    verdict = rated.results[0]
+    if verdict.rating is None:  # SmolLM2 may write no rating: unscored and counted, never the worst
+        assert verdict.reward is None and verdict.unscored >= 1
+    else:
+        assert 1 <= verdict.rating <= 10 and verdict.reward == verdict.rating
     assert real_pool.judge("direct").backend.stats()["max_in_flight"] <= 4
 
 

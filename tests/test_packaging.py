@@ -141,3 +141,21 @@ def default_rewards() -> list[float]:
     from plaudit.service.config import DEFAULT_MODEL_DIR
 
     return load_scorer(DEFAULT_MODEL_DIR).score([Item(**item) for item in ITEMS]).rewards
+
+
+def test_the_light_side_imports_no_server_package():
+    """`plaudit/` (schemas, client, trainer adapters, the job runner, Ray's jobs) imports none of
+    the server side, and the command line builds its help without torch."""
+    code = ("import sys, importlib\n"
+            "for name in ('plaudit', 'plaudit.schemas', 'plaudit.client', 'plaudit.jobs', 'plaudit.ray',\n"
+            "             'plaudit.integrations.trl', 'plaudit.integrations.verl', 'plaudit.__main__',\n"
+            "             'plaudit.service.cli'):\n"
+            "    importlib.import_module(name)\n"
+            "from plaudit.service.cli import parser\n"
+            "parser([]).format_help()\n"
+            "heavy = sorted(n for n in sys.modules if n.partition('.')[0] in ('torch', 'transformers', 'bentoml')\n"
+            "               or n.startswith(('plaudit.rewardmodels', 'plaudit.judges', 'plaudit.training',\n"
+            "                            'plaudit.service.api', 'plaudit.service.config')))\n"
+            "print(heavy)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
