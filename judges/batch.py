@@ -11,18 +11,15 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from plaudit import jobs
-from plaudit.jobs import Task, distribution, read_items, run_resumable, summary_path
-from plaudit.rewardmodels.base import InputError, Prompt
+from plaudit.jobs import Call, JobKind, distribution, run_job, write_summary
+from plaudit.rewardmodels.base import Prompt
 from plaudit.schemas import JudgeRequest, JudgeResponse
 
 from .backends import BackendUnavailable
-
-JudgeFn = Callable[[JudgeRequest, int], JudgeResponse]  # (request, item index) -> verdict; index picks a shard
 
 
 class BatchItem(BaseModel):
@@ -44,20 +41,11 @@ class BatchItem(BaseModel):
                             responses=self.responses if self.responses is not None else [self.response])
 
 
-def run(inputs: Path, out: Path, judge: JudgeFn, *, judge_name: str | None, concurrency: int = 8,
+def run(inputs: Path, out: Path, judge: Call, *, judge_name: str | None, concurrency: int = 8,
         progress: bool = True) -> dict[str, Any]:
     """Judge every unfinished item of `inputs` into `out`; the summary (also written beside `out`)."""
-    read = read_items(inputs, BatchItem, "judge")
-
-    def task(request: JudgeRequest, index: int) -> Task:
-        return lambda: record(judge(request, index))
-
-    work = [(key, task(item.request(judge_name), i)) for i, (key, item) in enumerate(read.items)]
-    skipped, errors = run_resumable(work, out, concurrency=concurrency, progress=progress,
-                                    failures=(InputError, RuntimeError, OSError))
-    summary = summarise(out, items=len(read.items), skipped=skipped, judged=len(work) - skipped, errors=errors,
-                        bad_lines=read.bad_lines)
-    summary_path(out).write_text(json.dumps(summary, indent=2) + "\n")
+    summary = run_job(JUDGE, inputs, out, judge, model=judge_name, concurrency=concurrency, progress=progress)
+    write_summary(out, summary)
     return summary
 
 
@@ -105,9 +93,6 @@ def summarise(out: Path, **run_counts: Any) -> dict[str, Any]:
     return summary
 
 
-class Endpoints(jobs.Endpoints):
-    """Items sharded round-robin across running plaudit services, each asked `POST /judge`."""
+JUDGE = JobKind(name="judge", line=BatchItem, path="/judge", answer=JudgeResponse, record=record,
+                summarise=summarise, counted="items", done="judged", label="judging")
 
-    def __call__(self, request: JudgeRequest, index: int) -> JudgeResponse:
-        return JudgeResponse.model_validate(self.post("/judge", request.model_dump(mode="json", exclude_none=True),
-                                                      index))

@@ -12,11 +12,11 @@ import asyncio
 import hashlib
 import json
 import os
-import tempfile
 from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Awaitable, Callable
 
+from plaudit.files import write_atomically
 from plaudit.rewardmodels.loading import cache_dir
 
 
@@ -94,6 +94,4 @@ class ChecklistStore:
     def _write(self, key: str, record: dict) -> None:
         """Atomically: a reader sees the whole file or none."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=self.directory, suffix=".tmp", delete=False) as f:
-            json.dump(record, f, indent=1)
-        os.replace(f.name, self.directory / f"{key}.json")
+        write_atomically(self.directory / f"{key}.json", json.dumps(record, indent=1))

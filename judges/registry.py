@@ -1,9 +1,9 @@
 """Judge methods and how to build a judge: adding a method is one module plus one line here."""
 from __future__ import annotations
 
-import importlib
-
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from plaudit.registry import resolve
 
 from .base import Judge
 from .hub import BackendHub
@@ -42,6 +42,5 @@ class JudgeConfig(BaseModel):
 
 
 def build_judge(name: str, config: JudgeConfig, hub: BackendHub, backend: str) -> Judge:
-    module, _, attr = METHODS[config.method].partition(":")
     options = config.model_dump(exclude={"method", "backend"}, exclude_none=True)
-    return getattr(importlib.import_module(module), attr)(name, hub, backend, **options)
+    return resolve(METHODS[config.method])(name, hub, backend, **options)

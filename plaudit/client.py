@@ -135,6 +135,10 @@ class _Api:
     def models(self):
         return self._call("/models", None, ModelsResponse)
 
+    def send(self, path: str, request: BaseModel, answer: type[R]):
+        """Any endpoint by its path, with the same retries (the batch jobs' runner uses it)."""
+        return self._call(path, request, answer)
+
     def _deadline_s(self, deadline_s: float | None) -> float | None:
         return deadline_s if deadline_s is not None else self.deadline_s
 

@@ -13,15 +13,16 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Generic, Sequence, TypeVar
 
-import httpx2
 from pydantic import BaseModel, ValidationError
+
+from plaudit.files import write_atomically
+from plaudit.registry import resolve
 
 Item = TypeVar("Item", bound=BaseModel)
 
@@ -84,16 +85,8 @@ def finished(out: Path) -> set[str]:
                 done.add(key)
                 kept.append(line)
     if len(kept) != len(whole.splitlines()) or len(whole) != len(data):
-        _replace(out, b"".join(kept))
+        write_atomically(out, b"".join(kept))
     return done
-
-
-def _replace(path: Path, data: bytes) -> None:
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(f.name, path)
 
 
 class LineWriter:
@@ -178,26 +171,71 @@ def summary_path(out: Path) -> Path:
     return out.with_name(out.stem + ".summary.json")
 
 
-class EndpointError(RuntimeError):
-    """A plaudit service answered with an error, or could not be reached."""
+def write_summary(out: Path, summary: dict[str, Any]) -> None:
+    write_atomically(summary_path(out), json.dumps(summary, indent=2) + "\n")
+
+
+# What a line's record may be an error for, done again by the next run: a refused input
+# (InputError is a ValueError), a backend or a service failing after its retries, a lost file.
+RETRIED: tuple[type[BaseException], ...] = (ValueError, RuntimeError, OSError)
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """One kind of batch job as every runner takes it (in this process, on running services,
+    on Ray): how a line is read, what answers it, what is written and what is retried.
+    `plaudit score` and `plaudit judge` are two of them (service/batch_score.py, judges/batch.py)."""
+
+    name: str  # the command, and the service.api function that answers a line in process
+    line: type[BaseModel]  # a JSONL line: an optional `id`, and `request(model)`
+    path: str  # where a running service answers the request
+    answer: type[BaseModel]
+    record: Callable[[Any], dict[str, Any]]  # an answer's output record, beside the line's id
+    summarise: Callable[..., dict[str, Any]]  # over every record in OUT, with the run's counts
+    counted: str  # what the summary counts: "lines" or "items"
+    done: str  # and calls the ones answered this run: "scored" or "judged"
+    label: str  # the progress bar's
+    failures: tuple[type[BaseException], ...] = RETRIED
+
+
+KINDS = {"score": "plaudit.service.batch_score:SCORE", "judge": "plaudit.judges.batch:JUDGE"}
+
+
+def job_kind(name: str) -> JobKind:
+    return resolve(KINDS[name])
+
+
+Call = Callable[[BaseModel, int], BaseModel]  # (request, line index) -> answer; the index picks a shard
+
+
+def run_job(kind: JobKind, inputs: Path, out: Path, call: Call, *, model: str | None, concurrency: int,
+            progress: bool) -> dict[str, Any]:
+    """Every unfinished line of `inputs` through `call` into `out`: the summary (not yet written)."""
+    read = read_items(inputs, kind.line, kind.name)
+
+    def task(request: BaseModel, index: int) -> Task:
+        return lambda: kind.record(call(request, index))
+
+    work = [(key, task(line.request(model), i)) for i, (key, line) in enumerate(read.items)]
+    skipped, errors = run_resumable(work, out, concurrency=concurrency, progress=progress, label=kind.label,
+                                    failures=kind.failures)
+    return kind.summarise(out, **{kind.counted: len(read.items), "skipped": skipped, kind.done: len(work) - skipped,
+                                  "errors": errors, "bad_lines": read.bad_lines})
 
 
 class Endpoints:
-    """Items sharded round-robin across running plaudit services: `post(path, body, index)`."""
+    """A job's lines sharded round-robin across running plaudit services, through
+    `plaudit.client` (its retries and backoff, its API key)."""
 
-    def __init__(self, urls: list[str], timeout_s: float = 600.0, api_key: str | None = None):
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.clients = [httpx2.Client(base_url=url.rstrip("/"), timeout=timeout_s, headers=headers) for url in urls]
+    def __init__(self, kind: JobKind, urls: list[str], api_key: str | None = None, timeout_s: float = 600.0,
+                 **client_options: Any):
+        from plaudit.client import Client
 
-    def post(self, path: str, body: dict[str, Any], index: int) -> dict[str, Any]:
-        client = self.clients[index % len(self.clients)]
-        try:
-            answer = client.post(path, json=body)
-        except httpx2.HTTPError as e:
-            raise EndpointError(f"{client.base_url}: {type(e).__name__}: {e}") from None
-        if answer.status_code != 200:
-            raise EndpointError(f"{client.base_url}: HTTP {answer.status_code}: {answer.text[:500]}")
-        return answer.json()
+        self.kind = kind
+        self.clients = [Client(url, api_key=api_key, timeout_s=timeout_s, **client_options) for url in urls]
+
+    def __call__(self, request: BaseModel, index: int) -> BaseModel:
+        return self.clients[index % len(self.clients)].send(self.kind.path, request, self.kind.answer)
 
     def close(self) -> None:
         for client in self.clients:

@@ -16,8 +16,6 @@ write in process (and the same summary). Without an address a local Ray starts f
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,28 +23,28 @@ import numpy as np
 import ray
 from pydantic import ValidationError
 
-from plaudit.jobs import summary_path, why_bad
+from plaudit.files import write_atomically
+from plaudit.jobs import Endpoints, JobKind, job_kind, why_bad, write_summary
 
-Kind = Literal["score", "judge"]
+Kind = Literal["score", "judge"]  # plaudit.jobs.KINDS
 
 
-def _pool(model: str | None, config: str | None, endpoint: str | None, kind: Kind):
+def _pool(model: str | None, config: str | None, endpoint: str | None, kind: JobKind):
     """A callable (request, index) -> answer: the models in this process, or a service."""
-    from plaudit.service import api, batch_score
-    from plaudit.judges import batch
-
     if endpoint:
-        return (batch_score.Endpoints if kind == "score" else batch.Endpoints)([endpoint]), model
+        return Endpoints(kind, [endpoint]), model
+    from plaudit.service import api  # the actor's process holds the models
+
     pool, name = api.pool_for(model, config)
-    call = api.score if kind == "score" else api.judge
-    return (lambda request, index: call(pool, request)), name
+    answer = getattr(api, kind.name)
+    return (lambda request, index: answer(pool, request)), name
 
 
 class ScoreRows:
     """`map_batches` callable: a `reward` column for rows with `prompt` and `response`."""
 
     def __init__(self, model: str | None = None, config: str | None = None, endpoint: str | None = None):
-        self.score, self.model = _pool(model, config, endpoint, "score")
+        self.score, self.model = _pool(model, config, endpoint, job_kind("score"))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from plaudit.schemas import Item, ScoreRequest
@@ -69,25 +67,18 @@ class JobRows:
     not a valid item), as JSON text."""
 
     def __init__(self, kind: Kind, model: str | None, config: str | None, endpoint: str | None):
-        from plaudit.judges import batch
-        from plaudit.rewardmodels.base import InputError
-        from plaudit.service import batch_score
-
-        self.kind = kind
-        self.call, self.name = _pool(model, config, endpoint, kind)
-        self.line_model = batch_score.ScoreLine if kind == "score" else batch.BatchItem
-        self.record = batch_score.record if kind == "score" else batch.record
-        self.failures = (InputError, RuntimeError, OSError)
+        self.kind = job_kind(kind)
+        self.call, self.name = _pool(model, config, endpoint, self.kind)
 
     def _one(self, text: str, number: int) -> dict[str, Any]:
         try:
-            line = self.line_model.model_validate_json(text)
+            line = self.kind.line.model_validate_json(text)
         except ValidationError as e:
             return {"id": number, "bad_line": why_bad(number, e)}
         key = line.id if line.id is not None else number
         try:
-            return {"id": key, **self.record(self.call(line.request(self.name), number))}
-        except self.failures as e:
+            return {"id": key, **self.kind.record(self.call(line.request(self.name), number))}
+        except self.kind.failures as e:
             return {"id": key, "error": str(e)}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -125,7 +116,7 @@ def run_job(kind: Kind, inputs: Path, out: Path, *, model: str | None = None, co
             shard = int(row["shard"])
             pending[shard].append((int(row["line"]), str(row["record"])))
             if len(pending[shard]) == expected[shard]:
-                _write_atomically(shards / f"{shard:05d}.jsonl",
+                write_atomically(shards / f"{shard:05d}.jsonl",
                                   "".join(record + "\n" for _, record in sorted(pending.pop(shard))))
     return _merge(kind, shards, count, out, len(lines), skipped_shards=count - len(todo))
 
@@ -136,17 +127,8 @@ def _finished(shard: Path) -> bool:
     return shard.exists() and not any("error" in json.loads(t) for t in shard.read_text(encoding="utf-8").splitlines())
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8") as f:
-        f.write(text)
-    os.replace(f.name, path)
-
-
 def _merge(kind: Kind, shards: Path, count: int, out: Path, lines: int, skipped_shards: int) -> dict[str, Any]:
     """OUT from the shards in order; bad lines are reported, not written (as in process)."""
-    from plaudit.judges import batch
-    from plaudit.service import batch_score
-
     records, bad_lines, errors = [], [], []
     for s in range(count):
         for text in (shards / f"{s:05d}.jsonl").read_text(encoding="utf-8").splitlines():
@@ -157,9 +139,9 @@ def _merge(kind: Kind, shards: Path, count: int, out: Path, lines: int, skipped_
             if "error" in record:
                 errors.append(f"id {json.dumps(record['id'])}: {record['error']}")
             records.append(text)
-    _write_atomically(out, "".join(r + "\n" for r in records))
-    counts = {"lines" if kind == "score" else "items": lines - len(bad_lines), "skipped_shards": skipped_shards,
-              "shards": count, "errors": errors, "bad_lines": bad_lines}
-    summary = (batch_score.summarise if kind == "score" else batch.summarise)(out, **counts)
-    summary_path(out).write_text(json.dumps(summary, indent=2) + "\n")
+    write_atomically(out, "".join(r + "\n" for r in records))
+    job = job_kind(kind)
+    summary = job.summarise(out, **{job.counted: lines - len(bad_lines), "skipped_shards": skipped_shards,
+                                    "shards": count, "errors": errors, "bad_lines": bad_lines})
+    write_summary(out, summary)
     return summary

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import torch
 
 from .base import Item, Message, Prompt, Templated
-from .batch_limits import CALL_OVERHEAD_TOKENS, LINGER, Batching  # noqa: F401  re-exported
+from .batch_limits import Batching  # noqa: F401  where the model code has always found it
 from .queries import untemplated
 
 

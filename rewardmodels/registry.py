@@ -1,9 +1,10 @@
 """Model kinds and how to load them: adding a family is one module plus one line here."""
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
+
+from plaudit.registry import resolve
 
 from .base import ModelLoadError, Scorer
 from .loading import read_metadata, resolve_path
@@ -27,8 +28,7 @@ KINDS: dict[str, str] = {
 def scorer_class(kind: str) -> type[Scorer]:
     if kind not in KINDS:
         raise ModelLoadError(f"unknown model kind {kind!r}; known kinds: {', '.join(sorted(KINDS))}")
-    module, _, attr = KINDS[kind].partition(":")
-    return getattr(importlib.import_module(module), attr)
+    return resolve(KINDS[kind])
 
 
 def load_scorer(path: str | Path | None, name: str | None = None, kind: str | None = None,

@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from plaudit import jobs
-from plaudit.jobs import Task, distribution, read_items, run_resumable, summary_path
+from plaudit.files import write_jsonl
+from plaudit.jobs import Call, JobKind, distribution, read_items, run_job, write_summary
 from plaudit.rewardmodels.base import InputError, Prompt
 from plaudit.schemas import Item, ScoreRequest, ScoreResponse
-
-ScoreFn = Callable[[ScoreRequest, int], ScoreResponse]  # (request, line index) -> answer; the index picks a shard
 PAIRS = ("best-worst",)
 
 
@@ -48,32 +46,16 @@ class ScoreLine(BaseModel):
         return ScoreRequest(model=model, items=[Item(prompt=self.prompt, response=r) for r in self.texts()])
 
 
-class Endpoints(jobs.Endpoints):
-    """Lines sharded round-robin across running plaudit services, each asked `POST /score`."""
-
-    def __call__(self, request: ScoreRequest, index: int) -> ScoreResponse:
-        return ScoreResponse.model_validate(self.post("/score", request.model_dump(mode="json", exclude_none=True),
-                                                      index))
-
-
-def run(inputs: Path, out: Path, score: ScoreFn, *, model: str | None, concurrency: int = 4, progress: bool = True,
+def run(inputs: Path, out: Path, score: Call, *, model: str | None, concurrency: int = 4, progress: bool = True,
         pairs: str | None = None) -> dict[str, Any]:
     """Score every unfinished line of `inputs` into `out`; the summary (also written beside `out`)."""
     if pairs is not None and pairs not in PAIRS:
         raise InputError("pairs", f"{pairs!r} is not one of {list(PAIRS)}")
-    read = read_items(inputs, ScoreLine, "score")
-
-    def task(request: ScoreRequest, index: int) -> Task:
-        return lambda: record(score(request, index))
-
-    work = [(key, task(line.request(model), i)) for i, (key, line) in enumerate(read.items)]
-    skipped, errors = run_resumable(work, out, concurrency=concurrency, progress=progress, label="scoring",
-                                    failures=(InputError, RuntimeError, OSError))
-    summary = summarise(out, lines=len(read.items), skipped=skipped, scored=len(work) - skipped, errors=errors,
-                        bad_lines=read.bad_lines)
+    summary = run_job(SCORE, inputs, out, score, model=model, concurrency=concurrency, progress=progress)
     if pairs == "best-worst":
-        summary["pairs"] = write_best_worst(dict(read.items), out, pairs_path(out))
-    summary_path(out).write_text(json.dumps(summary, indent=2) + "\n")
+        lines = dict(read_items(inputs, ScoreLine, "score").items)
+        summary["pairs"] = write_best_worst(lines, out, pairs_path(out))
+    write_summary(out, summary)
     return summary
 
 
@@ -113,22 +95,28 @@ def write_best_worst(lines: dict[str, ScoreLine], out: Path, path: Path) -> dict
     `{"id", "prompt", "chosen", "rejected", "chosen_reward", "rejected_reward", "margin"}`,
     conversational (messages) where the prompt is messages. Rewritten whole from `out` each run."""
     counts = {"written": 0, "tied": 0, "too_few_scored": 0}
-    with open(path, "w", encoding="utf-8") as f:
-        for record in _results(out):
-            line = lines.get(json.dumps(record["id"]))
-            scored = [(r, text) for r, text in zip(record["rewards"], line.texts() if line else []) if r is not None]
-            if len(scored) < 2:
-                counts["too_few_scored"] += 1
-                continue
-            (best, chosen), (worst, rejected) = max(scored, key=lambda s: s[0]), min(scored, key=lambda s: s[0])
-            if best == worst:
-                counts["tied"] += 1
-                continue
-            conversational = isinstance(line.prompt, list)
-            prompt = [m.model_dump() for m in line.prompt] if conversational else line.prompt
-            turn = (lambda text: [{"role": "assistant", "content": text}]) if conversational else (lambda text: text)
-            pair = {"id": record["id"], "prompt": prompt, "chosen": turn(chosen), "rejected": turn(rejected),
-                    "chosen_reward": best, "rejected_reward": worst, "margin": best - worst}
-            f.write(json.dumps(pair, ensure_ascii=False) + "\n")
-            counts["written"] += 1
+    pairs = []
+    for record in _results(out):
+        line = lines.get(json.dumps(record["id"]))
+        scored = [(r, text) for r, text in zip(record["rewards"], line.texts() if line else []) if r is not None]
+        if len(scored) < 2:
+            counts["too_few_scored"] += 1
+            continue
+        (best, chosen), (worst, rejected) = max(scored, key=lambda s: s[0]), min(scored, key=lambda s: s[0])
+        if best == worst:
+            counts["tied"] += 1
+            continue
+        conversational = isinstance(line.prompt, list)
+        prompt = [m.model_dump() for m in line.prompt] if conversational else line.prompt
+        turn = (lambda text: [{"role": "assistant", "content": text}]) if conversational else (lambda text: text)
+        pair = {"id": record["id"], "prompt": prompt, "chosen": turn(chosen), "rejected": turn(rejected),
+                "chosen_reward": best, "rejected_reward": worst, "margin": best - worst}
+        pairs.append(pair)
+        counts["written"] += 1
+    write_jsonl(pairs, path)
     return counts
+
+
+SCORE = JobKind(name="score", line=ScoreLine, path="/score", answer=ScoreResponse, record=record,
+                summarise=summarise, counted="lines", done="scored", label="scoring")
+

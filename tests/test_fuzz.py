@@ -77,8 +77,8 @@ def fuzzable(doc: dict) -> dict:
     """The served document (made exact by service/openapi.py), narrowed to what is worth fuzzing.
 
     Valid model and judge names are the configured ones, or nearly every request would stop at
-    the 404 for an unknown model. /steps gets the either/or of its model validator, or hardly a
-    valid body would be generated. Only plaudit's endpoints are kept (not BentoML's health ones)."""
+    the 404 for an unknown model. /steps, /classify and /pooling get the either/or of their model
+    validators, or hardly a valid body would be generated. Only plaudit's endpoints are kept (not BentoML's health ones)."""
     doc = copy.deepcopy(doc)
     schemas = doc["components"]["schemas"]
     paths = {}
@@ -99,6 +99,17 @@ def fuzzable(doc: dict) -> dict:
     steps["oneOf"] = [{"type": "object", "required": ["prompt", trace], "additionalProperties": False,
                        "properties": {name: fields[name] for name in ("model", "prompt", trace, *extra)}}
                       for trace, extra in (("steps", ()), ("response", ("separator",)))]
+    # /classify and /pooling take `input` or `messages` (vLLM's two forms): a model validator too.
+    for name in ("ClassifyRequestIODescriptor", "PoolingRequestIODescriptor"):
+        pooled = schemas[name]
+        fields = pooled.pop("properties")
+        pooled.pop("required", None), pooled.pop("additionalProperties", None)
+        for form in ("input", "messages"):
+            fields[form] = {**fields[form], "anyOf": [a for a in fields[form]["anyOf"] if a != {"type": "null"}]}
+        common = [field for field in fields if field not in ("input", "messages")]
+        pooled["oneOf"] = [{"type": "object", "required": [form], "additionalProperties": False,
+                            "properties": {field: fields[field] for field in (*common, form)}}
+                           for form in ("input", "messages")]
     paths["/models"] = doc["paths"]["/models"]
     return {**doc, "paths": paths}
 

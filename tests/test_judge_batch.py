@@ -15,6 +15,7 @@ import httpx2
 import pytest
 import yaml
 
+from plaudit.jobs import Endpoints, summary_path
 from plaudit.judges import batch
 from plaudit.service import api
 from plaudit.service.config import ModelConfig, ServiceConfig
@@ -80,7 +81,7 @@ def test_errors_are_retried_by_the_next_run_and_every_item_lands_once(tmp_path, 
     assert (second["skipped"], second["judged"], second["errors"]) == (10, 2, 0)
     assert ids_in(out) == Counter({f"item-{i}": 1 for i in range(12)})
     assert second["results"] == 12 and second["reward"]["max"] == 9
-    assert json.loads(batch.summary_path(out).read_text()) == second
+    assert json.loads(summary_path(out).read_text()) == second
 
 
 def test_a_partly_failed_item_is_an_error_and_judged_whole_next_run(tmp_path, tiny_bt):
@@ -151,16 +152,16 @@ def test_items_are_sharded_across_endpoints(tmp_path):
     items = write_items(tmp_path / "in.jsonl", 10)
     out = tmp_path / "out.jsonl"
     with http_server(stand_in(0, 200)) as a, http_server(stand_in(1, 200)) as b:
-        endpoints = batch.Endpoints([a, b])
+        endpoints = Endpoints(batch.JUDGE, [a, b])
         summary = batch.run(items, out, endpoints, judge_name="direct", progress=False)
         endpoints.close()
     assert seen == {0: 5, 1: 5} and summary["errors"] == 0 and summary["reward"]["mean"] == 5.0
     with http_server(stand_in(0, 503)) as a:
-        endpoints = batch.Endpoints([a])
+        endpoints = Endpoints(batch.JUDGE, [a], max_retries=1, backoff_s=0.01)
         summary = batch.run(write_items(tmp_path / "more.jsonl", 3), tmp_path / "more-out.jsonl", endpoints,
                             judge_name="direct", progress=False)
         endpoints.close()
-    assert summary["errors"] == 3 and "HTTP 503" in summary["error_examples"][0]
+    assert summary["errors"] == 3 and "answered 503: overloaded" in summary["error_examples"][0]
 
 
 @pytest.fixture(scope="module")

@@ -91,7 +91,7 @@ def test_each_reference_is_parsed_once_and_each_pair_checked_once():
     scorer = load_scorer(None, name="one", kind="math", settings={"workers": 1})
     try:
         forms = ["\\frac{6}{4}", "1.5", "\\frac{3}{2}", "3/2", "\\dfrac{3}{2}", "1.50", "\\tfrac32", "15/10"]
-        group = [(f"\\frac{{3}}{{2}}", f"\\boxed{{{form}}}") for form in forms] + [("\\frac{3}{2}", "\\boxed{2}")] * 8
+        group = [("\\frac{3}{2}", f"\\boxed{{{form}}}") for form in forms] + [("\\frac{3}{2}", "\\boxed{2}")] * 8
         scored = scorer.score(items(group))
         assert scored.rewards == [1.0] * 8 + [0.0] * 8
         stats = scorer.stats()

@@ -147,9 +147,9 @@ def test_the_light_side_imports_no_server_package():
     """`plaudit/` (schemas, client, trainer adapters, the job runner, Ray's jobs) imports none of
     the server side, and the command line builds its help without torch."""
     code = ("import sys, importlib\n"
-            "for name in ('plaudit', 'plaudit.schemas', 'plaudit.client', 'plaudit.jobs', 'plaudit.ray',\n"
+            "for name in ('plaudit', 'plaudit.schemas', 'plaudit.client', 'plaudit.jobs', 'plaudit.ray', 'plaudit.files',\n"
             "             'plaudit.integrations.trl', 'plaudit.integrations.verl', 'plaudit.__main__',\n"
-            "             'plaudit.service.cli'):\n"
+            "             'plaudit.registry', 'plaudit.service.cli'):\n"
             "    importlib.import_module(name)\n"
             "from plaudit.service.cli import parser\n"
             "parser([]).format_help()\n"

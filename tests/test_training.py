@@ -20,7 +20,7 @@ from plaudit.rewardmodels.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from plaudit.rewardmodels.encoding import encode_item
 from plaudit.training.bt import BTConfig, train_bt
 from plaudit.training.data import PreferencePair, read_pairs
-from plaudit.training.humaneval import write_jsonl
+from plaudit.files import write_jsonl
 from plaudit.training.evaluate import eval_pairs
 
 # --- read_pairs ------------------------------------------------------------------------------------

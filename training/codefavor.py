@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from plaudit.judges.backends import Backend, Completion
 from plaudit.judges.base import read_choice, render_file
+from plaudit.files import write_jsonl
 from plaudit.jobs import run_resumable
 from plaudit.rewardmodels.base import InputError
 
@@ -218,7 +219,7 @@ def export(out: Path) -> dict[str, Any]:
         trl.append({"prompt": r["instruction"], "chosen": r["improved_code"], "rejected": r["naive_code"],
                     "criterion": r["criterion"], **source})
     for suffix, rows in ((".pairwise.jsonl", pairwise), (".trl.jsonl", trl)):
-        out.with_name(out.stem + suffix).write_text("".join(json.dumps(row) + "\n" for row in rows))
+        write_jsonl(rows, out.with_name(out.stem + suffix))
     return {"records": len(kept) + sum(dropped.values()), "kept": len(kept), "dropped": dropped, "pairwise_records": len(pairwise),
             "trl_pairs": len(trl), "pairwise_out": str(out.with_name(out.stem + ".pairwise.jsonl")),
             "trl_out": str(out.with_name(out.stem + ".trl.jsonl"))}

@@ -299,13 +299,6 @@ def build_pairs(
     return pairs, stats
 
 
-def write_jsonl(records: Iterable[dict], path: str | os.PathLike) -> None:
-    """Write ``records`` to ``path`` as UTF-8 JSON Lines (one object per line)."""
-    with open(path, "w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-
 def _single_line_change(lines: list[str], candidate: str) -> tuple[int, str] | None:
     """(index, new line) if ``candidate`` differs from ``lines`` in exactly one line, else None."""
     candidate_lines = candidate.splitlines()

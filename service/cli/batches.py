@@ -26,6 +26,7 @@ def _prompt(text: str):
 
 
 def cmd_score(args) -> None:
+    from plaudit.jobs import Endpoints
     from plaudit.service import api, batch_score
 
     if args.input is None:
@@ -39,7 +40,7 @@ def cmd_score(args) -> None:
     if args.ray:
         return _run_batch("score", lambda: _on_ray("score", args, args.model), args.out, lambda: None)
     if args.endpoint:
-        endpoints = batch_score.Endpoints(args.endpoint, api_key=os.environ.get(API_KEY_ENV))
+        endpoints = Endpoints(batch_score.SCORE, args.endpoint, api_key=os.environ.get(API_KEY_ENV))
         score, model, close = endpoints, args.model, endpoints.close
     else:
         pool, model = api.pool_for(args.model, args.config)
@@ -63,6 +64,7 @@ def _on_ray(kind: str, args, name: str | None) -> dict:
 
 
 def cmd_judge(args) -> None:
+    from plaudit.jobs import Endpoints
     from plaudit.judges import batch
     from plaudit.service import api
     from plaudit.service.config import load_config
@@ -70,7 +72,7 @@ def cmd_judge(args) -> None:
     if args.ray:
         return _run_batch("judge", lambda: _on_ray("judge", args, args.judge), args.out, lambda: None)
     if args.endpoint:
-        judge = batch.Endpoints(args.endpoint, api_key=os.environ.get(API_KEY_ENV))
+        judge = Endpoints(batch.JUDGE, args.endpoint, api_key=os.environ.get(API_KEY_ENV))
         close = judge.close
     else:
         pool = api.ModelPool(load_config(args.config))

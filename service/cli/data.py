@@ -16,6 +16,7 @@ BUILDERS = {
 
 
 def cmd_data(args) -> None:
+    from plaudit.files import write_jsonl
     from plaudit.training import humaneval
 
     build, cap, _ = BUILDERS[args.builder]
@@ -23,12 +24,13 @@ def cmd_data(args) -> None:
                                                limit=args.limit)
     chosen = [r for r in records if args.split == "all" or r["split"] == args.split]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    humaneval.write_jsonl(chosen, args.out)
+    write_jsonl(chosen, args.out)
     print(json.dumps({**stats, "written": len(chosen), "split": args.split, "out": str(args.out)}))
 
 
 def cmd_humaneval_rl(args) -> None:
-    from plaudit.training.humaneval import RL_FORMATS, rl_prompts, write_jsonl, write_parquet
+    from plaudit.files import write_jsonl
+    from plaudit.training.humaneval import RL_FORMATS, rl_prompts, write_parquet
 
     suffix = RL_FORMATS[args.format][1]
     if not args.out.endswith(f".{suffix}"):
@@ -40,8 +42,8 @@ def cmd_humaneval_rl(args) -> None:
 
 
 def cmd_data_codeprefbench(args) -> None:
+    from plaudit.files import write_jsonl
     from plaudit.training.codeprefbench import build_tasks
-    from plaudit.training.humaneval import write_jsonl
 
     tasks, stats = build_tasks(limit=args.limit, workers=args.workers)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -80,6 +82,7 @@ def cmd_codefavor_commits(args) -> None:
 
 
 def cmd_codefavor_critic(args) -> None:
+    from plaudit.files import read_jsonl
     from plaudit.training import codefavor
     from plaudit.training.humaneval import load_problems
 
@@ -87,7 +90,7 @@ def cmd_codefavor_critic(args) -> None:
         tasks = [{"task_id": p["task_id"], "instruction": f"Complete this Python function:\n{p['prompt']}"}
                  for p in load_problems()]
     else:
-        tasks = [json.loads(line) for line in Path(args.tasks).read_text().splitlines() if line.strip()]
+        tasks = read_jsonl(args.tasks)
     tasks = tasks[:args.limit]
 
     def work(hub, default: str):

@@ -23,10 +23,11 @@ def cmd_eval_steps(args) -> None:
 
 
 def cmd_eval_codepref(args) -> None:
+    from plaudit.files import read_jsonl
     from plaudit.service.api import pool_for
     from plaudit.training.codeprefbench import LongerWins, eval_codepref
 
-    tasks = [json.loads(line) for line in Path(args.tasks).read_text().splitlines() if line.strip()]
+    tasks = read_jsonl(args.tasks)
     tasks = [t for t in tasks if not args.criteria or t["criteria"] in args.criteria][:args.limit]
     if args.model == "longer-wins":
         scorer = LongerWins()
