@@ -109,3 +109,31 @@ def tiny_bt_plain(tmp_path_factory) -> Path:
 def tiny_base(tmp_path_factory) -> Path:
     """A causal LM with no reward head: a backbone to train on, and not servable as is."""
     return make_tiny(tmp_path_factory.mktemp("tiny-base"), head=False)
+
+
+# The execution kind's settings where tests run it: small, quick limits.
+EXECUTION_SETTINGS = {"wall_s": 6, "test_s": 3, "slots": 2, "memory_mb": 256, "compile_s": 8}
+
+
+@pytest.fixture(scope="session")
+def tiny_service(tiny_bt, tmp_path_factory) -> str:
+    """One plaudit service for the whole run, for the modules that need nothing of their own:
+    the tiny BT model (`tiny`, the default), and where the sandbox works the execution kind
+    (`tests`) and a composite of the two (`code`: tests, then BT as the tie-breaker); no API
+    keys. Its URL."""
+    import yaml
+
+    from plaudit.rewardmodels.sandbox import sandbox_unavailable
+    from servers import running_service
+
+    tmp = tmp_path_factory.mktemp("tiny-service")
+    models: dict = {"tiny": {"path": str(tiny_bt)}}
+    if sandbox_unavailable() is None:
+        models["tests"] = {"kind": "execution", "settings": EXECUTION_SETTINGS}
+        models["code"] = {"kind": "composite", "settings": {"parts": {
+            "tests": {"model": "tests"},
+            "preference": {"model": "tiny", "weight": 0.1, "transform": "sigmoid", "requires": {"tests": 1.0}}}}}
+    config = tmp / "plaudit.yaml"
+    config.write_text(yaml.safe_dump({"models": models, "default_model": "tiny"}))
+    with running_service(config, tmp, env={"PLAUDIT_API_KEYS": ""}) as (url, _):
+        yield url

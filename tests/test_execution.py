@@ -16,12 +16,13 @@ import yaml
 from plaudit.rewardmodels import InputError, Item, load_scorer
 from plaudit.rewardmodels.languages import find_source
 from plaudit.rewardmodels.sandbox import BASE_UID, JUDGE_UID_OFFSET
+from conftest import EXECUTION_SETTINGS
 from servers import running_service
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap missing (make test installs it)")
 
 ADD = "def add(a, b):\n    return a + b\n"
-SETTINGS = {"wall_s": 6, "test_s": 3, "slots": 2, "memory_mb": 256, "compile_s": 8}
+SETTINGS = EXECUTION_SETTINGS
 
 
 @pytest.fixture(scope="module")
@@ -180,20 +181,10 @@ def test_hostile_programs_score_zero_while_the_service_answers(tiny_bt, tmp_path
         assert httpx2.get(f"{url}/readyz", timeout=10).status_code == 200
 
 
-CODE = {"parts": {"tests": {"model": "tests"}, "preference": {"model": "tiny", "weight": 0.1, "transform": "sigmoid",
-                                                           "requires": {"tests": 1.0}}}}
-
-
 @pytest.fixture(scope="module")
-def served(tiny_bt, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("execution-service")
-    config = tmp / "plaudit.yaml"
-    config.write_text(yaml.safe_dump({"models": {"tiny": {"path": str(tiny_bt)},
-                                                 "tests": {"kind": "execution", "settings": SETTINGS},
-                                                 "code": {"kind": "composite", "settings": CODE}},
-                                      "default_model": "tests"}))
-    with running_service(config, tmp, env={"PLAUDIT_API_KEYS": ""}) as (url, _):
-        yield url
+def served(tiny_service):
+    """The run's shared service: `tests` (this kind), `code` (tests, then the tiny BT model)."""
+    return tiny_service
 
 
 GOOD, BAD = f"```python\n{ADD}```", "```python\ndef add(a, b):\n    return a - b\n```"
@@ -208,14 +199,15 @@ def test_the_trainer_paths_carry_the_tests(served):
     from plaudit.integrations.verl import compute_score
 
     prompt = "<|im_start|>user\nWrite add(a, b).<|im_end|>\n<|im_start|>assistant\n"
-    answer = httpx2.post(f"{served}/get_reward", json={"query": [prompt + GOOD + "<|im_end|>", prompt + BAD],
+    answer = httpx2.post(f"{served}/get_reward", json={"model": "tests",
+                                                        "query": [prompt + GOOD + "<|im_end|>", prompt + BAD],
                                                         "prompts": [prompt, prompt], "labels": [TESTS, TESTS]},
                          timeout=60).json()
     assert answer["rewards"] == [1.0, 0.5] and answer["extra_logs"]["all_passed"] == [1.0, 0.0]
-    reward = reward_function(served, reference_column="tests")
+    reward = reward_function(served, "tests", reference_column="tests")
     assert reward(["Write add."] * 2, [GOOD, BAD], tests=[TESTS, TESTS]) == [1.0, 0.5]
     verl = asyncio.run(compute_score(data_source="humaneval", solution_str=GOOD, ground_truth=TESTS,
-                                     extra_info={"prompt": "Write add."}, url=served))
+                                     extra_info={"prompt": "Write add."}, url=served, model="tests"))
     assert verl["score"] == 1.0
     ranked = httpx2.post(f"{served}/rank", json={"model": "code", "prompt": "Write add.", "responses": [BAD, GOOD],
                                                  "reference": TESTS}, timeout=60).json()
@@ -224,7 +216,8 @@ def test_the_trainer_paths_carry_the_tests(served):
                                                       "prompts": [prompt, prompt], "labels": [TESTS, TESTS]},
                        timeout=60).json()["extra_logs"]
     assert logs["part/tests"] == [1.0, 0.5] and logs["error"] == [0.0, 0.0]
-    missing = httpx2.post(f"{served}/score", json={"items": [{"prompt": "p", "response": GOOD}]}, timeout=60)
+    missing = httpx2.post(f"{served}/score", json={"model": "tests", "items": [{"prompt": "p", "response": GOOD}]},
+                          timeout=60)
     assert missing.status_code in (400, 422) and missing.json()["field"] == "items[0].reference"
 
 

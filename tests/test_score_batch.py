@@ -12,12 +12,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import yaml
 
 from plaudit.rewardmodels import Item, load_scorer
 from plaudit.service import api, batch_score
 from plaudit.service.config import ModelConfig, ServiceConfig
-from servers import running_service
 
 PLAUDIT = str(Path(sys.executable).with_name("plaudit"))
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Greet me."}]
@@ -95,13 +93,10 @@ def test_kill_9_then_resume_scores_every_line_once(tiny_bt, tmp_path):
         assert record["rewards"] == pytest.approx(expected_rewards(local, line), abs=1e-5)
 
 
-def test_scored_against_a_running_service_equals_in_process(tiny_bt, tmp_path):
+def test_scored_against_a_running_service_equals_in_process(tiny_bt, tiny_service, tmp_path):
     lines = write_lines(tmp_path / "in.jsonl", 8)
-    config = tmp_path / "plaudit.yaml"
-    config.write_text(yaml.safe_dump({"models": {"tiny": {"path": str(tiny_bt)}}, "default_model": "tiny"}))
-    with running_service(config, tmp_path) as (url, _):
-        served = subprocess.run([PLAUDIT, "score", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl"),
-                                 "--endpoint", url, "--no-progress"], capture_output=True, text=True, timeout=300)
+    served = subprocess.run([PLAUDIT, "score", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl"),
+                             "--endpoint", tiny_service, "--no-progress"], capture_output=True, text=True, timeout=300)
     assert served.returncode == 0, served.stderr[-2000:]
     local = load_scorer(tiny_bt)
     records = {r["id"]: r for r in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())}

@@ -8,21 +8,16 @@ import math
 
 import httpx2
 import pytest
-import yaml
 
 from conftest import make_tiny
 from plaudit.integrations.trl import async_reward_function, reward_function
 from plaudit.integrations.verl import compute_score
-from servers import running_service
 
 
 @pytest.fixture(scope="module")
-def server(tiny_bt, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("trainers")
-    config = tmp / "plaudit.yaml"
-    config.write_text(yaml.safe_dump({"models": {"tiny": {"path": str(tiny_bt)}}, "default_model": "tiny"}))
-    with running_service(config, tmp, env={"PLAUDIT_API_KEYS": ""}) as (url, _):
-        yield url
+def server(tiny_service):
+    """The run's shared service: the tiny BT model `tiny` is its default."""
+    return tiny_service
 
 
 def score(url: str, items: list[dict]) -> list[float]:
