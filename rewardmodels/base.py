@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -70,6 +70,22 @@ class ModelLoadError(RuntimeError):
     """A model directory cannot be served as declared; raised at start-up, never per request."""
 
 
+@dataclass(frozen=True)
+class LoadContext:
+    """What every kind is loaded with, `Scorer.load(context)`: one contract whatever the kind.
+    Families with weights read `path` and the device options; kinds without read `settings`
+    (their `Settings` model validates them); a composite looks its parts up with `lookup`."""
+
+    name: str | None = None
+    path: Any = None  # the model folder, as configured (None: a kind without weights)
+    device: str = "auto"
+    dtype: str = "auto"
+    max_length: int | None = None
+    batching: Any = None  # batch_limits.Batching; None: the defaults
+    settings: dict[str, Any] = field(default_factory=dict)
+    lookup: Any = None  # (name) -> Scorer: the pool's configured models
+
+
 @dataclass
 class Batcher:
     """A forward batcher a scorer runs, as the service's metrics watch it."""
@@ -129,6 +145,18 @@ def best_first(rewards: Sequence[float | None]) -> list[int]:
     return sorted(range(len(rewards)), key=lambda i: (rewards[i] is None, -(rewards[i] or 0.0)))
 
 
+def validated_settings(model: type[BaseModel], settings: dict[str, Any] | None, name: str) -> BaseModel:
+    """`settings` as `model`, or a ModelLoadError naming the field (`NAME: settings.FIELD: why`)."""
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(settings or {})
+    except ValidationError as e:
+        error = e.errors()[0]
+        where = ".".join(map(str, error["loc"]))
+        raise ModelLoadError(f"{name}: settings{'.' + where if where else ''}: {error['msg']}") from None
+
+
 def sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 
@@ -137,6 +165,9 @@ class Scorer(ABC):
     """Anything that turns responses into rewards, registered by `kind`."""
 
     kind: ClassVar[str]
+    # What a kind without weights is configured with (validated at config load and at load);
+    # None for the families that read a model folder.
+    Settings: ClassVar[type[BaseModel] | None] = None
     # True where /score's reward is a preference against the other responses to the same prompt
     # in the call (GPM, code preference models, a pairwise judge), not a number per response.
     relative: ClassVar[bool] = False
@@ -151,6 +182,16 @@ class Scorer(ABC):
     def __init__(self, name: str, metadata: dict[str, Any]):
         self.name = name
         self.metadata = metadata
+
+    @classmethod
+    def load(cls, context: LoadContext) -> "Scorer":
+        """The scorer the context describes; a ModelLoadError names what is wrong."""
+        raise ModelLoadError(f"{context.name}: the {cls.kind} kind is not loaded from a config")
+
+    @classmethod
+    def settings_from(cls, context: LoadContext) -> BaseModel:
+        """The context's settings validated against `Settings`, or a ModelLoadError naming the field."""
+        return validated_settings(cls.Settings, context.settings, context.name or cls.kind)
 
     @property
     def temperature(self) -> float:

@@ -21,12 +21,14 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
-from .base import Batcher, InputError, LimitExceeded, Scorer
+from .base import Batcher, InputError, LimitExceeded, LoadContext, ModelLoadError, Scorer
 from .encoding import Batching, end_markers, generation_prompt, run_batched
+from .loading import choose_device, read_metadata, resolve_path
 from .prefix import SharedPrefixForward, Split, can_share
 
 Seqs = Sequence[Sequence[int]]
@@ -140,6 +142,31 @@ class BatchedScorer(Scorer):
                 return run_batched(seqs, rows, batching, pad_id, device)
         self.forward = ForwardBatcher(run, name, batching.linger or 0.0)
         self.max_request_tokens: int | None = None
+
+    @classmethod
+    def load(cls, context: LoadContext) -> "BatchedScorer":
+        """The weight-loading families' one loader: the folder and its metadata, the device and
+        dtype, the length limit, what is recorded in the metadata. `read` is each family's part."""
+        if context.path is None:
+            raise ModelLoadError(f"{context.name}: the {cls.kind} kind loads a model folder: give its `path`")
+        if context.settings:
+            raise ModelLoadError(f"{context.name}: settings: the {cls.kind} kind takes none (it reads its folder)")
+        directory = resolve_path(context.path)
+        metadata = read_metadata(directory)
+        device, dtype = choose_device(context.device, context.dtype)
+        model, tokenizer, metadata = cls.read(directory, metadata, dtype)
+        model.to(device=device, dtype=dtype).eval()
+        max_length = context.max_length or metadata.get("max_length") or min(tokenizer.model_max_length, 4096)
+        metadata = {**metadata, "kind": cls.kind, "max_length": max_length, "device": str(device),
+                    "dtype": str(dtype).removeprefix("torch.")}
+        return cls(context.name or directory.name, model, tokenizer, metadata, device, max_length,
+                   context.batching or Batching())
+
+    @classmethod
+    def read(cls, directory: Path, metadata: dict[str, Any], dtype: torch.dtype) -> tuple[Any, Any, dict[str, Any]]:
+        """The family's model (on the host, in `dtype` or fp32), its tokenizer, and the metadata
+        to serve it with."""
+        raise NotImplementedError
 
     def run(self, encoded: Sequence[tuple[list[int], bool]], field: str) -> list[torch.Tensor]:
         """Forward rows for encoded sequences; an empty one is the caller's error, named by index."""

@@ -10,7 +10,7 @@ from torch import nn
 from .base import Item, ModelLoadError, Scores
 from .batcher import BatchedScorer
 from .encoding import Batching, encode_item, encode_text, fp32_linear, last_token, rendered_text
-from .loading import choose_device, read_metadata, resolve_path
+from .loading import resolve_path
 from .lora import apply_adapter
 from .prefix import Split
 
@@ -89,17 +89,9 @@ class ClassifierScorer(BatchedScorer):
         raise NotImplementedError
 
     @classmethod
-    def load(cls, path: str | Path, name: str | None = None, device: str = "auto", dtype: str = "auto",
-             max_length: int | None = None, batching: Batching | None = None) -> "ClassifierScorer":
-        directory = resolve_path(path)
-        metadata = read_metadata(directory)
-        dev, dt = choose_device(device, dtype)
-        model, tokenizer = load_classifier(directory, metadata, dt, 2 if cls.per_token else 1, cls.per_token)
-        model.to(device=dev, dtype=dt).eval()
-        max_length = max_length or metadata.get("max_length") or min(tokenizer.model_max_length, 4096)
-        metadata = {"base": str(directory), **cls.defaults, **metadata, "kind": cls.kind, "max_length": max_length,
-                    "device": str(dev), "dtype": str(dt).removeprefix("torch.")}
-        return cls(name or directory.name, model, tokenizer, metadata, dev, max_length, batching or Batching())
+    def read(cls, directory: Path, metadata: dict[str, Any], dtype: torch.dtype) -> tuple[Any, Any, dict[str, Any]]:
+        model, tokenizer = load_classifier(directory, metadata, dtype, 2 if cls.per_token else 1, cls.per_token)
+        return model, tokenizer, {"base": str(directory), **cls.defaults, **metadata}
 
 
 class BradleyTerry(ClassifierScorer):

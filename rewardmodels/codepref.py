@@ -19,7 +19,7 @@ from torch import nn
 from .base import Comparison, InputError, Item, ModelLoadError, Pair, Prompt, Ranking, Scores, best_first
 from .batcher import BatchedScorer
 from .encoding import Batching, _plain, encode_text, fp32_linear, last_token_states, prompt_text, query_messages
-from .loading import choose_device, read_metadata, resolve_path
+from .loading import resolve_path
 from .lora import apply_adapter
 
 TEMPLATE = string.Template((Path(__file__).resolve().parent / "prompts" / "codepref.md").read_text())
@@ -62,24 +62,15 @@ class CodePreference(BatchedScorer):
         self.model = model
 
     @classmethod
-    def load(cls, path: str | Path, name: str | None = None, device: str = "auto", dtype: str = "auto",
-             max_length: int | None = None, batching: Batching | None = None) -> "CodePreference":
+    def read(cls, directory: Path, metadata: dict[str, Any], dtype: torch.dtype) -> tuple[Any, Any, dict[str, Any]]:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        directory = resolve_path(path)
-        metadata = read_metadata(directory)
         if "adapter" not in metadata:
             raise ModelLoadError(f"{directory}: a code preference folder is written by `plaudit train codepref`")
         base = resolve_path(metadata["base"])
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
         model = apply_adapter(model, directory, metadata["base"], metadata["adapter"].get("base_shape"))
-        dev, dt = choose_device(device, dtype)
-        model.to(device=dev, dtype=dt).eval()
-        tokenizer = AutoTokenizer.from_pretrained(base)
-        max_length = max_length or metadata.get("max_length") or min(tokenizer.model_max_length, 4096)
-        metadata = {**metadata, "kind": cls.kind, "max_length": max_length, "device": str(dev),
-                    "dtype": str(dt).removeprefix("torch.")}
-        return cls(name or directory.name, model, tokenizer, metadata, dev, max_length, batching or Batching())
+        return model, AutoTokenizer.from_pretrained(base), metadata
 
     def encode(self, instruction: Prompt, code_a: str, code_b: str, criterion: str | None) -> tuple[list[int], bool]:
         text = prompt_text(self.tokenizer, pair_prompt(instruction, code_a, code_b, criterion))

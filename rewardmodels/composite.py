@@ -17,12 +17,11 @@ is None with the reason in `errors`, never a silent 0; a part that does not coun
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .base import InputError, Item, ModelLoadError, Scorer, Scores, sigmoid
+from .base import InputError, Item, LoadContext, ModelLoadError, Scorer, Scores, sigmoid
 from .sandbox import Busy
 
 TRANSFORMS: dict[str, Callable[[float], float]] = {"identity": lambda x: x, "sigmoid": sigmoid}
@@ -57,6 +56,7 @@ class CompositeSettings(BaseModel):
 
 class Composite(Scorer):
     kind = "composite"
+    Settings = CompositeSettings
 
     def __init__(self, name: str, settings: CompositeSettings, parts: dict[str, Scorer]):
         super().__init__(name, {"kind": self.kind, **settings.model_dump()})
@@ -66,14 +66,9 @@ class Composite(Scorer):
         self.neutral_reward = self._combine({n: self._value(n, s.neutral_reward) for n, s in parts.items()})[0]
 
     @classmethod
-    def load(cls, path: str | Path | None = None, name: str | None = None, settings: dict | None = None,
-             lookup: Callable[[str], Scorer] | None = None, **ignored: Any) -> "Composite":
-        name = name or "composite"
-        try:
-            parsed = CompositeSettings.model_validate(settings or {})
-        except ValidationError as e:
-            err = e.errors()[0]
-            raise ModelLoadError(f"{name}: settings.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    def load(cls, context: LoadContext) -> "Composite":
+        name, lookup = context.name or cls.kind, context.lookup
+        parsed = cls.settings_from(context)
         if lookup is None:
             raise ModelLoadError(f"{name}: a composite is built from configured models, in the service or the CLI")
         parts = {}

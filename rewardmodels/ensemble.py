@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import logging
 import statistics
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
-from .base import Batcher, Item, ModelLoadError, Scorer, Scores
+from .base import Batcher, Item, LoadContext, ModelLoadError, Scorer, Scores
 from .batcher import BatchedScorer
 from .bt import BradleyTerry
 from .encoding import Batching, encode_item, encode_text, fp32_linear, last_token, rendered_text
@@ -76,21 +75,25 @@ class Ensemble(Scorer):
         self.metadata["shared_blocks"] = self.shared_blocks
 
     @classmethod
-    def load(cls, path: str | Path, name: str | None = None, **options: Any) -> "Ensemble":
+    def load(cls, context: LoadContext) -> "Ensemble":
         from .registry import load_scorer
 
-        directory = resolve_path(path)
+        if context.path is None:
+            raise ModelLoadError(f"{context.name}: an ensemble is a folder of members: give its `path`")
+        directory = resolve_path(context.path)
+        name = context.name or directory.name
         metadata = read_metadata(directory)
         names = metadata.get("members")
         if not names or not isinstance(names, list):
             raise ModelLoadError(f"{directory}: an ensemble's plaudit.json lists its member folders in `members`")
-        members = [load_scorer(directory / member, name=f"{name or directory.name}/{member}", **options)
+        members = [load_scorer(directory / member, name=f"{name}/{member}", device=context.device,
+                               dtype=context.dtype, max_length=context.max_length, batching=context.batching)
                    for member in names]
         kinds = {m.kind for m in members}
         if kinds != {"bt"}:
             raise ModelLoadError(f"{directory}: ensemble members must be BT models with absolute rewards, got {kinds}")
         metadata = {**metadata, "kind": "ensemble", "member_metadata": [m.metadata for m in members]}
-        return cls(name or directory.name, members, metadata, options.get("batching"))
+        return cls(name, members, metadata, context.batching)
 
     def _share_trunk(self, batching: Batching) -> SharedTrunk | None:
         """One forward over the members when their lower blocks are the same weights, their

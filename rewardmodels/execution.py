@@ -36,7 +36,7 @@ from typing import Any, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .base import InputError, Item, Scorer, Scores
+from .base import InputError, Item, LoadContext, Scorer, Scores
 from .languages import DEFAULT_LANGUAGE, LANGUAGES, Language, availability, by_name, find_source
 from .programs import Programs
 from .sandbox import Job, Run, Sandbox, SandboxLimits
@@ -216,6 +216,7 @@ def _close(got: str, expected: str, tolerance: float) -> bool:
 
 class Execution(Scorer):
     kind = "execution"
+    Settings = ExecutionSettings
     neutral_reward = 0.5
 
     def __init__(self, name: str, settings: ExecutionSettings):
@@ -230,9 +231,8 @@ class Execution(Scorer):
                                        thread_name_prefix=f"exec-{name}")
 
     @classmethod
-    def load(cls, path: str | Path | None = None, name: str | None = None, settings: dict | None = None,
-             **ignored: Any) -> "Execution":
-        return cls(name or "execution", ExecutionSettings.model_validate(settings or {}))
+    def load(cls, context: LoadContext) -> "Execution":
+        return cls(context.name or cls.kind, cls.settings_from(context))
 
     def p_good(self, reward: float | None) -> float | None:
         """The share of tests passed is already on the scale of a probability."""

@@ -40,7 +40,7 @@ from torch import nn
 from .base import Comparison, InputError, Item, ModelLoadError, Pair, Prompt, Ranking, Scores
 from .batcher import BatchedScorer
 from .encoding import Batching, Tokens, as_messages, encode_item, encode_text, fp32_linear, last_token, prompt_text
-from .loading import choose_device, read_metadata, resolve_path
+from .loading import resolve_path
 from .lora import apply_adapter
 from .prefix import Split
 
@@ -149,18 +149,10 @@ class GPM(BatchedScorer):
         self.tau = float(metadata.get("tau", 0.1))
 
     @classmethod
-    def load(cls, path: str | Path, name: str | None = None, device: str = "auto", dtype: str = "auto",
-             max_length: int | None = None, batching: Batching | None = None) -> "GPM":
-        directory = resolve_path(path)
-        metadata = read_metadata(directory)
+    def read(cls, directory: Path, metadata: dict[str, Any], dtype: torch.dtype) -> tuple[Any, Any, dict[str, Any]]:
         net, tokenizer = load_net(directory, metadata)
-        dev, dt = choose_device(device, dtype)
-        net.to(device=dev, dtype=dt).eval()
-        max_length = max_length or metadata.get("max_length") or min(tokenizer.model_max_length, 4096)
-        k2 = net.value_head.out_features
-        metadata = {**metadata, "kind": "gpm", "embedding_dim": k2, "prompt_head": net.prompt_head is not None,
-                    "max_length": max_length, "device": str(dev), "dtype": str(dt).removeprefix("torch.")}
-        return cls(name or directory.name, net, tokenizer, metadata, dev, max_length, batching or Batching())
+        return net, tokenizer, {**metadata, "embedding_dim": net.value_head.out_features,
+                                "prompt_head": net.prompt_head is not None}
 
     def _embed(self, responses: list[tuple[list[int], bool]], prompt_texts: list[str], prompt_of: list[int],
                field: str, prompt_field: str = "items[{}].prompt") -> tuple[torch.Tensor, torch.Tensor, list[bool]]:

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .base import InputError, Item, ModelLoadError, Scores
+from .base import InputError, Item, LoadContext, ModelLoadError, Scores
 from .math_worker import MathWorkers
 from .rules import AnswerPart, Rule, answer_of, normalised
 
@@ -93,10 +93,10 @@ class MathAnswer(Rule):
         self.counts = dict.fromkeys(["checks", "exact", "symbolic", "references_parsed", "timeouts"], 0)
 
     @classmethod
-    def load(cls, *args: Any, **kwargs: Any) -> "MathAnswer":
+    def load(cls, context: LoadContext) -> "MathAnswer":
         if importlib.util.find_spec("math_verify") is None:  # imported by the workers only
             raise ModelLoadError("the math kind needs math-verify (`pip install 'plaudit[serve]'`)")
-        return super().load(*args, **kwargs)
+        return super().load(context)
 
     def score(self, items: Sequence[Item]) -> Scores:
         details: list[dict[str, Any]] = []

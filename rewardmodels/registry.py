@@ -6,7 +6,7 @@ from typing import Any
 
 from plaudit.registry import resolve
 
-from .base import ModelLoadError, Scorer
+from .base import LoadContext, ModelLoadError, Scorer
 from .loading import read_metadata, resolve_path
 
 KINDS: dict[str, str] = {
@@ -42,10 +42,10 @@ def load_scorer(path: str | Path | None, name: str | None = None, kind: str | No
     if path is None:
         if not kind:
             raise ModelLoadError(f"{name}: a model without a path needs its kind")
-        return scorer_class(kind).load(None, name=name, **options)
+        return scorer_class(kind).load(LoadContext(name=name or kind, **options))
     directory = resolve_path(path)
     declared = read_metadata(directory).get("kind")
     if kind and declared and kind != declared:
         raise ModelLoadError(f"{path}: configured as kind {kind!r} but its metadata declares {declared!r}")
     chosen = kind or declared or "bt"
-    return scorer_class(chosen).load(directory, name=name or Path(str(path)).name, **options)
+    return scorer_class(chosen).load(LoadContext(name=name or Path(str(path)).name, path=directory, **options))

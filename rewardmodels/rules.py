@@ -22,12 +22,11 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
 from typing import Any, ClassVar, Literal, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from .base import InputError, Item, ModelLoadError, Scorer, Scores
+from .base import InputError, Item, LoadContext, ModelLoadError, Scorer, Scores
 from .languages import FENCE
 
 AnswerPart = Literal["final", "last_line", "whole"]
@@ -114,12 +113,13 @@ class Rule(Scorer):
         self.settings = settings
 
     @classmethod
-    def load(cls, path: str | Path | None = None, name: str | None = None, settings: dict | None = None,
-             **ignored: Any) -> "Rule":
+    def load(cls, context: LoadContext) -> "Rule":
+        name = context.name or cls.kind
+        settings = cls.settings_from(context)
         try:
-            return cls(name or cls.kind, cls.Settings.model_validate(settings or {}))
-        except (ValidationError, re.error) as e:
-            raise ModelLoadError(f"{name or cls.kind}: settings: {e}") from None
+            return cls(name, settings)
+        except re.error as e:  # a regex's pattern, compiled once here
+            raise ModelLoadError(f"{name}: settings.pattern: {e}") from None
 
     def p_good(self, reward: float | None) -> float | None:
         """A rule's 0 or 1 is already what feedback labels."""

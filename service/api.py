@@ -89,8 +89,7 @@ class ModelPool:
     def _load(self, name: str, field: str) -> Scorer:
         if name in self.config.models:
             cfg = self.config.models[name]
-            parts = {"lookup": self.get} if cfg.path is None else {}  # a composite's parts are configured models
-            scorer = load_scorer(cfg.path, name=name, **cfg.load_options(), **parts)
+            scorer = load_scorer(cfg.path, name=name, lookup=self.get, **cfg.load_options())
             scorer.limit_tokens(self.config.limits.max_tokens)
             return scorer
         if name in self.config.judges or name in METHODS:

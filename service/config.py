@@ -60,14 +60,30 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _path_or_kind(self):
-        if self.path is None and self.kind is None:
+        """A folder, or a kind without weights whose settings its `Settings` model accepts."""
+        from plaudit.rewardmodels.base import validated_settings
+        from plaudit.rewardmodels.registry import scorer_class
+
+        if self.path is not None:
+            if self.settings:
+                raise ValueError("settings are for kinds without weights (execution, rules, math, composite); "
+                                 "a model folder is configured by its own fields")
+            return self
+        if self.kind is None:
             raise ValueError("a model needs a `path`, or a `kind` that has no weights (execution)")
+        try:
+            scorer = scorer_class(self.kind)
+            if scorer.Settings is None:
+                raise ModelLoadError(f"the {self.kind} kind loads a model folder: give its `path`")
+            validated_settings(scorer.Settings, self.settings, self.kind)
+        except ModelLoadError as e:
+            raise ValueError(str(e)) from None
         return self
 
     def load_options(self) -> dict:
-        if self.path is None:  # a kind without weights: its settings are all it reads
-            return {"kind": self.kind, "settings": self.settings}
-        return {"kind": self.kind, "device": self.device, "dtype": self.dtype, "max_length": self.max_length,
+        """What `load_scorer` takes: the kind and its load context's fields."""
+        return {"kind": self.kind, "settings": self.settings, "device": self.device, "dtype": self.dtype,
+                "max_length": self.max_length,
                 "batching": Batching(self.max_batch_size, self.max_batch_tokens, self.call_overhead_tokens,
                                      self.linger, self.prefix_cache_mb, self.share_prefixes)}
 

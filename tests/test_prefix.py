@@ -12,7 +12,7 @@ from plaudit.rewardmodels.bt import BradleyTerry
 from plaudit.rewardmodels.encoding import Batching, encode_item, run_batched
 from plaudit.rewardmodels.gpm import GPM, GPMNet
 from plaudit.rewardmodels.prefix import MIN_CACHED_PREFIX, can_share
-from plaudit.rewardmodels.prm import ProcessRewardModel
+from plaudit.rewardmodels.registry import load_scorer
 
 from conftest import CORPUS, make_tokenizer
 
@@ -48,7 +48,7 @@ def bt_whole(scorer: BradleyTerry, items: list[Item]) -> list[float]:
 def test_bt_rewards_on_shared_prompts_equal_the_whole_forward(request, fixture, k):
     """With and without a chat template, 3 prompts x k responses in one request, and a
     max_length that cuts the longest prompt from the left."""
-    scorer = BradleyTerry.load(request.getfixturevalue(fixture), device="cpu", dtype="float32", max_length=128)
+    scorer = load_scorer(request.getfixturevalue(fixture), kind="bt", device="cpu", dtype="float32", max_length=128)
     items = groups(k, k)
     scored = scorer.score(items)
     assert any(scored.truncated) and not all(scored.truncated)
@@ -85,7 +85,7 @@ def test_pad_equal_to_eos_and_without_a_cache(tiny_bt):
 def test_one_sample_per_request_hits_the_cache(tiny_bt):
     """OpenRLHF and verl send one sample per request: the first sample of a prompt computes it,
     the others hit the cache, and the rewards do not change."""
-    scorer = BradleyTerry.load(tiny_bt, device="cpu", dtype="float32")
+    scorer = load_scorer(tiny_bt, kind="bt", device="cpu", dtype="float32")
     items = groups(2, 4, prompt_words=(60, 70))
     rewards = [scorer.score([it]).rewards[0] for it in items]
     assert rewards == pytest.approx(bt_whole(scorer, items), abs=TOL)
@@ -97,10 +97,10 @@ def test_one_sample_per_request_hits_the_cache(tiny_bt):
 
 def test_the_cache_stays_within_its_bytes(tiny_bt):
     """Room for one prompt: two prompts alternating evict each other, and every answer is right."""
-    probe = BradleyTerry.load(tiny_bt, device="cpu", dtype="float32")
+    probe = load_scorer(tiny_bt, kind="bt", device="cpu", dtype="float32")
     probe.score([Item(prompt=text(random.Random(0), 60), response="x")])
     one_prompt = probe.prefixes.stats()["bytes"]
-    scorer = BradleyTerry.load(tiny_bt, device="cpu", dtype="float32",
+    scorer = load_scorer(tiny_bt, kind="bt", device="cpu", dtype="float32",
                                batching=Batching(prefix_cache_mb=1.5 * one_prompt / 2**20))
     items = groups(3, 3, prompt_words=(60, 62))
     rewards = [scorer.score([it]).rewards[0] for it in items]
@@ -122,7 +122,7 @@ def test_prm_step_rewards_on_a_shared_prompt(tmp_path):
                          num_labels=2, tie_word_embeddings=False)
     LlamaForTokenClassification(config).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    prm = ProcessRewardModel.load(tmp_path, device="cpu", dtype="float32")
+    prm = load_scorer(tmp_path, kind="prm", device="cpu", dtype="float32")
     rng = random.Random(4)
     prompt = text(rng, 50)
     traces = [Steps(prompt=prompt, steps=[text(rng, rng.randint(1, 8)) for _ in range(rng.randint(1, 5))])
