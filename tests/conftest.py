@@ -111,6 +111,22 @@ def tiny_base(tmp_path_factory) -> Path:
     return make_tiny(tmp_path_factory.mktemp("tiny-base"), head=False)
 
 
+@pytest.fixture(scope="session")
+def tiny_gpm(tiny_base, tmp_path_factory) -> Path:
+    """A GPM trained one epoch on the tiny base, once for the run (its weights mean nothing)."""
+    from helpers import make_gpm
+
+    return make_gpm(tiny_base, tmp_path_factory.mktemp("tiny-gpm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_prm(tiny_bt, tmp_path_factory) -> Path:
+    """The tiny classifier's backbone under a fresh two-class token head, once for the run."""
+    from helpers import make_prm
+
+    return make_prm(tiny_bt, tmp_path_factory.mktemp("tiny-prm"))
+
+
 # The execution kind's settings where tests run it: small, quick limits.
 EXECUTION_SETTINGS = {"wall_s": 6, "test_s": 3, "slots": 2, "memory_mb": 256, "compile_s": 8}
 

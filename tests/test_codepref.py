@@ -12,22 +12,15 @@ import pytest
 import yaml
 
 from conftest import tiny_training
+from helpers import ADD, BAD, GOOD, records
 from plaudit.rewardmodels import InputError, Item, Pair, load_scorer
 from servers import running_service
 from plaudit.training.codepref import CodePrefConfig, train_codepref
 from plaudit.training.codeprefbench import LongerWins, efficiency_tasks, eval_codepref, security_tasks
-from plaudit.training.data import CodePrefRecord, read_codepref
+from plaudit.training.data import read_codepref
 
 REPO = Path(__file__).resolve().parent.parent
 PLAUDIT = str(Path(sys.executable).with_name("plaudit"))
-ADD = "Write a function that adds two numbers."
-GOOD, BAD = "def add(a, b):\n    return a + b\n", "def add(a, b):\n    return a - b\n"
-
-
-def records(n: int = 16) -> list[CodePrefRecord]:
-    """The better program is always the one with +; it sits in A and in B equally often."""
-    return [CodePrefRecord(instruction=ADD, code_a=a, code_b=b, answer=answer)
-            for _ in range(n // 2) for a, b, answer in ((GOOD, BAD, "A"), (BAD, GOOD, "B"))]
 
 
 @pytest.fixture(scope="module")

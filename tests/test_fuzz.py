@@ -23,7 +23,6 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 from plaudit.judges.registry import METHODS
 from plaudit.rewardmodels.sandbox import sandbox_unavailable
 from servers import FakeLLM, http_server, running_service
-from test_properties import make_gpm, make_prm
 
 MODELS = ("bt", "gpm", "prm")
 NO_SANDBOX = sandbox_unavailable()  # why /run_code cannot be fuzzed here, or None
@@ -48,16 +47,14 @@ def respond(messages: list[dict]) -> str | tuple[str, dict[str, float]]:
 
 
 @pytest.fixture(scope="module")
-def service_url(tiny_bt, tiny_base, tmp_path_factory):
+def service_url(tiny_bt, tiny_gpm, tiny_prm, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fuzz")
-    make_gpm(tiny_base, tmp / "gpm")
-    make_prm(tiny_bt, tmp / "prm")
     # FakeLLM.serving() stops after 60 s; the fuzzing may take longer.
     with http_server(FakeLLM(respond)._handle, lifetime_s=900) as llm_url:
         config = tmp / "plaudit.yaml"
         config.write_text(yaml.safe_dump({
-            "models": {"bt": {"path": str(tiny_bt), "max_length": 96}, "gpm": {"path": str(tmp / "gpm")},
-                       "prm": {"path": str(tmp / "prm"), "kind": "prm", "max_length": 96},
+            "models": {"bt": {"path": str(tiny_bt), "max_length": 96}, "gpm": {"path": str(tiny_gpm)},
+                       "prm": {"path": str(tiny_prm), "kind": "prm", "max_length": 96},
                        **({} if NO_SANDBOX else {"sandbox": {"kind": "execution", "settings": {
                            "slots": 2, "wall_s": 4, "test_s": 2, "compile_s": 10, "memory_mb": 256}}})},
             "default_model": "bt",

@@ -16,7 +16,6 @@ from plaudit.rewardmodels import InputError, Item, load_scorer
 from plaudit.rewardmodels.loading import write_metadata
 from plaudit.rewardmodels.queries import parse_chat, score_queries, strip_end
 from servers import FakeLLM, running_service
-from test_properties import make_gpm, make_prm
 
 TOL = 1e-4
 CONVERSATIONS = [
@@ -64,10 +63,10 @@ def test_end_markers_and_chat_renderings_are_read_back():
 
 
 @pytest.fixture(scope="module")
-def models(tiny_bt, tiny_bt_plain, tiny_base, tmp_path_factory) -> dict[str, Path]:
+def models(tiny_bt, tiny_bt_plain, tiny_base, tiny_gpm, tiny_prm, tmp_path_factory) -> dict[str, Path]:
     """One served model of every tokenised kind /get_reward accepts."""
     from plaudit.training.codepref import CodePrefConfig, train_codepref
-    from test_codepref import records
+    from helpers import records
 
     tmp = tmp_path_factory.mktemp("get-reward")
     ensemble = tmp / "ensemble"
@@ -76,8 +75,8 @@ def models(tiny_bt, tiny_bt_plain, tiny_base, tmp_path_factory) -> dict[str, Pat
     write_metadata(ensemble, {"kind": "ensemble", "members": ["m0", "m1"]})
     train_codepref(records(4), tmp / "codepref", tiny_training(CodePrefConfig, tiny_base, num_train_epochs=1),
                    on_log=lambda row: None)
-    return {"bt": tiny_bt, "bt-plain": tiny_bt_plain, "gpm": make_gpm(tiny_base, tmp / "gpm"),
-            "prm": make_prm(tiny_bt, tmp / "prm"), "ensemble": ensemble, "codepref": tmp / "codepref"}
+    return {"bt": tiny_bt, "bt-plain": tiny_bt_plain, "gpm": tiny_gpm, "prm": tiny_prm, "ensemble": ensemble,
+            "codepref": tmp / "codepref"}
 
 
 @pytest.mark.parametrize("kind", ["bt", "gpm", "prm", "ensemble", "codepref"])

@@ -13,47 +13,19 @@ from pathlib import Path
 
 import httpx2
 import pytest
-import yaml
 
 from plaudit.jobs import Endpoints, summary_path
 from plaudit.judges import batch
 from plaudit.service import api
 from plaudit.service.config import ModelConfig, ServiceConfig
-from servers import REPO, Fail, FakeLLM, http_server, running_service, send_json
+from helpers import config_yaml, rating_llm, write_items
+from servers import REPO, FakeLLM, http_server, running_service, send_json
 
 PLAUDIT = str(Path(sys.executable).with_name("plaudit"))
 
 
-def rating_llm(fail_on: set[str]):
-    """A direct judge's LLM: rates a response by its length, fails with 500 on chosen responses."""
-    def respond(messages):
-        response = messages[-1]["content"].split("Response:\n", 1)[1].split("\n\nAnswer", 1)[0]
-        if response in fail_on:
-            raise Fail(500)
-        return str(min(10, len(response)))
-    return respond
-
-
-def write_items(path: Path, n: int, bad: bool = False) -> Path:
-    lines = [json.dumps({"id": f"item-{i}", "instruction": f"Say {i} words.", "response": "x" * (1 + i % 9)})
-             for i in range(n)]
-    if bad:
-        lines[2:2] = ["{not json", json.dumps({"id": "no-response", "instruction": "Hi."})]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 def ids_in(out: Path) -> Counter:
     return Counter(json.loads(line)["id"] for line in out.read_text().splitlines())
-
-
-def config_yaml(tmp_path: Path, tiny_bt: Path, url: str) -> Path:
-    path = tmp_path / "plaudit.yaml"
-    path.write_text(yaml.safe_dump({
-        "models": {"tiny": {"path": str(tiny_bt)}}, "default_model": "tiny",
-        "backends": {"fake": {"url": url, "timeout_s": 5, "max_retries": 1, "backoff_s": 0.01}},
-        "default_backend": "fake", "judges": {"rater": {"method": "direct"}}}))
-    return path
 
 
 def in_process(pool: api.ModelPool):

@@ -8,7 +8,6 @@ must score as a finite number, or be refused with an InputError that names the e
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +15,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from conftest import tiny_training
 from plaudit.rewardmodels import Batching, InputError, Item, Steps, load_scorer
 from plaudit.rewardmodels.encoding import encode_item
 from plaudit.rewardmodels.queries import score_queries
@@ -40,26 +38,6 @@ texts = st.one_of(st.sampled_from(ODD), words, runs, st.text(max_size=60))
 messages = st.lists(st.builds(lambda role, content: {"role": role, "content": content},
                               st.sampled_from(["system", "user", "assistant"]), texts), min_size=1, max_size=3)
 items = st.builds(lambda prompt, response: Item(prompt=prompt, response=response), st.one_of(texts, messages), texts)
-
-
-def make_gpm(base: Path, out: Path) -> Path:
-    """A GPM with real adapters and a prompt head, trained one epoch: the weights need not mean anything."""
-    from plaudit.training.experiments import cyclic_pairs
-    from plaudit.training.gpm import GPMConfig, train_gpm
-
-    train_gpm(cyclic_pairs(2), out, tiny_training(GPMConfig, base, num_train_epochs=1, dims=4, prompt_head=True, lora_layers=1),
-              on_log=lambda row: None)
-    return out
-
-
-def make_prm(classifier: Path, out: Path) -> Path:
-    """A PRM: the tiny classifier's backbone under a fresh two-class token head."""
-    from transformers import AutoModelForTokenClassification, AutoTokenizer
-
-    AutoModelForTokenClassification.from_pretrained(classifier, num_labels=2,
-                                                    ignore_mismatched_sizes=True).save_pretrained(out)
-    AutoTokenizer.from_pretrained(classifier).save_pretrained(out)
-    return out
 
 
 def close(a, b) -> bool:
@@ -143,8 +121,8 @@ def test_a_conversation_without_messages_is_refused_by_the_schema():
 
 
 @pytest.fixture(scope="module")
-def gpm(tiny_base, tmp_path_factory):
-    return load_scorer(make_gpm(tiny_base, tmp_path_factory.mktemp("gpm")), max_length=MAX_LENGTH,
+def gpm(tiny_gpm):
+    return load_scorer(tiny_gpm, max_length=MAX_LENGTH,
                        batching=Batching(max_batch_size=3))
 
 
@@ -190,8 +168,8 @@ def test_gpm_names_a_prompt_without_tokens(gpm):
 
 
 @pytest.fixture(scope="module")
-def prm(tiny_bt, tmp_path_factory):
-    return load_scorer(make_prm(tiny_bt, tmp_path_factory.mktemp("prm")), kind="prm", max_length=MAX_LENGTH,
+def prm(tiny_prm):
+    return load_scorer(tiny_prm, kind="prm", max_length=MAX_LENGTH,
                        batching=Batching(max_batch_size=2))
 
 

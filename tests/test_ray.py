@@ -12,7 +12,7 @@ ray = pytest.importorskip("ray")
 from plaudit import ray as on_ray  # noqa: E402
 from plaudit.service import api, batch_score  # noqa: E402
 from plaudit.service.config import ModelConfig, ServiceConfig, load_config  # noqa: E402
-from test_score_batch import write_lines  # noqa: E402
+from helpers import write_lines  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_judging_on_ray_equals_the_in_process_run(local_ray, tiny_bt, tmp_path):
     """`plaudit judge --ray`'s job: actors with a direct judge whose LLM is a scripted server."""
     from plaudit.judges import batch
     from servers import FakeLLM
-    from test_judge_batch import config_yaml, rating_llm, write_items
+    from helpers import config_yaml, rating_llm, write_items
 
     items = write_items(tmp_path / "items.jsonl", 9)
     with FakeLLM(rating_llm(set())).serving() as url:

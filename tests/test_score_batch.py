@@ -13,26 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from helpers import write_lines
 from plaudit.rewardmodels import Item, load_scorer
 from plaudit.service import api, batch_score
 from plaudit.service.config import ModelConfig, ServiceConfig
 
 PLAUDIT = str(Path(sys.executable).with_name("plaudit"))
-MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Greet me."}]
-
-
-def write_lines(path: Path, n: int) -> list[dict]:
-    """n prompts with 1 to 4 responses each; every third prompt as chat messages."""
-    lines = []
-    for i in range(n):
-        prompt = MESSAGES if i % 3 == 0 else f"Say hello {i}."
-        responses = [f"hello {'there ' * j}{i}" for j in range(1 + i % 4)]
-        lines.append({"id": f"p{i}", "prompt": prompt, **({"response": responses[0]} if len(responses) == 1
-                                                          else {"responses": responses})})
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return lines
-
-
 def expected_rewards(scorer, line: dict) -> list[float]:
     responses = line.get("responses") or [line["response"]]
     return scorer.score([Item(prompt=line["prompt"], response=r) for r in responses]).rewards

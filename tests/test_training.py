@@ -8,19 +8,18 @@ without it. The untrained model is checked to get this wrong, so passing means i
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 import torch
 
 from conftest import tiny_training
+from helpers import marker_pairs, write_pairs
 from plaudit.rewardmodels import InputError, Item, ModelLoadError, Scorer, Scores, load_scorer
 from plaudit.rewardmodels.bt import last_token_rewards
 from plaudit.rewardmodels.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from plaudit.rewardmodels.encoding import encode_item
 from plaudit.training.bt import BTConfig, train_bt
 from plaudit.training.data import PreferencePair, read_pairs
-from plaudit.files import write_jsonl
 from plaudit.training.evaluate import eval_pairs
 
 # --- read_pairs ------------------------------------------------------------------------------------
@@ -103,30 +102,6 @@ def test_read_pairs_refuses_empty_file(tmp_path, content):
 
 
 # --- train_bt --------------------------------------------------------------------------------------
-
-TASKS = ["add two numbers", "sum a list", "reverse a string", "count words", "find the max", "sort a list",
-         "check a prime", "square a number"]
-BODY = ["for i in range(n): total += i", "if x < y and not z: return None", "def add(a, b):", "return a + b",
-        "The quick brown fox", "hello world", "0123456789", "the lazy dog"]
-
-
-def marker_pairs(n: int, seed: int) -> list[PreferencePair]:
-    """The learnable rule: chosen = rejected with the word "tested" inserted after its first word."""
-    rng = random.Random(seed)
-    pairs = []
-    for _ in range(n):
-        first, rest = (rng.choice(BODY) + " " + rng.choice(BODY)).split(" ", 1)
-        prompt = f"Write code to {rng.choice(TASKS)}."
-        if rng.random() < 0.25:
-            prompt = [{"role": "user", "content": prompt}]
-        pairs.append(PreferencePair(prompt=prompt, chosen=f"{first} tested {rest}", rejected=f"{first} {rest}"))
-    return pairs
-
-
-def write_pairs(path, pairs: list[PreferencePair]) -> None:
-    """Pairs as the training commands read them (TRL's JSONL)."""
-    write_jsonl([p.model_dump() for p in pairs], path)
-
 
 def config(base, **overrides) -> BTConfig:
     return tiny_training(BTConfig, base, **overrides)

@@ -22,7 +22,7 @@ from plaudit.rewardmodels.trunk import TrunkAndTails, shared_blocks
 from plaudit.service.api import ModelPool, score as score_endpoint
 from plaudit.service.config import ModelConfig, ServiceConfig
 from plaudit.schemas import ScoreRequest
-from test_training import marker_pairs, write_pairs
+from helpers import marker_pairs, write_pairs
 from plaudit.training.warm import MEMBERS, Member, WarmConfig, average, merge, train_warm
 
 ADAPTED = "model.layers.1.self_attn.q_proj.weight"  # in the last block: LoRA merges into it
