@@ -89,8 +89,6 @@ def config_yaml(tmp_path: Path, tiny_bt: Path, url: str) -> Path:
 
 TASKS = ["add two numbers", "sum a list", "reverse a string", "count words", "find the max", "sort a list",
          "check a prime", "square a number"]
-
-
 BODY = ["for i in range(n): total += i", "if x < y and not z: return None", "def add(a, b):", "return a + b",
         "The quick brown fox", "hello world", "0123456789", "the lazy dog"]
 

@@ -22,9 +22,9 @@ from plaudit.training.evaluate import auroc, eval_steps
 from plaudit.training.prm import PRMConfig, train_prm
 
 from conftest import make_tokenizer, tiny_training
+from helpers import BODY
 
-LINES = ["for i in range(n): total += i", "if x < y and not z: return None", "def add(a, b):", "return a + b",
-         "The quick brown fox", "hello world", "0123456789", "the lazy dog"]
+LINES = BODY  # the same code-like lines the BT tests use
 
 
 def marked_records(n: int, seed: int) -> list[StepRecord]:

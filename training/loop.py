@@ -62,9 +62,9 @@ def family_default(name: str, value: Any) -> Any:
 @dataclass
 class DeeperRecipe(TrainConfig):
     """Adapters on 16 of SmolLM2's 30 blocks, 4 epochs on a cosine schedule with 5% warmup: the
-    defaults of BT and PRM, with which `default` and `default-prm` were trained. The base
-    defaults (8 blocks, 2 epochs, a constant rate) underfitted both: BT 80.9% held-out against
-    90.9%, PRM step AUROC 0.83 against 0.93 (README, docs/model-families.md)."""
+    defaults of BT and PRM, with which `default` and `default-prm` were trained, because the
+    base defaults (8 blocks, 2 epochs, a constant rate) underfitted both (the numbers:
+    docs/model-families.md)."""
     num_train_epochs: int = family_default("num_train_epochs", 4)
     lora_layers: int = family_default("lora_layers", 16)
     lr_scheduler_type: str = family_default("lr_scheduler_type", "cosine")
