@@ -134,6 +134,7 @@ def test_items_are_sharded_across_endpoints(tmp_path):
                             judge_name="direct", progress=False)
         endpoints.close()
     assert summary["errors"] == 3 and "answered 503: overloaded" in summary["error_examples"][0]
+    assert seen[0] == 5 + 3 * 2  # plaudit.client's retries: each of the 3 items tried twice (max_retries=1)
 
 
 @pytest.fixture(scope="module")

@@ -161,6 +161,16 @@ def test_a_part_refusing_the_request_refuses_it(pool):
     assert refused.value.field == "items[0].reference"
 
 
+def test_a_kind_s_settings_are_checked_with_the_config():
+    """Each kind without weights declares its Settings; the config checks them at start-up, by name."""
+    with pytest.raises(ValidationError, match=r"models\.m[\s\S]*math: settings\.timeout_s: Input should be greater"):
+        ServiceConfig(models={"m": {"kind": "math", "settings": {"timeout_s": 0}}}, default_model="m")
+    with pytest.raises(ValidationError, match="the bt kind loads a model folder"):
+        ServiceConfig(models={"m": {"kind": "bt"}}, default_model="m")
+    with pytest.raises(ValidationError, match="settings are for kinds without weights"):
+        ServiceConfig(models={"m": {"path": "/models/x", "settings": {"slots": 2}}}, default_model="m")
+
+
 @pytest.mark.parametrize("models, needle", [
     ({"c": {"kind": "composite", "settings": {"parts": {"x": {"model": "nowhere"}}}}}, "parts.x.model"),
     ({"c": {"kind": "composite", "settings": {"parts": {"x": {"model": "c"}}}}}, "contains itself"),
