@@ -46,8 +46,11 @@ def config_flags(config_class) -> argparse.ArgumentParser:
 def cmd_train(args) -> None:
     config_class, trainer, read = _trainer(args.family)
     config = _config(config_class, args)
+    from plaudit.training.loop import leave_process_group
+
     summary = trainer(read(args.data), args.out, config, on_log=lambda row: print(json.dumps(row), flush=True),
                       data=str(args.data), heldout=read(config.eval_data) if config.eval_data else ())
+    leave_process_group()
     print(json.dumps(summary))
 
 
@@ -55,8 +58,11 @@ def cmd_warm_train(args) -> None:
     from plaudit.training.data import read_pairs
     from plaudit.training.warm import WarmConfig, train_warm
 
+    from plaudit.training.loop import leave_process_group
+
     report = train_warm(read_pairs(args.data), args.out, _config(WarmConfig, args), args.members,
                         on_log=lambda row: print(json.dumps(row), flush=True), data=str(args.data))
+    leave_process_group()
     print(json.dumps(report))
 
 
