@@ -341,6 +341,9 @@ class FeedbackRequest(BaseModel):
 class FeedbackResponse(BaseModel):
     accepted: int
     unknown: list[str] = Field(description="ids never served, already labelled, or expired; nothing else failed")
+    reasons: list[str] = Field([], description=(
+        "why each id in `unknown` was refused, in its order: forged (forged, altered or not an id), other_key "
+        "(signed by another key: another replica's, or this server's before a restart), expired, already_labelled"))
 
 
 class ModelInfo(BaseModel):

@@ -2,10 +2,17 @@
 accepts the label for an id another one served.
 
 An id is `payload.signature`: the payload (base64url JSON) holds the model, the kind of
-prediction (item or pair), the probability served and when; the signature is an HMAC-SHA256
-of it with a key every process shares (`monitoring.feedback_key`, or $PLAUDIT_FEEDBACK_KEY).
-A client cannot forge or alter one without the key. Without a configured key each process
-makes its own, and only the process that served an id accepts its label.
+prediction (item or pair), the probability served, when, a nonce and the fingerprint of
+the key that signed it; the signature is an HMAC-SHA256 of the payload with that key. A
+client cannot forge or alter an id without the key; the fingerprint (4 bytes of an HMAC of
+a constant, which tells nothing of the key) only says why an id is refused: signed by
+another key, or forged or altered.
+
+The key, in order: `monitoring.feedback_key` or $PLAUDIT_FEEDBACK_KEY (configured: every
+worker, replica and restart that has it accepts the id); else the key `plaudit serve` made
+when it started and gave its workers ($PLAUDIT_SERVER_FEEDBACK_KEY: ids are accepted by any
+worker of that server until it stops); else (the service started by other means) one of
+this process's own.
 """
 from __future__ import annotations
 
@@ -19,7 +26,16 @@ import time
 from dataclasses import dataclass
 
 ENV_KEY = "PLAUDIT_FEEDBACK_KEY"
+SERVER_ENV_KEY = "PLAUDIT_SERVER_FEEDBACK_KEY"  # made by `plaudit serve` for its workers; never configured
 SIGNATURE_BYTES = 16
+FINGERPRINT_BYTES = 4
+
+# Why a label's id is refused, the `reason` of plaudit_feedback_unmatched_total.
+FORGED = "forged"  # not an id this key signed, nor one that names another key: forged, altered, or not an id
+OTHER_KEY = "other_key"  # signed by another key: another replica's, or this server's before a restart
+EXPIRED = "expired"  # older than monitoring.pending_ttl_s
+ALREADY_LABELLED = "already_labelled"  # this process accepted a label for it before
+REASONS = (FORGED, OTHER_KEY, EXPIRED, ALREADY_LABELLED)
 
 
 @dataclass(frozen=True)
@@ -40,20 +56,40 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def configured_key(key: str | None = None) -> str | None:
+    """The key that outlives a restart and crosses replicas: `monitoring.feedback_key`, else $PLAUDIT_FEEDBACK_KEY."""
+    return key or os.environ.get(ENV_KEY) or None
+
+
+def share_with_workers(key: str | None) -> bool:
+    """In the process that starts the workers (`plaudit serve`): without a configured key,
+    make one for this start and put it in the environment the workers inherit. Returns
+    whether the key is configured, i.e. whether ids outlive a restart and cross replicas."""
+    if configured_key(key):
+        os.environ.pop(SERVER_ENV_KEY, None)
+        return True
+    os.environ[SERVER_ENV_KEY] = secrets.token_urlsafe(32)
+    return False
+
+
 class FeedbackIds:
-    """`mint` an id for a served probability; `read` one back (None: forged, altered or not ours)."""
+    """`mint` an id for a served probability; `read` one back (None: refused, `refusal` says why)."""
 
     def __init__(self, key: str | None = None):
-        key = key or os.environ.get(ENV_KEY)
-        self.shared = bool(key)  # False: a key of this process's own
+        key = configured_key(key)
+        self.shared = bool(key)  # configured: False for a server's or a process's own key
+        key = key or os.environ.get(SERVER_ENV_KEY)
         self._key = key.encode() if key else secrets.token_bytes(32)
+        self.fingerprint = _b64(hmac.new(self._key, b"plaudit feedback key fingerprint",
+                                         hashlib.sha256).digest()[:FINGERPRINT_BYTES])
 
     def _sign(self, payload: str) -> str:
         return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest()[:SIGNATURE_BYTES])
 
     def mint(self, model: str, kind: str, probability: float, now: float | None = None) -> str:
         fields = [model, kind, round(probability, 6), round(now if now is not None else time.time(), 3),
-                  secrets.token_hex(4)]  # the nonce: equal predictions still get different ids
+                  secrets.token_hex(4),  # the nonce: equal predictions still get different ids
+                  self.fingerprint]
         payload = _b64(json.dumps(fields, separators=(",", ":")).encode())
         return f"{payload}.{self._sign(payload)}"
 
@@ -62,7 +98,16 @@ class FeedbackIds:
         try:  # whatever a client sends: never an error, at most not ours
             if not dot or not hmac.compare_digest(signature.encode(), self._sign(payload).encode()):
                 return None
-            model, kind, probability, served_at, _ = json.loads(_unb64(payload))
+            model, kind, probability, served_at = json.loads(_unb64(payload))[:4]  # ids before the fingerprint: 5 fields
             return Prediction(str(model), str(kind), float(probability), float(served_at))
         except (ValueError, TypeError, UnicodeError):
             return None
+
+    def refusal(self, token: str) -> str:
+        """Why `read` refused `token`: OTHER_KEY if it names another key's fingerprint, else FORGED."""
+        try:
+            fields = json.loads(_unb64(token.partition(".")[0]))
+        except (ValueError, TypeError, UnicodeError):
+            return FORGED
+        named = fields[5] if isinstance(fields, list) and len(fields) == 6 else None
+        return OTHER_KEY if isinstance(named, str) and named != self.fingerprint else FORGED

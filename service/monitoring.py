@@ -9,7 +9,7 @@ kind, forward batch sizes and queue wait.
 
 Every scoring answer carries ids that hold the probability served, signed
 (feedback_ids.py), so that `POST /feedback` to any worker or replica with the same key can
-label it later, within a time limit. Label values are model names from the config and fixed endpoint names: never user
+label it later, within a time limit; refused labels are counted by reason. Label values are model names from the config and fixed endpoint names: never user
 text. Metric objects are made in the worker, after BentoML has set up Prometheus's
 multiprocess mode, which is why `prometheus_client` is imported late.
 """
@@ -21,7 +21,7 @@ import statistics
 import threading
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -32,7 +32,7 @@ from plaudit.training.calibration import bin_of, expected_calibration_error
 
 from .api import Served
 from .config import MonitoringConfig
-from .feedback_ids import FeedbackIds
+from .feedback_ids import ALREADY_LABELLED, EXPIRED, REASONS, FeedbackIds
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 REWARD_BUCKETS = (-4, -3, -2, -1, -0.5, 0, 0.25, 0.5, 0.75, 1, 2, 3, 4, 6, 8, 10)
@@ -103,7 +103,10 @@ class Metrics:
         self.drift = gauge("plaudit_reward_drift", "Kolmogorov-Smirnov distance between the window's rewards and "
                                                    "the reference window (the first rewards served)")
         self.feedback = counter("plaudit_feedback", "labels received for served predictions", ["model", "kind"])
-        self.feedback_unmatched = counter("plaudit_feedback_unmatched", "labels for unknown or expired ids", [])
+        self.feedback_unmatched = counter("plaudit_feedback_unmatched", "labels refused, by reason: " + ", ".join(
+            REASONS) + " (feedback_ids.py)", ["reason"])
+        for reason in REASONS:  # each series from the start, at 0: a loss shows as a rise, not as a new series
+            self.feedback_unmatched.labels(reason)
         self.ece = gauge("plaudit_calibration_ece", "expected calibration error (10 bins) over this process's "
                                                     "feedback window (fleet-wide: plaudit:calibration_ece:1h)")
         self.brier = gauge("plaudit_calibration_brier", "Brier score over this process's feedback window")
@@ -291,14 +294,19 @@ class Monitor:
 
     def feedback(self, request: FeedbackRequest) -> FeedbackResponse:
         """Labels for ids any process served with the same key; forged, expired or already
-        labelled ids (this process remembers the last `max_pending` it accepted) are listed."""
+        labelled ids (this process remembers the last `max_pending` it accepted), or ids
+        signed by another key, are listed with the reason and counted by it."""
         now = time.time()
-        unknown, touched = [], set()
+        unknown, reasons, touched = [], [], set()
         with self._lock:
             for entry in request.items:
                 served = self.ids.read(entry.id)
-                if served is None or now - served.served_at > self.config.pending_ttl_s or entry.id in self._labelled:
+                reason = (self.ids.refusal(entry.id) if served is None
+                          else EXPIRED if now - served.served_at > self.config.pending_ttl_s
+                          else ALREADY_LABELLED if entry.id in self._labelled else None)
+                if reason is not None:
                     unknown.append(entry.id)
+                    reasons.append(reason)
                     continue
                 self._labelled[entry.id] = None
                 while len(self._labelled) > self.config.max_pending:
@@ -314,6 +322,6 @@ class Monitor:
                 self.metrics.brier.labels(model).set(result["brier"])
                 self.metrics.accuracy.labels(model).set(result["accuracy"])
                 self.metrics.labelled.labels(model).set(len(labelled))
-        if unknown:
-            self.metrics.feedback_unmatched.inc(len(unknown))
-        return FeedbackResponse(accepted=len(request.items) - len(unknown), unknown=unknown)
+        for reason, n in Counter(reasons).items():
+            self.metrics.feedback_unmatched.labels(reason).inc(n)
+        return FeedbackResponse(accepted=len(request.items) - len(unknown), unknown=unknown, reasons=reasons)

@@ -3,14 +3,17 @@ server; the Prometheus deploy files with promtool; and, in `slow`, a real Promet
 running plaudit: every dashboard panel returns data, and an alert fires on bad calibration."""
 from __future__ import annotations
 
+import base64
 import contextlib
 from concurrent.futures import ThreadPoolExecutor
 import json
+import os
 import random
 import re
 import shutil
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import httpx2
@@ -19,6 +22,8 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from plaudit.service.config import MonitoringConfig
+from plaudit.service.feedback_ids import (ALREADY_LABELLED, ENV_KEY, EXPIRED, FORGED, OTHER_KEY, REASONS,
+                                          SERVER_ENV_KEY, share_with_workers)
 from plaudit.service.monitoring import Metrics, Monitor, calibration, ks_distance
 from plaudit.schemas import FeedbackRequest
 from servers import REPO, FakeLLM, free_port, running_service
@@ -78,6 +83,55 @@ def test_any_process_with_the_key_accepts_a_label_and_nobody_forges_one(monkeypa
     monkeypatch.setenv("PLAUDIT_FEEDBACK_KEY", "shared")  # the key from the environment
     from_env = Monitor(MonitoringConfig(), Metrics(CollectorRegistry()))
     assert from_env.ids.shared and from_env.feedback(FeedbackRequest(items=[{"id": ids[1], "label": 0}])).accepted == 1
+
+
+def test_each_refused_label_has_its_reason_in_the_answer_and_the_metric():
+    """Forged or altered, signed by another key, expired, already labelled: each listed with its
+    reason and counted by it, never an error; the four series exist at 0 before any label."""
+    registry = CollectorRegistry()
+    m = Monitor(MonitoringConfig(feedback_key="ours", pending_ttl_s=60), Metrics(registry))
+    count = lambda reason: registry.get_sample_value("plaudit_feedback_unmatched_total", {"reason": reason})
+    assert [count(r) for r in REASONS] == [0.0] * 4
+    fresh, labelled = m._mint("tiny", "pair", [0.9, 0.4])
+    old = m.ids.mint("tiny", "pair", 0.7, now=time.time() - 61)
+    payload, _, signature = fresh.partition(".")
+    fields = json.loads(base64.urlsafe_b64decode(payload + "=="))
+    altered = base64.urlsafe_b64encode(json.dumps([fields[0], fields[1], 0.1, *fields[3:]],
+                                                  separators=(",", ":")).encode()).decode().rstrip("=")
+    altered += "." + signature  # the probability changed, our fingerprint kept
+    [theirs] = Monitor(MonitoringConfig(feedback_key="theirs"), Metrics(CollectorRegistry()))._mint("tiny", "pair", [0.9])
+    assert m.feedback(FeedbackRequest(items=[{"id": labelled, "label": 0}])).accepted == 1
+    sent = [altered, "junk", uuid.uuid4().hex, theirs, old, labelled, fresh]
+    answer = m.feedback(FeedbackRequest(items=[{"id": i, "label": 1} for i in sent]))
+    assert answer.accepted == 1 and answer.unknown == sent[:-1]
+    assert answer.reasons == [FORGED, FORGED, FORGED, OTHER_KEY, EXPIRED, ALREADY_LABELLED]
+    assert {r: count(r) for r in REASONS} == {FORGED: 3, OTHER_KEY: 1, EXPIRED: 1, ALREADY_LABELLED: 1}
+    legacy = base64.urlsafe_b64encode(json.dumps(fields[:5], separators=(",", ":")).encode()).decode().rstrip("=")
+    legacy += "." + m.ids._sign(legacy)  # an id from before the fingerprint, signed with a configured key
+    assert m.feedback(FeedbackRequest(items=[{"id": legacy, "label": 1}])).accepted == 1
+
+
+def test_the_workers_of_one_server_share_its_key_and_a_configured_key_comes_first(monkeypatch):
+    """`plaudit serve` without a configured key makes one per start for the workers it spawns:
+    they accept each other's ids; the next start's key refuses them as another key's. A
+    configured key is used as before, whatever the server made."""
+    monkeypatch.delenv(ENV_KEY, raising=False)
+    monkeypatch.delenv(SERVER_ENV_KEY, raising=False)
+    assert not share_with_workers(None)
+    first, second = monitor(), monitor()  # two workers of one start
+    assert not first.ids.shared and first.ids.fingerprint == second.ids.fingerprint
+    ids = first._mint("tiny", "item", [0.3, 0.6])
+    assert second.feedback(FeedbackRequest(items=[{"id": i, "label": 1} for i in ids])).accepted == 2
+    assert not share_with_workers(None)  # a restart: a new key
+    answer = monitor().feedback(FeedbackRequest(items=[{"id": i, "label": 0} for i in ids]))
+    assert answer.accepted == 0 and answer.reasons == [OTHER_KEY, OTHER_KEY]
+    assert share_with_workers("configured") and SERVER_ENV_KEY not in os.environ
+    monkeypatch.setenv(SERVER_ENV_KEY, "made by a server")
+    configured = monitor(feedback_key="configured")
+    assert configured.ids.shared and configured.ids.fingerprint != monitor().ids.fingerprint
+    [served] = configured._mint("tiny", "item", [0.5])
+    monkeypatch.delenv(SERVER_ENV_KEY)  # another replica, with the same configured key
+    assert monitor(feedback_key="configured").feedback(FeedbackRequest(items=[{"id": served, "label": 1}])).accepted == 1
 
 
 def test_a_model_whose_first_answers_are_all_unscored_is_monitored():
@@ -212,7 +266,7 @@ def test_feedback_and_metrics_over_http(monitored):
     served = traffic(monitored, pairs=4)
     labels = [{"id": i, "label": int(p > 0.5)} for i, p in served] + [{"id": "never-served", "label": 1}]
     answer = monitored.post("/feedback", json={"items": labels}).json()
-    assert answer == {"accepted": 4, "unknown": ["never-served"]}
+    assert answer == {"accepted": 4, "unknown": ["never-served"], "reasons": ["forged"]}
     assert monitored.post("/feedback", json={"items": [{"id": "x", "label": 3}]}).status_code == 400
     text = monitored.get("/metrics").text
     for name in ("plaudit_requests_total", "plaudit_calibration_ece", "plaudit_reward_drift",
@@ -225,17 +279,34 @@ def test_feedback_and_metrics_over_http(monitored):
         assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
-def test_two_workers_accept_every_label_and_agree_on_calibration(tiny_bt, tmp_path):
-    """`workers: 2`: two BentoML worker processes, each with its own model. Every label is
-    accepted whichever worker served its id and whichever takes the label (without a shared
-    key about half were refused: measured 88 of 160), and the ECE that Prometheus records from
-    the summed counters equals the ECE of all the labels."""
+def server_keys(process) -> set[str]:
+    """The feedback key `plaudit serve` gave its processes (the supervisor, BentoML's arbiter, the workers)."""
+    keys = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            if os.getpgid(int(pid)) == process.pid:
+                for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                    if entry.startswith(f"{SERVER_ENV_KEY}=".encode()):
+                        keys.add(entry.partition(b"=")[2].decode())
+    return keys
+
+
+WARNING = "feedback ids are signed with a key made for this start"
+
+
+def test_two_workers_without_a_key_accept_every_label_and_agree_on_calibration(tiny_bt, tmp_path):
+    """`workers: 2` and no feedback key: two BentoML worker processes, each with its own model,
+    and the one key `plaudit serve` made for them. Every label is accepted whichever worker
+    served its id and whichever takes the label (with a key per worker 88 of 160 were), and
+    the ECE that Prometheus records from the summed counters equals the ECE of all the labels.
+    The key is in no log and no answer; the log says once that ids will not outlive a restart."""
     from plaudit.training.calibration import expected_calibration_error
 
     config = tmp_path / "plaudit.yaml"
     config.write_text(yaml.safe_dump({"models": {"tiny": {"path": str(tiny_bt)}}, "default_model": "tiny",
-                                      "workers": 2, "monitoring": {"feedback_key": "one key for all workers"}}))
-    with running_service(config, tmp_path) as (url, _):
+                                      "workers": 2}))
+    environment = {k: v for k, v in os.environ.items() if k not in (ENV_KEY, SERVER_ENV_KEY)}
+    with running_service(config, tmp_path, env=environment) as (url, process):
         rng = random.Random(7)
 
         def compare(i: int) -> list[tuple[str, float]]:
@@ -257,6 +328,11 @@ def test_two_workers_accept_every_label_and_agree_on_calibration(tiny_bt, tmp_pa
         assert sum(a["accepted"] for a in answers) == len(served) == 160
         assert all(a["unknown"] == [] for a in answers)
         text = httpx2.get(f"{url}/metrics", timeout=30).text
+        [key] = server_keys(process)
+        assert key not in httpx2.get(f"{url}/models", timeout=30).text
+    log = (tmp_path / "serve.log").read_text()
+    assert log.count(WARNING) == 1 and "monitoring.feedback_key" in log and key not in log + config.read_text()
+    assert 'plaudit_feedback_unmatched_total{reason="other_key"} 0.0' in text
     counters: dict[tuple[str, str], float] = {}
     for name, b, value in re.findall(r'^(plaudit_calibration_\w+_total)\{bin="(\d)",model="tiny"\} (\S+)$', text, re.M):
         counters[name, b] = counters.get((name, b), 0.0) + float(value)
@@ -265,6 +341,26 @@ def test_two_workers_accept_every_label_and_agree_on_calibration(tiny_bt, tmp_pa
                    - counters.get(("plaudit_calibration_positives_total", b), 0.0)) for b in "0123456789")
     expected = expected_calibration_error([p for _, p in served], labels)
     assert n == 160 and gaps / n == pytest.approx(expected, abs=1e-5)
+
+
+def test_after_a_restart_without_a_key_old_ids_are_another_keys_not_an_error(tiny_bt, tmp_path):
+    """No feedback key: the ids one start served are refused by the next, as signed by another
+    key, in the answer and in /metrics; a configured key would have kept them."""
+    config = tmp_path / "plaudit.yaml"
+    config.write_text(yaml.safe_dump({"models": {"tiny": {"path": str(tiny_bt)}}, "default_model": "tiny"}))
+    environment = {k: v for k, v in os.environ.items() if k not in (ENV_KEY, SERVER_ENV_KEY)}
+    pairs = [{"prompt": "Say hi.", "a": "hi" * (1 + j), "b": "yo"} for j in range(4)]
+    with running_service(config, tmp_path, env=environment) as (url, _):
+        before = httpx2.post(f"{url}/compare", json={"pairs": pairs}, timeout=60).json()["ids"]
+    with running_service(config, tmp_path, env=environment) as (url, _):
+        after = httpx2.post(f"{url}/compare", json={"pairs": pairs[:1]}, timeout=60).json()["ids"]
+        reply = httpx2.post(f"{url}/feedback", json={"items": [{"id": i, "label": 1} for i in before + after]},
+                            timeout=60)
+        text = httpx2.get(f"{url}/metrics", timeout=30).text
+    assert reply.status_code == 200
+    assert reply.json() == {"accepted": 1, "unknown": before, "reasons": ["other_key"] * 4}
+    assert 'plaudit_feedback_unmatched_total{reason="other_key"} 4.0' in text
+    assert 'plaudit_feedback_unmatched_total{reason="forged"} 0.0' in text
 
 
 # ---- a real Prometheus ----
