@@ -2,8 +2,8 @@
 (plaudit/jobs.py's runner, shared with `plaudit score`).
 
 One item a line, `{"id", "instruction", "response"}` (or `"responses": [a, b]` for a
-pairwise judge; `"checklist"` optional). Each finished item is one line
-`{"id", "result"}` (a `JudgeResponse`) or `{"id", "error"}`. Backend failures are errors,
+pairwise judge; `"checklist"` and `"models"` optional). Each finished item is one line
+`{"id", "result"}` (a `JudgeResponse`; `models` copied when given) or `{"id", "error"}`. Backend failures are errors,
 counted, and retried next run.
 """
 from __future__ import annotations
@@ -29,6 +29,9 @@ class BatchItem(BaseModel):
     response: str | None = None
     responses: list[str] | None = Field(None, min_length=1)
     checklist: list[str] | None = Field(None, min_length=1, max_length=8)
+    models: list[str] | None = Field(None, min_length=2, max_length=2, description=(
+        "who wrote `responses` ([model, baseline]), copied to the result line so that `plaudit eval arena "
+        "--judgments` can rank them"))
 
     @model_validator(mode="after")
     def _one_of_response_or_responses(self):
@@ -94,5 +97,5 @@ def summarise(out: Path, **run_counts: Any) -> dict[str, Any]:
 
 
 JUDGE = JobKind(name="judge", line=BatchItem, path="/judge", answer=JudgeResponse, record=record,
-                summarise=summarise, counted="items", done="judged", label="judging")
+                summarise=summarise, counted="items", done="judged", label="judging", carried=("models",))
 

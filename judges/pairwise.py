@@ -11,23 +11,13 @@ import asyncio
 import itertools
 from typing import Sequence
 
-from plaudit.rewardmodels.base import Comparison, InputError, Pair
+from plaudit.rewardmodels.base import Comparison, InputError, Pair, combine
 
 from .backends import BackendError
 from .base import Judge, prompt_text, raise_if_all_failed, render
 from plaudit.schemas import JudgeRequest, JudgeResponse, PairVerdict, Verdict
 
 DEFAULT_QUESTION = "Which response follows the instruction better?"
-
-
-def combine(as_given: float | None, swapped: float | None) -> PairVerdict:
-    """One verdict from the two readings, each P(first beats second)."""
-    read = [p for p in (as_given, swapped) if p is not None]
-    if len(read) < 2:
-        return PairVerdict(probability=read[0] if read else None, orders=[as_given, swapped], consistent=None)
-    consistent = (as_given - 0.5) * (swapped - 0.5) > 0
-    return PairVerdict(probability=sum(read) / 2 if consistent else 0.5, orders=[as_given, swapped],
-                       consistent=consistent)
 
 
 class PairwiseJudge(Judge):
@@ -74,9 +64,13 @@ class PairwiseJudge(Judge):
         return JudgeResponse(judge=self.name, method=self.method, results=results,
                              comparison=verdicts[0] if k == 2 else None)
 
+    def verdicts(self, pairs: Sequence[Pair]) -> list[PairVerdict]:
+        """Each pair judged directly, in both orders (two calls to the judge, not four)."""
+        return self.hub.run(_gather_pairs(self, pairs))
+
     def compare(self, pairs: Sequence[Pair]) -> Comparison:
         """Each pair judged directly, in both orders."""
-        verdicts = self.hub.run(_gather_pairs(self, pairs))
+        verdicts = self.verdicts(pairs)
         errors = [v.error for v in verdicts]
         raise_if_all_failed(errors)
         probabilities = [v.probability for v in verdicts]

@@ -196,6 +196,12 @@ class JobKind:
     done: str  # and calls the ones answered this run: "scored" or "judged"
     label: str  # the progress bar's
     failures: tuple[type[BaseException], ...] = RETRIED
+    carried: tuple[str, ...] = ()  # line fields copied into its record when given (a judge item's `models`)
+
+    def output(self, line: BaseModel, answer: Any) -> dict[str, Any]:
+        """A line's output record (beside its id): what it carries, then its answer's record."""
+        carried = {name: getattr(line, name) for name in self.carried if getattr(line, name) is not None}
+        return {**carried, **self.record(answer)}
 
 
 KINDS = {"score": "plaudit.service.batch_score:SCORE", "judge": "plaudit.judges.batch:JUDGE"}
@@ -213,10 +219,11 @@ def run_job(kind: JobKind, inputs: Path, out: Path, call: Call, *, model: str | 
     """Every unfinished line of `inputs` through `call` into `out`: the summary (not yet written)."""
     read = read_items(inputs, kind.line, kind.name)
 
-    def task(request: BaseModel, index: int) -> Task:
-        return lambda: kind.record(call(request, index))
+    def task(line: BaseModel, index: int) -> Task:
+        request = line.request(model)  # type: ignore[attr-defined]
+        return lambda: kind.output(line, call(request, index))
 
-    work = [(key, task(line.request(model), i)) for i, (key, line) in enumerate(read.items)]
+    work = [(key, task(line, i)) for i, (key, line) in enumerate(read.items)]
     skipped, errors = run_resumable(work, out, concurrency=concurrency, progress=progress, label=kind.label,
                                     failures=kind.failures)
     return kind.summarise(out, **{kind.counted: len(read.items), "skipped": skipped, kind.done: len(work) - skipped,

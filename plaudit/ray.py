@@ -77,7 +77,7 @@ class JobRows:
             return {"id": number, "bad_line": why_bad(number, e)}
         key = line.id if line.id is not None else number
         try:
-            return {"id": key, **self.kind.record(self.call(line.request(self.name), number))}
+            return {"id": key, **self.kind.output(line, self.call(line.request(self.name), number))}
         except self.kind.failures as e:
             return {"id": key, "error": str(e)}
 

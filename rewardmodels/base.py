@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from plaudit.schemas import Item, Message, Pair, Prompt  # noqa: F401  the scorer interface speaks the API's types
+from plaudit.schemas import Item, Message, Pair, PairVerdict, Prompt  # noqa: F401  the scorer interface speaks the API's types
 
 
 class Steps(BaseModel):
@@ -112,6 +112,18 @@ class Comparison:
     margins: list[float | None]
     truncated: list[bool]
     errors: list[str | None] | None = None  # a judge's backend failure per pair (its probability is None)
+
+
+def combine(as_given: float | None, swapped: float | None) -> PairVerdict:
+    """One verdict on a pair from its two readings, each P(a beats b): with a shown first, and
+    with b shown first. When both are read and they disagree the verdict is a tie (0.5) and
+    the pair counts as inconsistent."""
+    read = [p for p in (as_given, swapped) if p is not None]
+    if len(read) < 2:
+        return PairVerdict(probability=read[0] if read else None, orders=[as_given, swapped], consistent=None)
+    consistent = (as_given - 0.5) * (swapped - 0.5) > 0
+    return PairVerdict(probability=sum(read) / 2 if consistent else 0.5, orders=[as_given, swapped],
+                       consistent=consistent)
 
 
 @dataclass
@@ -245,6 +257,21 @@ class Scorer(ABC):
         truncated = [scored.truncated[i] or scored.truncated[n + i] for i in range(n)]
         errors = None if scored.errors is None else [scored.errors[i] or scored.errors[n + i] for i in range(n)]
         return Comparison([self.probability(m) for m in margins], margins, truncated, errors)
+
+    def verdicts(self, pairs: Sequence[Pair]) -> list[PairVerdict]:
+        """Each pair read in both orders (what evaluation asks, to see position bias). A scorer
+        that reads each response alone cannot favour a position: one reading serves both. A
+        relative one (it reads the pair together) is asked again with the pair swapped."""
+        given = self.compare(pairs)
+        if not self.relative:
+            swapped_p = given.probabilities
+        else:
+            swapped = self.compare([p.model_copy(update={"a": p.b, "b": p.a}) for p in pairs])
+            swapped_p = [None if p is None else 1.0 - p for p in swapped.probabilities]
+            given.errors = [a or b for a, b in zip(given.errors or [None] * len(pairs),
+                                                   swapped.errors or [None] * len(pairs))]
+        errors = given.errors or [None] * len(pairs)
+        return [combine(a, b).model_copy(update={"error": e}) for a, b, e in zip(given.probabilities, swapped_p, errors)]
 
     def rank(self, prompt: Prompt, responses: Sequence[str], reference: Any = None) -> Ranking:
         """Best-of-N: rewards for every candidate and their order, best first (`reference`: the

@@ -24,8 +24,8 @@ def battles_against_baseline(seed: int, n: int = 200) -> list[Battle]:
         for i in range(n):
             won = rng.random() < p
             a_is_model = i % 2 == 0
-            winner = "a" if won == a_is_model else "b"
-            drawn.append(Battle(model, "baseline", winner) if a_is_model else Battle("baseline", model, winner))
+            outcome = float(won == a_is_model)
+            drawn.append(Battle(model, "baseline", outcome) if a_is_model else Battle("baseline", model, outcome))
     return drawn
 
 
@@ -60,9 +60,9 @@ def test_a_model_that_wins_by_length_alone_is_even_under_style_control():
             longer = rng.uniform(*lengths)  # normalised length difference, model minus baseline
             won = rng.random() < 1 / (1 + math.exp(-2.0 * longer))
             a_is_model = i % 2 == 0
-            diff, winner = (longer if a_is_model else -longer), ("a" if won == a_is_model else "b")
-            drawn.append(Battle(model, "baseline", winner, style=(diff,)) if a_is_model
-                         else Battle("baseline", model, winner, style=(diff,)))
+            diff, outcome = (longer if a_is_model else -longer), float(won == a_is_model)
+            drawn.append(Battle(model, "baseline", outcome, style=(diff,)) if a_is_model
+                         else Battle("baseline", model, outcome, style=(diff,)))
     raw = {r["model"]: r for r in leaderboard(drawn, "baseline", rounds=20)}
     controlled = {r["model"]: r for r in leaderboard(drawn, "baseline", rounds=20, style_control=True)}
     assert raw["long"]["win_rate"] > 75
@@ -71,12 +71,15 @@ def test_a_model_that_wins_by_length_alone_is_even_under_style_control():
 
 
 def test_verdicts_ties_and_strong_wins():
-    assert battle("m", "base", "A>>B").weight == 3 and battle("m", "base", "B>A").winner == "b"
+    assert battle("m", "base", "A>>B").weight == 3 and battle("m", "base", "B>A").outcome == 0.0
     with pytest.raises(ValueError, match="not one of"):
         battle("m", "base", "A>>>B")
-    even = [Battle("m", "base", "tie")] * 10 + [Battle("m", "base", "a"), Battle("m", "base", "b")]
+    even = [Battle("m", "base", 0.5)] * 10 + [Battle("m", "base", 1.0), Battle("m", "base", 0.0)]
     assert strengths(even, "base")["m"] == pytest.approx(1000, abs=1)
     with pytest.raises(ValueError, match="same outcome"):
-        strengths([Battle("m", "base", "a")] * 3, "base")
+        strengths([Battle("m", "base", 1.0)] * 3, "base")
+    # A judge's probability is a soft outcome: P(m beats base) = 0.75 in every battle fits 75%.
+    soft = strengths([Battle("m", "base", 0.75)] * 20 + [Battle("base", "m", 0.25)] * 20, "base")
+    assert win_rate(soft["m"]) == pytest.approx(75, abs=0.5)
     with pytest.raises(ValueError, match="baseline"):
         strengths([Battle("m", "n", "a"), Battle("m", "n", "b")], "base")

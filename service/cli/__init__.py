@@ -12,7 +12,7 @@ import importlib
 import logging
 import sys
 
-GROUPS = ("serving", "batches", "models", "training", "data")  # modules of this package
+GROUPS = ("serving", "batches", "models", "evaluation", "training", "data")  # modules of this package
 
 
 def _groups():
