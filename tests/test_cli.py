@@ -26,7 +26,8 @@ def plaudit(*args: str, check: bool = True, timeout: float = 300) -> subprocess.
 @pytest.mark.parametrize("command", [[], ["serve"], ["score"], ["train", "bt"], ["train", "gpm"], ["train", "prm"],
                                      ["warm", "train"], ["warm", "merge"],
                                      ["data", "humaneval-pairs"], ["data", "humaneval-steps"], ["eval", "pairs"],
-                                     ["eval", "steps"], ["experiment", "cyclic"], ["experiment", "warm-noise"]])
+                                     ["eval", "steps"], ["eval", "arena"], ["eval", "winrate"], ["eval", "rewardbench"],
+                                     ["eval", "judge"], ["experiment", "cyclic"], ["experiment", "warm-noise"]])
 def test_help(command):
     assert "usage: plaudit" in plaudit(*command, "--help").stdout
 

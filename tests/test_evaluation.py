@@ -158,6 +158,62 @@ def test_answer_files_name_the_bad_row(tmp_path):
         read_outputs([answers])
 
 
+def run_plaudit(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "plaudit", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_the_eval_commands_on_other_evaluators_files(tmp_path, tiny_bt):
+    """RewardBench rows, JudgeBench pairs, AlpacaEval annotations and Arena-Hard judgments
+    (with the answers for style) through the commands, as a user runs them; bad rows named."""
+    rows = tmp_path / "rewardbench.jsonl"
+    rows.write_text("".join(json.dumps(r) + "\n" for r in v1_rows()))
+    report_path = tmp_path / "report.json"
+    done = run_plaudit("eval", "rewardbench", str(rows), "--model", str(tiny_bt), "--out", str(report_path))
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(report_path.read_text())
+    assert report["counts"] == {"alpacaeval-easy": 2, "mt-bench-easy": 1, "math-prm": 1, "hep-python": 2,
+                                "refusals-dangerous": 1, "codeprefbench-security": 1}
+    assert {"Chat", "Safety", "Reasoning", "overall"} <= set(report) and 0 <= report["Chat"] <= 1
+
+    pairs = tmp_path / "judgebench.jsonl"
+    pairs.write_text("".join(json.dumps({"pair_id": i, "source": "mmlu-pro" if i % 2 else "livecodebench",
+                                         "question": "Add two numbers.", "response_A": "def add(a, b): return a + b",
+                                         "response_B": "def add(a, b): return a - b",
+                                         "label": "A>B" if i % 3 else "B>A"}) + "\n" for i in range(6)))
+    done = run_plaudit("eval", "judge", str(pairs), "--model", str(tiny_bt))
+    assert done.returncode == 0, done.stderr[-2000:]
+    by_source = json.loads(done.stdout)["by_source"]
+    assert by_source["overall"]["pairs"] == 6 and by_source["mmlu-pro"]["pairs"] == 3
+    assert by_source["overall"]["position_consistency"] in (0.0, 100.0)  # a BT model reads each answer alone
+
+    annotations = tmp_path / "annotations.json"
+    annotations.write_text(json.dumps([{"instruction": f"q{i}", "output_1": "short", "output_2": "a longer answer " * i,
+                                        "generator_1": "base", "generator_2": "m", "preference": 1 + (i % 3) / 2}
+                                       for i in range(12)]))
+    done = run_plaudit("eval", "winrate", "--judgments", str(annotations), "--out", str(tmp_path / "winrate"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    [row] = json.loads((tmp_path / "winrate" / "winrate.json").read_text())
+    assert (row["model"], row["questions"], row["win_rate"]) == ("m", 12, 50.0)
+    assert row["lc_win_rate"] is not None and row["lc_terms"] == "length only"
+
+    answers = write_answers(tmp_path / "answers", 4)
+    judgments = tmp_path / "arena-hard.jsonl"
+    judgments.write_text("".join(json.dumps({"uid": str(q), "model": model, "baseline": "base", "games": [
+        {"score": "A>B" if model == "wrong" else "B>A"}, {"score": "B>A" if model == "wrong" else "A>>B"}]}) + "\n"
+        for q in range(4) for model in ("renamed", "wrong")))
+    done = run_plaudit("eval", "arena", *map(str, answers), "--judgments", str(judgments), "--out",
+                       str(tmp_path / "arena"), "--rounds", "10", "--no-png")
+    assert done.returncode == 0, done.stderr[-2000:]
+    board = {r["model"]: r for r in json.loads((tmp_path / "arena" / "leaderboard.json").read_text())}
+    assert board["renamed"]["win_rate"] > 50 > board["wrong"]["win_rate"]
+    assert board["renamed"]["style_controlled_win_rate"] is not None  # the answers gave the style
+    assert board["renamed"]["position_consistency"] == 100.0 and not (tmp_path / "arena" / "judgments.jsonl").exists()
+
+    rows.write_text(rows.read_text() + json.dumps({"prompt": "q", "chosen": "a", "subset": "s"}) + "\n")
+    done = run_plaudit("eval", "rewardbench", str(rows), "--model", str(tiny_bt))
+    assert done.returncode != 0 and "row 9: rejected: Field required" in done.stderr
+
+
 def write_answers(folder: Path, questions: int) -> list[Path]:
     """Three models' answers to coding questions: the baseline's correct, one renamed, one wrong."""
     folder.mkdir(parents=True, exist_ok=True)
