@@ -52,8 +52,9 @@ bench: install
 	$(PY) -m benchmarks
 
 # The documentation site (mkdocs.yml, docs/) into site/; the reference pages are generated from
-# the code as it builds (docs/gen_reference.py). --strict: a broken link, page or anchor fails.
-# The variables quiet the plugins' banners about MkDocs' future.
+# the code as it builds (docs/gen_reference.py). --strict: a broken link, page or anchor fails
+# (`make test` builds it the same way, in tests/test_docs.py). The variables quiet the
+# plugins' banners about MkDocs' future.
 DOCS_ENV := DISABLE_MKDOCS_2_WARNING=true NO_MKDOCS_2_WARNING=1
 docs: install
 	$(DOCS_ENV) $(VENV)/bin/mkdocs build --strict

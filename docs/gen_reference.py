@@ -429,7 +429,9 @@ PAGES: dict[str, Callable[[], str]] = {"reference/http-api.md": http_api,
 # what stands in for one until it is there (so that the strict build stays green meanwhile).
 PENDING = {"evaluation.md": "# Evaluation in depth\n\nThis page (`docs/evaluation.md`: definitions, where plaudit "
                             "differs from Arena-Hard and AlpacaEval, measured numbers) is not written yet; the "
-                            "commands are in [evaluation](guides/evaluation.md).\n"}
+                            "commands are in [evaluation](guides/evaluation.md).\n",
+           "consensus.md": "# Consensus over a group\n\nThis page (`docs/consensus.md`: the `consensus` kind, which "
+                           "scores the responses to one prompt together) is not written yet.\n"}
 
 
 def write(open_file: Callable[..., Any]) -> None:
