@@ -16,6 +16,7 @@ KINDS: dict[str, str] = {
     "ensemble": "plaudit.rewardmodels.ensemble:Ensemble",
     "codepref": "plaudit.rewardmodels.codepref:CodePreference",
     "execution": "plaudit.rewardmodels.execution:Execution",
+    "consensus": "plaudit.rewardmodels.consensus:Consensus",
     "match": "plaudit.rewardmodels.rules:Match",
     "numeric": "plaudit.rewardmodels.rules:Numeric",
     "regex": "plaudit.rewardmodels.rules:Regex",

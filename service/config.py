@@ -4,7 +4,8 @@ judges' backends, request limits and API keys.
 Read from the YAML named by `--config` or $PLAUDIT_CONFIG; without one, the embedded
 default models are served: `default` (BT), `default-gpm` and `default-prm`, the judge
 `local` (TICK on the packaged SmolLM2 through llama.cpp's server), and the execution reward
-`execution` with the composite `default-code`. Relative model paths
+`execution` with the composite `default-code` and the consensus reward `default-consensus`
+(CodeT over the prompt's examples, in `execution`'s sandbox). Relative model paths
 are resolved against the YAML file's folder.
 """
 from __future__ import annotations
@@ -184,10 +185,15 @@ DEFAULT_CODE = {"parts": {"tests": {"model": "execution"},
                           "preference": {"model": "default", "weight": 0.1, "transform": "sigmoid",
                                          "requires": {"tests": 1.0}}}}
 
+# default-consensus: the responses to one prompt scored together by CodeT's agreement, on the
+# item's tests or the prompt's examples, run in `execution`'s sandbox (rewardmodels/consensus.py).
+DEFAULT_CONSENSUS = {"method": "codet", "execution": "execution"}
+
 
 def default_config() -> ServiceConfig:
     """The three packaged models; `math`; the judge `local` when the judge-local extra is
-    installed; and `execution` with `default-code` when bubblewrap can sandbox programs here.
+    installed; and `execution` with `default-code` and `default-consensus` when bubblewrap can
+    sandbox programs here.
     Without either, the rest is served and the log says what is missing."""
     models = {name: ModelConfig(path=str(path)) for name, path in DEFAULT_MODELS.items()}
     models["math"] = ModelConfig(kind="math")
@@ -197,10 +203,11 @@ def default_config() -> ServiceConfig:
         judges = {}
     unavailable = sandbox_unavailable()
     if unavailable:
-        log.warning("`execution` and `default-code` are not served: %s", unavailable)
+        log.warning("`execution`, `default-code` and `default-consensus` are not served: %s", unavailable)
     else:
         models["execution"] = ModelConfig(kind="execution")
         models["default-code"] = ModelConfig(kind="composite", settings=DEFAULT_CODE)
+        models["default-consensus"] = ModelConfig(kind="consensus", settings=DEFAULT_CONSENSUS)
     return ServiceConfig(models=models, judges=judges)
 
 

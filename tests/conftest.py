@@ -135,8 +135,8 @@ EXECUTION_SETTINGS = {"wall_s": 6, "test_s": 3, "slots": 2, "memory_mb": 256, "c
 def tiny_service(tiny_bt, tmp_path_factory) -> str:
     """One plaudit service for the whole run, for the modules that need nothing of their own:
     the tiny BT model (`tiny`, the default), and where the sandbox works the execution kind
-    (`tests`) and a composite of the two (`code`: tests, then BT as the tie-breaker); no API
-    keys. Its URL."""
+    (`tests`), a composite of the two (`code`: tests, then BT as the tie-breaker) and the
+    consensus kind (`agree`, in `tests`'s sandbox); no API keys. Its URL."""
     import yaml
 
     from plaudit.rewardmodels.sandbox import sandbox_unavailable
@@ -149,6 +149,7 @@ def tiny_service(tiny_bt, tmp_path_factory) -> str:
         models["code"] = {"kind": "composite", "settings": {"parts": {
             "tests": {"model": "tests"},
             "preference": {"model": "tiny", "weight": 0.1, "transform": "sigmoid", "requires": {"tests": 1.0}}}}}
+        models["agree"] = {"kind": "consensus", "settings": {"execution": "tests"}}  # CodeT in `tests`'s sandbox
     config = tmp / "plaudit.yaml"
     config.write_text(yaml.safe_dump({"models": models, "default_model": "tiny"}))
     with running_service(config, tmp, env={"PLAUDIT_API_KEYS": ""}) as (url, _):

@@ -98,7 +98,8 @@ def test_make_serve_answers_the_readme_curl(default_model, tmp_path):
         models = httpx2.get(f"{url}/models").json()["models"]
         assert [(m["name"], m["kind"]) for m in models] == [
             ("default", "bt"), ("default-gpm", "gpm"), ("default-prm", "prm"), ("math", "math"),
-            ("execution", "execution"), ("default-code", "composite"), ("local", "judge")]
+            ("execution", "execution"), ("default-code", "composite"),
+            ("default-consensus", "consensus"), ("local", "judge")]
         judged = httpx2.post(f"{url}/judge", json={"instruction": item["prompt"], "responses": [item["response"]]},
                             timeout=120)
         assert judged.status_code == 200, judged.text

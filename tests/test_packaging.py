@@ -120,7 +120,8 @@ def test_installed_server_serves_the_packaged_defaults(wheel, tmp_path, default_
         models = httpx2.get(f"{server.url}/models", timeout=30).json()["models"]
         assert [(m["name"], m["kind"]) for m in models] == [
             ("default", "bt"), ("default-gpm", "gpm"), ("default-prm", "prm"), ("math", "math"),
-            ("execution", "execution"), ("default-code", "composite"), ("local", "judge")]
+            ("execution", "execution"), ("default-code", "composite"),
+            ("default-consensus", "consensus"), ("local", "judge")]
         checked = httpx2.post(f"{server.url}/score", json={"model": "math", "items": [  # its workers, installed
             {"prompt": "3/6?", "response": "\\boxed{0.5}", "reference": "\\frac{1}{2}"}]}, timeout=120)
         assert checked.status_code == 200 and checked.json()["rewards"] == [1.0], checked.text
