@@ -23,8 +23,10 @@ scores 0 (agreeing on failing everything is no evidence; B4 alone could prefer i
 
 The tests are the item's reference when it has one (any shape the execution kind reads),
 else the examples in the prompt: `>>>` doctest lines with the expected value on the next
-line(s) (asserts), or `Input:` / `Output:` blocks (stdin/stdout cases). An item with neither
-gets the neutral reward (0.5) and `reason: no_tests` in its details.
+line(s) (asserts), or `Input:` / `Output:` blocks (stdin/stdout cases). With `judge` set, a
+configured judge's backend also writes Python asserts for a prompt without a reference,
+once per prompt, kept on disk like TICK's checklists, and added to its `>>>` examples. An
+item with no test at all gets the neutral reward (0.5) and `reason: no_tests` in its details.
 """
 from __future__ import annotations
 
@@ -33,18 +35,22 @@ import hashlib
 import json
 import math
 import re
+import string
 import threading
 from collections import OrderedDict
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from .base import InputError, Item, LoadContext, ModelLoadError, Prompt, Scorer, Scores
 from .execution import Execution, ExecutionSettings, Outcome, Tests, read_tests
+from .loading import cache_dir
 
 Method = Literal["codet", "b4"]
 TRANSIENT = ("timeout", "memory")  # outcomes not kept: the same program may finish next time
+WRITE_TESTS = string.Template((Path(__file__).resolve().parent / "prompts" / "consensus_tests.md").read_text())
 
 
 class ConsensusSettings(BaseModel):
@@ -60,6 +66,12 @@ class ConsensusSettings(BaseModel):
     b4_beta0: float = Field(1e4, gt=0, description="B4's prior that a wrong program fails a wrong test (beta_0)")
     examples: bool = Field(True, description="an item without a reference is tested on its prompt's examples")
     cache: int = Field(4096, ge=0, description="outcomes kept per (response, tests): a repeated response runs once")
+    judge: str | None = Field(None, description=(
+        "a configured judge whose backend writes Python asserts for a prompt without a reference, added to its "
+        ">>> examples (not to Input/Output ones); once per prompt, kept on disk"))
+    judge_tests: int = Field(8, ge=1, le=32, description="the most asserts kept of what the judge writes")
+    tests_dir: str | None = Field(None, description="where written tests are kept (default: the cache's "
+                                                    "consensus-tests folder, $PLAUDIT_CACHE or ~/.cache/plaudit)")
 
 
 # ---- tests from the prompt's examples ----
@@ -117,24 +129,28 @@ def _parses(source: str, mode: str = "exec") -> bool:
 
 def doctest_asserts(examples: list[tuple[str, str | None]]) -> tuple[str, list[str]]:
     """The examples as the execution kind's asserts (each one a test; an example without an
-    expected output is setup), and each test as shown. `print(x)` compares str(x) to the
-    text; an expected value Python can read compares by ==; the rest (tracebacks, `...`
-    elisions, output that is not a value) is skipped."""
+    expected output is setup, but `f(x) == y` alone is a test), and each test as shown.
+    `print(x)` compares str(x) to the text; an expected value Python can read compares by
+    ==; the rest (tracebacks, `...` elisions, output that is not a value) is skipped."""
     setup, tests, shown = [], [], []
     for source, want in examples:
         if not source or not _parses(source):
             continue
+        expression = ast.parse(source, mode="eval").body if _parses(source, "eval") else None
+        if want is None and isinstance(expression, ast.Compare) and isinstance(expression.ops[0], ast.Eq):
+            want = "True"  # `>>> f(x) == y` with no output line: HumanEval's other way to show an example
         if want is None:
             setup.append(source)
             continue
-        if "..." in want or "<BLANKLINE>" in want or want.startswith("Traceback") or not _parses(source, "eval"):
+        if "..." in want or "<BLANKLINE>" in want or want.startswith("Traceback") or expression is None:
             continue
-        call = ast.parse(source, mode="eval").body
-        if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "print" \
-                and len(call.args) == 1 and not call.keywords:
-            test = f"assert str({ast.unparse(call.args[0])}) == {want!r}"
+        if isinstance(expression, ast.Call) and isinstance(expression.func, ast.Name) \
+                and expression.func.id == "print" and len(expression.args) == 1 and not expression.keywords:
+            test = f"assert str({ast.unparse(expression.args[0])}) == {want!r}"
+        elif want == "True" and isinstance(expression, ast.Compare):
+            test = f"assert {ast.unparse(expression)}"
         elif _parses(want, "eval"):
-            test = f"assert ({source}) == ({want})"
+            test = f"assert ({ast.unparse(expression)}) == ({want})"  # unparsed: a trailing comment goes
         else:
             continue
         if _parses(test):
@@ -206,17 +222,31 @@ def io_examples(text: str) -> list[dict[str, str]]:
     return cases
 
 
-def prompt_tests(prompt: Prompt) -> tuple[Tests, list[str]] | None:
+def prompt_tests(prompt: Prompt, written: Sequence[str] = ()) -> tuple[Tests, list[str]] | None:
     """The prompt's examples as tests, and each as shown: its doctests if it has any that
-    can be read, else its Input/Output cases; None when it has neither."""
+    can be read (with the `written` asserts after them), else its Input/Output cases, else the
+    written asserts alone; None when there is nothing."""
     text = prompt_text(prompt)
     source, shown = doctest_asserts(doctest_examples(text))
-    if shown:
-        return Tests("asserts", source), shown
-    cases = io_examples(text)
-    if cases:
-        return Tests("io", cases=cases), [f"input {c['input']!r} -> output {c['output']!r}" for c in cases]
-    return None
+    if not shown:
+        cases = io_examples(text)
+        if cases:
+            return Tests("io", cases=cases), [f"input {c['input']!r} -> output {c['output']!r}" for c in cases]
+    if written:
+        source, shown = "\n".join([source, *written]).strip("\n"), [*shown, *written]
+    return (Tests("asserts", source), shown) if shown else None
+
+
+def parse_written(text: str, most: int) -> list[str] | None:
+    """The assert statements in a judge's answer, one a line (fences and prose dropped,
+    duplicates once), at most `most`; None when there is none."""
+    found: list[str] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("assert ") and line not in found and _parses(line) \
+                and isinstance(ast.parse(line).body[0], ast.Assert) and len(ast.parse(line).body) == 1:
+            found.append(line)
+    return found[:most] or None
 
 
 # ---- scoring a pass matrix ----
@@ -275,30 +305,30 @@ class Consensus(Scorer):
     relative = True  # a response's reward depends on the other responses to its prompt in the call
     neutral_reward = 0.5
 
-    def __init__(self, name: str, settings: ConsensusSettings, execution: Execution, owned: bool = False):
+    def __init__(self, name: str, settings: ConsensusSettings, execution: Execution, owned: bool = False,
+                 judge: Any = None):
         super().__init__(name, {"kind": self.kind, **settings.model_dump(), "runs_on": execution.name})
-        self.settings, self.execution, self.owned = settings, execution, owned
+        self.settings, self.execution, self.owned, self.judge = settings, execution, owned, judge
+        self.store = None
+        if judge is not None:
+            from plaudit.judges.checklists import ChecklistStore
+
+            self.store = ChecklistStore(settings.tests_dir or cache_dir() / "consensus-tests")
+            self.metadata["tests_dir"] = str(self.store.directory)
         self._outcomes: OrderedDict[str, Outcome] = OrderedDict()
         self._lock = threading.Lock()
         self.counts = {"runs": 0, "cached": 0}
 
     @classmethod
     def load(cls, context: LoadContext) -> "Consensus":
+        from plaudit.judges.base import Judge
+
         name = context.name or cls.kind
         settings = cls.settings_from(context)
+        judge = None if settings.judge is None else _configured(context, name, "judge", settings.judge, Judge)
         if isinstance(settings.execution, ExecutionSettings):
-            return cls(name, settings, Execution(f"{name}-execution", settings.execution), owned=True)
-        if context.lookup is None:
-            raise ModelLoadError(f"{name}: settings.execution names a configured model ({settings.execution!r}): "
-                                 "load it in the service or the CLI, or give execution settings instead")
-        try:
-            execution = context.lookup(settings.execution)
-        except InputError as e:
-            raise ModelLoadError(f"{name}: settings.execution: {e}") from None
-        if not isinstance(execution, Execution):
-            raise ModelLoadError(f"{name}: settings.execution: {settings.execution!r} is a {execution.kind} model, "
-                                 "not an execution model")
-        return cls(name, settings, execution)
+            return cls(name, settings, Execution(f"{name}-execution", settings.execution), owned=True, judge=judge)
+        return cls(name, settings, _configured(context, name, "execution", settings.execution, Execution), judge=judge)
 
     def p_good(self, reward: float | None) -> float | None:
         return reward
@@ -311,15 +341,45 @@ class Consensus(Scorer):
         if self.owned:
             self.execution.pool.shutdown(wait=False, cancel_futures=True)
 
-    def _tests(self, item: Item, index: int) -> tuple[Tests | None, str | None, list[str]]:
+    def _tests(self, item: Item, index: int, written: list[str] | None) -> tuple[Tests | None, str | None, list[str]]:
         """(tests, where they came from, each as shown) for an item."""
-        if item.reference is not None and item.reference != "":
+        if _has_reference(item):
             return read_tests(item.reference, f"items[{index}].reference"), "reference", []
-        if self.settings.examples:
-            found = prompt_tests(item.prompt)
-            if found:
-                return found[0], "examples", found[1]
-        return None, None, []
+        found = prompt_tests(item.prompt if self.settings.examples else "", written or ())
+        if found is None:
+            return None, None, []
+        examples = len(found[1]) - (len(written or ()) if found[0].style == "asserts" else 0)
+        sources = (["examples"] if examples else []) + (["judge"] if examples < len(found[1]) else [])
+        return found[0], "+".join(sources), found[1]
+
+    def _written(self, items: Sequence[Item]) -> dict[str, tuple[list[str] | None, str]]:
+        """The judge's asserts for each prompt without a reference or Input/Output examples:
+        (asserts or None, "cache" | "generated" | "error: ..."), by the prompt's text."""
+        if self.judge is None:
+            return {}
+        from plaudit.judges.backends import BackendError
+
+        texts = {_instruction(it.prompt) for it in items if not _has_reference(it)}
+        if self.settings.examples:  # Input/Output examples are stdin cases: asserts cannot join them
+            texts = {t for t in texts if not (io_examples(t) and not doctest_asserts(doctest_examples(t))[1])}
+        texts = sorted(texts)
+        most = self.settings.judge_tests
+        identity = f"consensus-tests:{self.judge.metadata['judge_model']}:{most}"
+
+        async def write(text: str) -> tuple[list[str] | None, str]:
+            messages = [{"role": "user", "content": WRITE_TESTS.substitute(count=most, instruction=text).strip()}]
+            try:
+                return await self.store.get(identity, text, lambda: self.judge.ask(
+                    messages, lambda c: parse_written(c.text, most), answer=False))
+            except BackendError as e:
+                return None, f"error: {e}"
+
+        async def every() -> list[tuple[list[str] | None, str]]:
+            import asyncio
+
+            return await asyncio.gather(*(write(t) for t in texts))
+
+        return dict(zip(texts, self.judge.hub.run(every()))) if texts else {}
 
     def _run(self, work: list[tuple[str, Tests]]) -> list[Outcome]:
         """Each (response, tests) run once in the sandbox, or read from the outcomes kept."""
@@ -343,7 +403,9 @@ class Consensus(Scorer):
         return [known.get(k) or ran[k] for k in keys]
 
     def score(self, items: Sequence[Item]) -> Scores:
-        found = [self._tests(it, i) for i, it in enumerate(items)]
+        written = self._written(items)
+        judged = [None if _has_reference(it) else written.get(_instruction(it.prompt)) for it in items]
+        found = [self._tests(it, i, judged[i] and judged[i][0]) for i, it in enumerate(items)]
         prompts: dict[str, list[int]] = {}  # the items of one prompt with the same tests, scored together
         for i, it in enumerate(items):
             key = json.dumps([prompt_text(it.prompt) if isinstance(it.prompt, str)
@@ -357,10 +419,13 @@ class Consensus(Scorer):
         group_size, best = [0.0] * len(items), [0.0] * len(items)
         for members in prompts.values():
             tests, source, shown = found[members[0]]
+            asked = judged[members[0]]
+            judge = {} if asked is None else {"judge_tests": asked[0], "judge": asked[1]}
             if tests is None:
                 for i in members:
                     details[i] = {"reward": self.neutral_reward, "method": self.settings.method, "reason": "no_tests",
-                                  "message": "no reference, and no `>>>` example or Input:/Output: block in the prompt"}
+                                  "message": "no reference, no `>>>` example or Input:/Output: block in the prompt"
+                                             + (", and no test written by the judge" if self.judge else ""), **judge}
                 continue
             matrix = [[bool(t["passed"]) for t in outcomes[i].tests] for i in members]
             width = max(max((len(r) for r in matrix), default=0), tests.count)
@@ -370,7 +435,7 @@ class Consensus(Scorer):
             top = max((g["reward"] for g in groups), default=0.0)
             for g in groups:
                 g["members"] = [members[j] for j in g["members"]]
-            shared = {"method": s.method, "tests_from": source, "test_count": width, "examples": shown or None,
+            shared = {"method": s.method, "tests_from": source, "test_count": width, "examples": shown or None, **judge,
                       "members": members, "matrix": [[int(x) for x in row] for row in matrix], "groups": groups}
             for row, i in enumerate(members):
                 o = outcomes[i]
@@ -382,3 +447,30 @@ class Consensus(Scorer):
         return Scores(rewards, [False] * len(items), details=details,
                       logs={"group_size": group_size, "in_best_group": best,
                             "no_tests": [float(f[0] is None) for f in found]})
+
+
+def _has_reference(item: Item) -> bool:
+    return item.reference is not None and item.reference != ""
+
+
+def _instruction(prompt: Prompt) -> str:
+    """A prompt's text as the judge reads it: a known chat rendering read back into messages."""
+    from .queries import untemplated
+
+    return prompt_text(untemplated(prompt) if isinstance(prompt, str) else prompt)
+
+
+def _configured(context: LoadContext, name: str, field: str, wanted: str, kind: type) -> Any:
+    """The configured model or judge a setting names, of the kind it must be."""
+    if context.lookup is None:
+        raise ModelLoadError(f"{name}: settings.{field} names a configured model ({wanted!r}): load it in the "
+                             "service or the CLI" + (", or give execution settings instead" if field == "execution"
+                                                     else ""))
+    try:
+        found = context.lookup(wanted)
+    except InputError as e:
+        raise ModelLoadError(f"{name}: settings.{field}: {e}") from None
+    if not isinstance(found, kind):
+        raise ModelLoadError(f"{name}: settings.{field}: {wanted!r} is a {found.kind} model, not {field} "
+                             f"({kind.__name__})")
+    return found

@@ -13,8 +13,9 @@ import pytest
 
 from plaudit.rewardmodels import Item, Message, ModelLoadError, load_scorer
 from plaudit.rewardmodels.consensus import (Consensus, ConsensusSettings, doctest_asserts, doctest_examples,
-                                            io_examples, log_beta, prompt_tests, score_matrix)
+                                            io_examples, log_beta, parse_written, prompt_tests, score_matrix)
 from conftest import EXECUTION_SETTINGS
+from servers import Fail, FakeLLM
 from test_execution import HOSTILE
 
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap missing (make test installs it)")
@@ -99,11 +100,14 @@ def test_doctest_examples_become_asserts():
     assert examples[-1] == ("f(0.5)", "1.0")  # the docstring's closing quotes are not output
     source, shown = doctest_asserts(examples)
     assert source.splitlines()[0] == "y = 5"  # an example without output is setup
-    assert "assert str(f(3)) == '6'" in source and "assert (f(\n    1)) == (2)" in source
+    assert "assert str(f(3)) == '6'" in source and "assert (f(1)) == (2)" in source  # continued, unparsed
     assert shown == ["f(2) -> 4", "print(f(3)) -> 6", "f(y) -> 10", "f(\n    1) -> 2", "f([1]) -> [1, 1]",
                      "f(0.5) -> 1.0"]  # the traceback is skipped
     tests, _ = prompt_tests(PROMPT)
     assert tests.style == "asserts" and tests.source.count("assert") == 3
+    # HumanEval's other form: a comparison with no output line; a trailing comment is dropped
+    source, shown = doctest_asserts(doctest_examples(">>> f(3) == 6\n>>> g(1)  # one\n2\n"))
+    assert source == "assert f(3) == 6\nassert (g(1)) == (2)" and len(shown) == 2
 
 
 def test_input_output_blocks_become_stdin_cases():
@@ -202,6 +206,56 @@ def test_default_consensus_runs_in_executions_sandbox():
     scorer = pool.get("default-consensus")
     assert scorer.kind == "consensus" and scorer.execution is pool.get("execution")
     assert scorer.settings.method == "codet"
+
+
+# ---- tests written by a judge ----
+
+WRITTEN = ("Here are the tests:\n```python\nassert add(1, 2) == 3\nassert add(-1, 1) == 0\nassert add(1, 2) == 3\n"
+           "print(add(1, 1))\nassert add(1, 1) == 2; import os\n```")
+
+
+def test_written_asserts_are_read_one_a_line():
+    assert parse_written(WRITTEN, 8) == ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"]
+    assert parse_written(WRITTEN, 1) == ["assert add(1, 2) == 3"] and parse_written("No tests.", 8) is None
+    tests, shown = prompt_tests(PROMPT, ["assert add(5, 5) == 10"])  # after the prompt's own examples
+    assert tests.source.endswith("assert add(5, 5) == 10") and len(shown) == 4
+
+
+@needs_bwrap
+def test_a_judge_writes_tests_once_per_prompt_and_a_failed_one_leaves_the_neutral_reward(tmp_path):
+    from plaudit.service.api import ModelPool
+    from plaudit.service.config import ModelConfig, ServiceConfig
+
+    def respond(messages):
+        if "broken" in messages[-1]["content"]:
+            raise Fail(503)
+        return WRITTEN
+
+    llm = FakeLLM(respond)
+    with llm.serving() as url:
+        pool = ModelPool(ServiceConfig(
+            models={"tests": ModelConfig(kind="execution", settings=EXECUTION_SETTINGS),
+                    "agree": ModelConfig(kind="consensus", settings={"execution": "tests", "judge": "writer",
+                                                                     "tests_dir": str(tmp_path)})},
+            default_model="agree", judges={"writer": {"method": "direct"}}, default_backend="fake",
+            backends={"fake": {"url": url, "timeout_s": 5, "max_retries": 1, "backoff_s": 0.01}}))
+        try:
+            agree = pool.get("agree")
+            task = "Write add(a, b), which returns the sum of a and b."
+            first = agree.score([Item(prompt=task, response=r) for r in (RIGHT[0], PRODUCT, RIGHT[1])])
+            assert first.rewards == [1.0, 0.0, 1.0]  # 1 * 2 = 2 and -1 * 1 = -1: the product fails both
+            assert first.details[0]["tests_from"] == "judge" and first.details[0]["judge"] == "generated"
+            again = agree.rank(task, [PRODUCT, RIGHT[2]])
+            assert again.order == [1, 0] and llm.asked("Write add(a, b), which") == 1  # written once, kept
+            assert len(list(tmp_path.glob("*.json"))) == 1
+            both = agree.score([Item(prompt=PROMPT, response=RIGHT[0])])  # its 3 examples, then the 2 written
+            assert both.details[0]["tests_from"] == "examples+judge" and both.details[0]["test_count"] == 5
+            assert both.rewards == [pytest.approx(4 / 5)]
+            failed = agree.score([Item(prompt="Write the broken thing.", response=RIGHT[0])])
+            assert failed.rewards == [0.5] and failed.details[0]["reason"] == "no_tests"
+            assert failed.details[0]["judge"].startswith("error")
+        finally:
+            pool.close()
 
 
 # ---- through the service ----
