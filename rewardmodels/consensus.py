@@ -15,6 +15,7 @@ group is scored by:
   with P the group's tests passed, n its size, e1 (e0) the passes of the other responses on
   the group's passed (failed) tests out of m1 (m0) cells, lnB the log Beta function, and the
   priors a = 1e3, b0 = 1e4 (the released code's alpha_xy and the first of its beta_0 range).
+  The default method: it picked better than CodeT on HumanEval (docs/consensus.md).
 
 A response's reward is its group's score over the best group's, times the best group's pass
 rate: in [0, 1], 1 for the responses of a best group that passes every test, and for a lone
@@ -57,8 +58,9 @@ class ConsensusSettings(BaseModel):
     """The `settings:` of a consensus model in the config."""
 
     model_config = ConfigDict(extra="forbid")
-    method: Method = Field("codet", description="codet: tests passed x group size^codet_exponent; b4: B4's "
-                                                "Bayesian score of the pass matrix")
+    method: Method = Field("b4", description="b4: B4's Bayesian score of the pass matrix (the default: it picks "
+                                             "better on HumanEval, docs/consensus.md); codet: tests passed x group "
+                                             "size^codet_exponent")
     execution: str | ExecutionSettings = Field(default_factory=ExecutionSettings, description=(
         "a configured execution model whose sandbox runs the programs, or the settings of one of its own"))
     codet_exponent: float = Field(1.0, ge=0, description="1: the CodeT paper's |S_x| |S_y|; 0.5: its released code")
@@ -164,6 +166,8 @@ _HEADER = re.compile(r"^\s*(?:[#*>]+\s*)?(?:sample\s+|example\s+)?(input|output)
 _DECORATED = re.compile(r"^\s*[-=]{3,}\s*(input|output)\s*[-=]{3,}\s*$", re.I)
 _PROSE = re.compile(r"\w+(?:\s+\w+){3,}.*[.:]\s*$")
 _ASSIGNMENT = re.compile(r"^\s*[A-Za-z_]\w*\s*=")
+_STUB = re.compile(r"^\s*def \w+\s*\(", re.M)  # a Python function to complete: its examples are calls
+_STDIN = re.compile(r"stdin|standard input|input\(\)", re.I)
 
 
 def _header(line: str) -> tuple[str, str] | None:
@@ -185,7 +189,11 @@ def io_examples(text: str) -> list[dict[str, str]]:
     """The prompt's `Input:` / `Output:` pairs as stdin/stdout cases (see `_header`); a
     block runs to the next header, a blank line after an output, or a fence's end. Pairs
     whose text reads as prose (a format's description) or as `name = value` (LeetCode's
-    arguments, not stdin) are skipped."""
+    arguments, not stdin) are skipped, and so is every block of a prompt that holds a
+    Python function to complete (`def f(...)`) and says nothing of stdin: its Input/Output
+    examples are the function's arguments and result (HumanEval/68)."""
+    if _STUB.search(text) and not _STDIN.search(text):
+        return []
     lines, cases, i = text.splitlines(), [], 0
     pending: str | None = None
     while i < len(lines):
@@ -269,7 +277,7 @@ def b4_score(matrix: list[list[bool]], pattern: tuple[bool, ...], alpha: float, 
             + log_beta(e1 + 1, m1 - e1 + 1) + log_beta(e0 + 1, m0 - e0 + beta0))
 
 
-def score_matrix(matrix: list[list[bool]], method: Method = "codet", codet_exponent: float = 1.0,
+def score_matrix(matrix: list[list[bool]], method: Method = "b4", codet_exponent: float = 1.0,
                  b4_alpha: float = 1e3, b4_beta0: float = 1e4) -> tuple[list[float], list[int], list[dict]]:
     """(each row's reward, each row's group, the groups) for a K x M pass matrix (module doc)."""
     m = max((len(row) for row in matrix), default=0)

@@ -5,7 +5,7 @@ Read from the YAML named by `--config` or $PLAUDIT_CONFIG; without one, the embe
 default models are served: `default` (BT), `default-gpm` and `default-prm`, the judge
 `local` (TICK on the packaged SmolLM2 through llama.cpp's server), and the execution reward
 `execution` with the composite `default-code` and the consensus reward `default-consensus`
-(CodeT over the prompt's examples, in `execution`'s sandbox). Relative model paths
+(B4 over the prompt's examples, in `execution`'s sandbox). Relative model paths
 are resolved against the YAML file's folder.
 """
 from __future__ import annotations
@@ -185,9 +185,10 @@ DEFAULT_CODE = {"parts": {"tests": {"model": "execution"},
                           "preference": {"model": "default", "weight": 0.1, "transform": "sigmoid",
                                          "requires": {"tests": 1.0}}}}
 
-# default-consensus: the responses to one prompt scored together by CodeT's agreement, on the
-# item's tests or the prompt's examples, run in `execution`'s sandbox (rewardmodels/consensus.py).
-DEFAULT_CONSENSUS = {"method": "codet", "execution": "execution"}
+# default-consensus: the responses to one prompt scored together by B4's posterior over their
+# pass matrix, on the item's tests or the prompt's examples, run in `execution`'s sandbox
+# (rewardmodels/consensus.py; B4 picked better than CodeT on HumanEval, docs/consensus.md).
+DEFAULT_CONSENSUS = {"method": "b4", "execution": "execution"}
 
 
 def default_config() -> ServiceConfig:

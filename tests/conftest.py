@@ -149,7 +149,7 @@ def tiny_service(tiny_bt, tmp_path_factory) -> str:
         models["code"] = {"kind": "composite", "settings": {"parts": {
             "tests": {"model": "tests"},
             "preference": {"model": "tiny", "weight": 0.1, "transform": "sigmoid", "requires": {"tests": 1.0}}}}}
-        models["agree"] = {"kind": "consensus", "settings": {"execution": "tests"}}  # CodeT in `tests`'s sandbox
+        models["agree"] = {"kind": "consensus", "settings": {"method": "codet", "execution": "tests"}}
     config = tmp / "plaudit.yaml"
     config.write_text(yaml.safe_dump({"models": models, "default_model": "tiny"}))
     with running_service(config, tmp, env={"PLAUDIT_API_KEYS": ""}) as (url, _):

@@ -122,6 +122,8 @@ def test_input_output_blocks_become_stdin_cases():
     tests, shown = prompt_tests([Message(role="system", content="Be brief."), Message(role="user", content=text)])
     assert tests.style == "io" and len(tests.cases) == 3 and shown[0] == "input '3\\n1 2 3\\n' -> output '6'"
     assert prompt_tests("Write a function that adds two numbers.") is None
+    stub = "def first(arr):\n    \"\"\"The first.\n    Input: [4, 2]\n    Output: 4\n    \"\"\"\n"
+    assert io_examples(stub) == [] and len(io_examples(stub + "Read stdin.\n")) == 1  # a function's arguments
 
 
 # ---- through the sandbox ----
@@ -130,7 +132,8 @@ def test_input_output_blocks_become_stdin_cases():
 def codet():
     if shutil.which("bwrap") is None:
         pytest.skip("bubblewrap missing (make test installs it)")
-    scorer = load_scorer(None, name="agree", kind="consensus", settings={"execution": EXECUTION_SETTINGS})
+    scorer = load_scorer(None, name="agree", kind="consensus", settings={"method": "codet",
+                                                                          "execution": EXECUTION_SETTINGS})
     yield scorer
     scorer.close()
 
@@ -205,7 +208,7 @@ def test_default_consensus_runs_in_executions_sandbox():
     pool = ModelPool(default_config())
     scorer = pool.get("default-consensus")
     assert scorer.kind == "consensus" and scorer.execution is pool.get("execution")
-    assert scorer.settings.method == "codet"
+    assert scorer.settings.method == "b4"
 
 
 # ---- tests written by a judge ----
