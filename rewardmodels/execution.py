@@ -23,11 +23,18 @@ cannot finish gets reward 0 and a reason: `timeout`, `memory`, `output_limit`,
 `compile_error`, `error` (the program or the tests failed to load, or the run died),
 `no_code`, `wrong_language` (Python tests, another language's code) or
 `language_unavailable` (the response's language has no toolchain here).
+
+Each run's CPU time (user + system of its processes) and peak memory are measured from
+outside the sandbox (sandbox.py) and reported in `details`: per case for stdin/stdout
+tests, for the program's whole run when Python tests are judged outside it (a per-call
+figure would come from the program's own process, which the program controls). The
+`efficiency` setting turns them into a reward for fast correct code (EfficiencySettings).
 """
 from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -44,6 +51,28 @@ from .sandbox import Job, Run, Sandbox, SandboxLimits
 IN_SANDBOX = {name: (Path(__file__).parent / f"{name}.py").read_text()
               for name in ("exec_program", "exec_judge", "plain_data")}
 Comparison = Literal["tokens", "lines", "exact"]
+
+
+class EfficiencySettings(BaseModel):
+    """Pay correct code more when it is also fast (ACECode's shape): a response that passes
+    every test earns 1 + weight x min(1, t_ref / t), in (1, 1 + weight], where t is its CPU
+    time (user + system of its processes, the least of `repeats` runs, less what an empty
+    program costs in the same harness, the interpreter's start, measured once; at least
+    `resolution_s`, so that noise is not paid) and t_ref the
+    reference solution's (`reference.solution`, measured the same way and cached) or, against
+    `group` or without a solution, the fastest passing response to the same prompt."""
+
+    model_config = ConfigDict(extra="forbid")
+    weight: float = Field(0.5, gt=0, description="the most a passing response earns above 1, when it is as fast as "
+                                                 "the reference or faster")
+    against: Literal["reference", "group"] = Field("reference", description=(
+        "reference: the item's `solution` (the group when it has none); group: the fastest passing response to "
+        "the same prompt"))
+    repeats: int = Field(3, ge=1, le=20, description="runs of each passing response and of the reference; the least "
+                                                     "CPU time counts (noise only ever adds time)")
+    resolution_s: float = Field(0.01, gt=0, description=(
+        "CPU times below this (after the empty program's is taken off) count as this: differences within the "
+        "measurement's noise (some ms a run) earn nothing"))
 
 
 class ExecutionSettings(BaseModel):
@@ -65,6 +94,8 @@ class ExecutionSettings(BaseModel):
                                                       "(each stripped), exact (after trailing newlines)")
     float_tolerance: float | None = Field(None, ge=0, description="numbers in the output (and in function-call "
                                                                   "results) equal within this, absolute or relative")
+    efficiency: EfficiencySettings | None = Field(None, description=(
+        "also pay passing responses for speed, a reward in (1, 1 + weight]; off by default"))
 
 
 @dataclass
@@ -78,6 +109,9 @@ class Outcome:
     reason: str | None = None  # why the reward is 0 when the run could not finish
     message: str | None = None
     tests: list[dict[str, Any]] = field(default_factory=list)
+    cpu_s: float | None = None  # user + system seconds of the program's processes, every test's run together
+    peak_memory_mb: float | None = None  # the largest resident set among them
+    efficiency: dict[str, Any] | None = None  # with the efficiency setting: the times the reward came from
 
 
 
@@ -95,6 +129,7 @@ class Tests:
     language: str | None = None
     compare: Comparison | None = None
     float_tolerance: float | None = None
+    solution: str | None = None  # a reference solution, for efficiency
 
     @property
     def count(self) -> int:
@@ -178,6 +213,10 @@ def _item_options(reference: dict, field_name: str) -> dict[str, Any]:
         if reference["compare"] not in ("tokens", "lines", "exact"):
             raise InputError(f"{field_name}.compare", "tokens, lines or exact")
         options["compare"] = reference["compare"]
+    if reference.get("solution") is not None:
+        if not isinstance(reference["solution"], str) or not reference["solution"].strip():
+            raise InputError(f"{field_name}.solution", "the reference solution's code, a non-empty string")
+        options["solution"] = reference["solution"]
     if reference.get("float_tolerance") is not None:
         tolerance = reference["float_tolerance"]
         if not isinstance(tolerance, (int, float)) or isinstance(tolerance, bool) or not tolerance >= 0:
@@ -229,18 +268,24 @@ class Execution(Scorer):
         self.default_language = by_name(settings.language) or LANGUAGES[DEFAULT_LANGUAGE]
         self.pool = ThreadPoolExecutor(max_workers=settings.slots + min(settings.max_waiting, 64),
                                        thread_name_prefix=f"exec-{name}")
+        self._reference_times: dict[str, float | None] = {}  # efficiency: reference solutions' CPU times
+        self._empty_times: dict[str, float] = {}  # efficiency: an empty program's, per harness
+        self._reference_lock = threading.RLock()  # a reference's measure takes the empty program's
 
     @classmethod
     def load(cls, context: LoadContext) -> "Execution":
         return cls(context.name or cls.kind, cls.settings_from(context))
 
     def p_good(self, reward: float | None) -> float | None:
-        """The share of tests passed is already on the scale of a probability."""
-        return reward
+        """The share of tests passed is already on the scale of a probability (efficiency's
+        bonus above 1 is not a probability of anything: a passing response is good)."""
+        return None if reward is None else min(reward, 1.0)
 
     def score(self, items: Sequence[Item]) -> Scores:
         tests = [read_tests(it.reference, f"items[{i}].reference") for i, it in enumerate(items)]
         outcomes = list(self.pool.map(self.run, [it.response for it in items], tests))
+        if self.settings.efficiency is not None:
+            self._pay_for_speed(items, tests, outcomes, self.settings.efficiency)
         return Scores([o.reward for o in outcomes], [False] * len(items), details=[asdict(o) for o in outcomes],
                       logs={"all_passed": [float(o.all_passed) for o in outcomes],
                             "failed_to_run": [float(o.reason is not None) for o in outcomes]})
@@ -264,6 +309,75 @@ class Execution(Scorer):
                                f"these tests ({tests.style}) call Python; the response is {language.name}")
             return self._judged(source.code, tests)
         return self._cases(language, source.code, tests)
+
+    def least_cpu(self, response: str, tests: Tests, runs: int, first: Outcome | None = None,
+                  resolution_s: float = 0.01) -> float | None:
+        """The least CPU time of `runs` runs that pass every test (`first`: one already made),
+        less an empty program's in the same harness (at least `resolution_s`); None when a run
+        fails."""
+        times = [first.cpu_s] if first is not None else []
+        for _ in range(runs - len(times)):
+            again = self.run(response, tests)
+            if not again.all_passed:
+                return None
+            times.append(again.cpu_s)
+        if not times or None in times:
+            return None
+        return max(min(times) - self._empty_cpu(tests, response), resolution_s)
+
+    def _empty_cpu(self, tests: Tests, response: str) -> float:
+        """What running nothing costs in the harness these tests use (the interpreter's or the
+        binary's start, the judge's calls aside): the least of five runs, once per process."""
+        language = find_source(response, tests.language).language or self.default_language
+        key = f"{tests.style == 'io'}:{language.name}"
+        with self._reference_lock:
+            if key not in self._empty_times:
+                if tests.style == "io":
+                    empty = Tests("io", cases=[{"input": "", "output": ""}], language=language.name)
+                    code = f"```{language.name}\n{language.empty_program}\n```"
+                else:  # loaded and called once, as the judge calls a program
+                    empty = Tests("asserts", "assert empty() is None", language="python")
+                    code = "```python\ndef empty():\n    return None\n```"
+                times = [self.run(code, empty).cpu_s for _ in range(5)]
+                self._empty_times[key] = min((t for t in times if t is not None), default=0.0)
+            return self._empty_times[key]
+
+    def _reference_cpu(self, tests: Tests, efficiency: EfficiencySettings) -> float | None:
+        """The reference solution's least CPU time on these tests, measured once per process."""
+        key = json.dumps([asdict(tests), efficiency.model_dump()], sort_keys=True, default=str)
+        with self._reference_lock:
+            if key not in self._reference_times:
+                self._reference_times[key] = self.least_cpu(f"```{tests.language or self.default_language.name}\n"
+                                                            f"{tests.solution}\n```", tests, efficiency.repeats,
+                                                            resolution_s=efficiency.resolution_s)
+            return self._reference_times[key]
+
+    def _pay_for_speed(self, items: Sequence[Item], tests: list[Tests], outcomes: list[Outcome],
+                       efficiency: EfficiencySettings) -> None:
+        """Passing responses' rewards raised to 1 + weight x min(1, t_ref / t) (EfficiencySettings)."""
+        passing = [i for i, o in enumerate(outcomes) if o.all_passed]
+        times = dict(zip(passing, self.pool.map(
+            lambda i: self.least_cpu(items[i].response, tests[i], efficiency.repeats, outcomes[i],
+                                     efficiency.resolution_s), passing)))
+        def group(i: int) -> str:  # the same prompt and the same tests
+            return json.dumps([items[i].model_dump(mode="json")["prompt"], asdict(tests[i])], default=str)
+
+        fastest: dict[str, float] = {}
+        for i, t in times.items():
+            if t is not None:
+                fastest[group(i)] = min(t, fastest.get(group(i), t))
+        for i, t in times.items():
+            against, t_ref = "group", None
+            if efficiency.against == "reference" and tests[i].solution:
+                against, t_ref = "reference", self._reference_cpu(tests[i], efficiency)
+            if t_ref is None:
+                against, t_ref = "group", fastest.get(group(i))
+            outcome = outcomes[i]
+            outcome.efficiency = {"cpu_s": t, "against": against, "reference_cpu_s": t_ref, "runs": efficiency.repeats}
+            if t is None or t_ref is None:  # a repeat failed: paid as correct, not as fast
+                outcome.efficiency["reason"] = "a repeated run did not pass" if t is None else "no reference time"
+                continue
+            outcome.reward = 1.0 + efficiency.weight * min(1.0, t_ref / max(t, 1e-9))
 
     def _judged(self, code: str, tests: Tests) -> Outcome:
         """Python tests that call the program: the judge in one sandbox, the program in another."""
@@ -302,11 +416,15 @@ class Execution(Scorer):
                 run = self.programs.run(build, case["input"].encode(),
                                         self.programs.limits(language, min(s.test_s, left)))
                 results.append({"name": f"case #{i + 1}", **_case(run, case["output"], compare, tolerance,
-                                                                   min(s.test_s, left))})
+                                                                   min(s.test_s, left)),
+                                "cpu_s": run.cpu_s, "peak_memory_mb": run.peak_memory_mb})
         passed = sum(r["passed"] for r in results)
         reason = _shared_reason(results) if passed == 0 else None
+        cpu = [r["cpu_s"] for r in results if r.get("cpu_s") is not None]
+        peaks = [r["peak_memory_mb"] for r in results if r.get("peak_memory_mb") is not None]
         return Outcome(passed / len(results), passed, len(results), passed == len(results), reason,
-                       results[0]["message"] if reason else None, results)
+                       results[0]["message"] if reason else None, results,
+                       sum(cpu) if cpu else None, max(peaks) if peaks else None)
 
 
 def _case(run: Run, expected: str, compare: Comparison, tolerance: float | None, seconds: float) -> dict:
@@ -331,7 +449,14 @@ def _shared_reason(results: list[dict]) -> str | None:
 
 
 def outcome(verdict: Run, program: Run) -> Outcome:
-    """The reward and the reason, from what the judge reported and what the sandboxes saw."""
+    """The reward and the reason, from what the judge reported and what the sandboxes saw
+    (the program's CPU time and memory: its whole run, loading and every call)."""
+    measured = _outcome(verdict, program)
+    measured.cpu_s, measured.peak_memory_mb = program.cpu_s, program.peak_memory_mb
+    return measured
+
+
+def _outcome(verdict: Run, program: Run) -> Outcome:
     if verdict.output_exceeded:
         return Outcome(0.0, 0, 0, False, "output_limit", "the program wrote more than the output limit")
     if verdict.timed_out:

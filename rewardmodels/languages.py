@@ -34,6 +34,7 @@ class Language:
     compile_memory_mb: int = 2048
     processes: int = 0  # threads and processes on top of the configured limit
     main_class: str = ""  # a regex whose group names the source file (Java's public class)
+    empty_program: str = ""  # a program that does nothing: what a run costs before any work (efficiency)
 
     def source_name(self, code: str) -> str:
         """The file the code goes in: Java's must be named after its public class."""
@@ -56,19 +57,22 @@ class Language:
 
 LANGUAGES: dict[str, Language] = {row.name: row for row in (
     Language("python", ("python", "py", "python3"), "main.py", ("python3", "-I", "-B", "/code/{source}"),
-             tools=("python3",), install="apt-get install python3"),
+             tools=("python3",), install="apt-get install python3", empty_program="pass"),
     Language("c", ("c",), "main.c", ("/code/main",),
              compile=("gcc", "-O2", "-std=gnu17", "-o", "/out/main", "/code/{source}", "-lm"),
-             tools=("gcc",), install="apt-get install gcc", compile_memory_mb=1024),
+             tools=("gcc",), install="apt-get install gcc", compile_memory_mb=1024,
+             empty_program="int main(void) { return 0; }"),
     Language("cpp", ("cpp", "c++", "cc", "cxx"), "main.cpp", ("/code/main",),
              compile=("g++", "-O2", "-std=gnu++17", "-o", "/out/main", "/code/{source}"),
-             tools=("g++",), install="apt-get install g++", compile_memory_mb=2048),
+             tools=("g++",), install="apt-get install g++", compile_memory_mb=2048,
+             empty_program="int main() { return 0; }"),
     Language("java", ("java",), "Main.java", ("java", "-Xmx256m", *JVM_FLAGS, "-cp", "/code", "{stem}"),
              compile=("javac", "-J-Xmx512m", *(f"-J{f}" for f in JVM_FLAGS), "-encoding", "UTF-8", "-d", "/out",
                       "/code/{source}"),
              tools=("java", "javac"), install="apt-get install default-jdk-headless",
              binds=("/etc/java-*",), memory_floor_mb=1024, compile_memory_mb=3072, processes=64,
-             main_class=r"public\s+(?:final\s+|abstract\s+)*class\s+([A-Za-z_]\w*)"),
+             main_class=r"public\s+(?:final\s+|abstract\s+)*class\s+([A-Za-z_]\w*)",
+             empty_program="public class Main { public static void main(String[] args) {} }"),
     Language("nodejs", ("javascript", "js", "node", "nodejs"), "main.js", ("node", "/code/{source}"),
              tools=("node",), install="apt-get install nodejs", memory_floor_mb=2048, processes=16),
     Language("typescript", ("typescript", "ts"), "main.ts", ("node", "/code/main.js"),
@@ -79,12 +83,14 @@ LANGUAGES: dict[str, Language] = {row.name: row for row in (
              tools=("go",), install="apt-get install golang-go",
              env=(("GOCACHE", "/tmp/gocache"), ("GOPATH", "/tmp/gopath"), ("GO111MODULE", "off"),
                   ("CGO_ENABLED", "0")),
-             memory_floor_mb=1024, compile_memory_mb=3072, processes=64),
+             memory_floor_mb=1024, compile_memory_mb=3072, processes=64,
+             empty_program="package main\n\nfunc main() {}"),
     Language("rust", ("rust", "rs"), "main.rs", ("/code/main",),
              compile=("rustc", "-O", "--edition", "2021", "-C", "linker=gcc", "-o", "/out/main", "/code/{source}"),
-             tools=("rustc", "gcc"), install="apt-get install rustc", compile_memory_mb=3072, processes=16),
+             tools=("rustc", "gcc"), install="apt-get install rustc", compile_memory_mb=3072, processes=16,
+             empty_program="fn main() {}"),
     Language("bash", ("bash", "sh", "shell"), "main.sh", ("bash", "/code/{source}"),
-             tools=("bash",), install="apt-get install bash"),
+             tools=("bash",), install="apt-get install bash", empty_program=":"),
 )}
 DEFAULT_LANGUAGE = "python"
 BY_TAG = {tag: row for row in LANGUAGES.values() for tag in row.tags}

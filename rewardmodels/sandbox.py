@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+import select
 import selectors
 import shutil
 import signal
@@ -67,6 +68,8 @@ class Run:
     timed_out: bool = False
     output_exceeded: bool = False
     seconds: float = 0.0
+    cpu_s: float | None = None  # user + system time of every process of the run, measured from outside
+    peak_memory_mb: float | None = None  # the largest resident set among them
 
 
 @dataclass(frozen=True)
@@ -265,25 +268,23 @@ class Sandbox:
                                                 begun + limits.wall_s)
             lead = started[0][0]
             if not (timed_out or exceeded):  # its output is closed; it may still be running
-                try:
-                    lead.wait(timeout=max(0.0, begun + limits.wall_s - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    timed_out = True
+                timed_out = not _exited(lead.pid, begun + limits.wall_s - time.monotonic())
             seconds = time.monotonic() - begun
-            codes = [process.poll() for process, _ in started]
+            codes = [_exit_code(process.pid) for process, _ in started]
         finally:
             for fd in handed:
                 os.close(fd)
             for stream, _ in pending.values():
                 stream.close()
+            usages = []
             for process, fds in started:
-                _kill(process, bytes(streams.get(fds["info"], b"")))
+                usages.append(_kill(process, bytes(streams.get(fds["info"], b""))))
                 os.close(fds["result"])
                 os.close(fds["info"])
         failed = timed_out or exceeded
         return [Run(None if failed and i == 0 else code, bytes(streams[fds["out"]]), bytes(streams[fds["err"]]),
-                    bytes(streams[fds["result"]]), timed_out, exceeded, seconds)
-                for i, ((_, fds), code) in enumerate(zip(started, codes))]
+                    bytes(streams[fds["result"]]), timed_out, exceeded, seconds, *usage)
+                for i, ((_, fds), code, usage) in enumerate(zip(started, codes, usages))]
 
     @staticmethod
     def _collect(streams: dict, pending: dict, lead: set, infos: set, limits: SandboxLimits,
@@ -335,10 +336,41 @@ def _become_subreaper() -> None:
         pass
 
 
-def _kill(process: subprocess.Popen, info: bytes) -> None:
+def _exited(pid: int, timeout: float) -> bool:
+    """Whether our child `pid` ends within `timeout` seconds; it is left to be reaped (with
+    its resource usage) by `_kill`."""
+    try:
+        with _pidfd(pid) as fd:
+            return bool(select.select([fd], [], [], max(0.0, timeout))[0])
+    except ProcessLookupError:  # gone and reaped already: only _kill reaps, so never here
+        return True
+
+
+@contextmanager
+def _pidfd(pid: int) -> Iterator[int]:
+    fd = os.pidfd_open(pid)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _exit_code(pid: int) -> int | None:
+    """Our child's exit status as Popen reports it (-N: killed by signal N), None while it
+    runs; it is not reaped."""
+    info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    if info is None:
+        return None
+    return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+
+
+def _kill(process: subprocess.Popen, info: bytes) -> tuple[float | None, float | None]:
     """Everything the run started. The sandbox's first process goes first: with it its PID
     namespace and every process inside. Then bwrap's session, for what is left; then the
-    first process is reaped (it is ours, see `_become_subreaper`)."""
+    first process is reaped (it is ours, see `_become_subreaper`). Returns the CPU seconds
+    (user + system) and the peak resident MiB of the sandbox's processes, from the kernel's
+    account of its first process (with the program and all it reaped): measured where the
+    program cannot reach."""
     try:
         sandbox_pid = json.loads(info)["child-pid"]
     except (ValueError, KeyError):  # bwrap never started a sandbox
@@ -352,12 +384,19 @@ def _kill(process: subprocess.Popen, info: bytes) -> None:
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    process.wait()
+    _, status, outer = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    inner = None
     if sandbox_pid is not None:
         try:
-            os.waitpid(sandbox_pid, 0)
-        except ChildProcessError:  # bwrap reaped it
+            inner = os.wait4(sandbox_pid, 0)[2]
+        except ChildProcessError:  # bwrap reaped it: its usage is in bwrap's
             pass
     for stream in (process.stdout, process.stderr):
         if stream:
             stream.close()
+    if inner is not None:  # the sandbox's processes alone (bwrap's own start is plaudit's cost, not the run's)
+        return inner.ru_utime + inner.ru_stime, inner.ru_maxrss / 1024.0  # ru_maxrss is in KiB
+    # Without the sandbox's own account, bwrap's (or the unsandboxed program's), whose peak
+    # memory may be this process's at the fork that started it: the CPU time only.
+    return outer.ru_utime + outer.ru_stime, None
