@@ -17,8 +17,8 @@ from plaudit.rewardmodels.loading import choose_device
 from plaudit.service.api import ModelPool
 from plaudit.service.config import load_config
 
-from . import (ensemble, execution, gpm_rank, judge_batch, math_answers, monitoring_overhead, padding,
-               prefix_groups, score_throughput, serving, soak, startup, warm_merge)
+from . import (arena, consensus, efficiency, ensemble, execution, gpm_rank, judge_batch, math_answers,
+               monitoring_overhead, padding, prefix_groups, score_throughput, serving, soak, startup, warm_merge)
 
 OUT = Path(__file__).resolve().parent / "out" / "latest.json"
 TARGETS = {  # key: (what, target, met); met is None where the number is only reported
@@ -49,6 +49,14 @@ TARGETS = {  # key: (what, target, met); met is None where the number is only re
     "math_vs_naive": ("math: one /score of 64 references x 16 responses / math-verify pair by pair", ">= 4",
                       lambda v: v >= 4),
     "ready_s": ("start-up to /readyz, default models and local judge, s", "report", None),
+    "arena_200x3_s": ("eval arena: 200 questions x 3 models vs a baseline, default reward model as judge, s",
+                      "report", None),
+    "arena_bootstrap_share_pct": ("eval arena: the leaderboard's fits (100 bootstrap rounds, x2) share of it, %",
+                                  "report", None),
+    "efficiency_faster_wins": ("efficiency reward: the faster of CodePrefBench's pairs earns more, share", "report",
+                               None),
+    "efficiency_same_verdict": ("efficiency reward: tasks with the same verdict in every round, share", "report",
+                                None),
     "soak_errors": ("soak, 16 clients x 30 s: failed requests", "0", lambda v: v == 0),
     "soak_p99_ms": ("soak: p99 latency, ms", "report", None),
     "soak_rss_growth_mib": ("soak: server RSS growth, MiB", "< 100", lambda v: v < 100),
@@ -67,6 +75,9 @@ def main() -> None:
     results.update(padding.run(pool.get("default")))
     results.update(execution.run())
     results.update(math_answers.run())
+    results.update(efficiency.run())
+    results.update(consensus.run())
+    results.update(arena.run(pool.get("default")))
     with tempfile.TemporaryDirectory(prefix="plaudit-bench-") as tmp, \
             serving.plaudit(Path(tmp), serving.BT_ONLY) as service:
         results.update(score_throughput.run(service, pool.get("default")))
@@ -105,6 +116,10 @@ def main() -> None:
         print(f"Padding, {order:7}: {results['padding'][order]}")
     print(f"Execution: {results['execution']}")
     print(f"Math: {results['math']}")
+    print(f"Consensus, top-ranked HumanEval candidate correct: {results['consensus_top1']} ({results['consensus']})")
+    print(f"Efficiency: {results['efficiency_faster_wins']} faster wins, {results['efficiency_same_verdict']} same "
+          f"verdict over {results['efficiency']['rounds']} rounds")
+    print(f"Arena: {results['arena']}")
     print(f"Soak: {results['soak']}")
     print(f"Ready with the defaults: {results['ready_s']} s, {results['ready_rss_mib']} MiB resident")
     OUT.parent.mkdir(parents=True, exist_ok=True)
