@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import httpx2
 import pytest
@@ -13,7 +14,8 @@ from plaudit.rewardmodels.queries import score_queries
 from plaudit.rewardmodels import InputError, Item, ModelLoadError, Pair, load_scorer
 from plaudit.rewardmodels.gpm import preference
 from servers import running_service
-from plaudit.training.experiments import cyclic, cyclic_pairs
+from plaudit.training.cycles import FAMILY, SETS
+from plaudit.training.experiments import cyclic, cyclic_pairs, fit_cycles
 from plaudit.training.gpm import GPMConfig, train_gpm
 
 PROMPT = "Question 0: pick the best word for the topic meadow."
@@ -25,7 +27,8 @@ def cyclic_run(tiny_base, tmp_path_factory):
     mechanics. Whether training fits the cycle is tested on the real backbone (slow test below):
     a 2-layer random model fits it for some seeds and stays at chance for others."""
     out = tmp_path_factory.mktemp("cyclic")
-    return out, cyclic(out, base=str(tiny_base), prompts=4, num_train_epochs=30, learning_rate=1e-2, lora_layers=2)
+    return out, fit_cycles(out, replace(SETS["words"], prompts=4), base=str(tiny_base), num_train_epochs=30,
+                           learning_rate=1e-2, lora_layers=2)
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +45,35 @@ def test_preference_is_skew_symmetric():
     assert torch.allclose(table.diagonal(), torch.zeros(5), atol=1e-7)
 
 
+@pytest.mark.parametrize("cycles", FAMILY, ids=[s.name for s in FAMILY])
+def test_every_set_of_the_family_is_what_it_says(cycles):
+    """Each cyclic prompt's answers form one cycle (each wins once and loses once), each
+    transitive prompt's every pair is ordered, and no answer serves two prompts while the
+    vocabulary lasts."""
+    pairs = cycles.pairs()
+    by_prompt: dict[str, list] = {}
+    for p in pairs:
+        by_prompt.setdefault(p.prompt, []).append(p)
+    assert len(by_prompt) == cycles.prompts
+    ordered = round(cycles.transitive * cycles.prompts)
+    for number, (prompt, own) in enumerate(by_prompt.items()):
+        answers = {a for p in own for a in (p.chosen, p.rejected)}
+        assert len(answers) == cycles.cycle
+        wins = {a: sum(p.chosen == a for p in own) for a in answers}
+        if number < ordered:
+            assert sorted(wins.values()) == list(range(cycles.cycle))  # a total order
+        else:
+            assert len(own) == cycles.cycle and set(wins.values()) == {1}  # a cycle
+    assert cycles.transitive_pairs() == sum(len(own) for own in list(by_prompt.values())[:ordered])
+    vocabulary = len(set(a for p in pairs for a in (p.chosen, p.rejected)))
+    assert vocabulary == min(cycles.prompts * cycles.cycle, 90)
+
+
+def test_the_first_set_is_the_one_the_defaults_were_chosen_on():
+    assert SETS["words"].pairs() == cyclic_pairs(30, 0)
+    assert cyclic_pairs(30)[0].prompt.startswith("Question 0: pick the best word for the topic")
+
+
 def test_bt_cannot_order_a_cycle(cyclic_run):
     """A scalar reward gets at most 2 of 3 cyclic pairs right, and its margins sum to zero."""
     _, report = cyclic_run
@@ -55,8 +87,8 @@ def test_gpm_fits_cycles_that_bt_cannot_on_the_real_backbone(tmp_path):
     `plaudit experiment cyclic` with its defaults (30 different cycles), its GPM half (about 6
     minutes on 2 cores; that BT cannot pass 2/3 on a cycle is arithmetic, checked on the tiny
     model above)."""
-    report = cyclic(tmp_path, families=("gpm",))
-    assert report["gpm"]["accuracy"] >= 0.95, report
+    report = cyclic(tmp_path, sets=("words",), families=("gpm",))
+    assert report["sets"]["words"]["gpm"]["accuracy"] >= 0.95, report
 
 
 def test_loaded_metadata_is_read_from_the_weights(gpm, tiny_base, tmp_path):

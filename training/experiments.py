@@ -4,17 +4,18 @@ warm_noise: WARM's robustness claim at small scale. A quarter of the training pa
 their labels flipped; each member, the prediction ensemble (mean reward) and the WARM
 weight average are scored on clean held-out pairs.
 
-cyclic: GPM's headline result at small scale. Each prompt has its own cycle of three short
-responses (b beats a, c beats b, a beats c), over different words for different prompts. A
-scalar reward cannot order a cycle: BT gets at most 2 of every 3 pairs right and its margins
-around a cycle sum to zero; a GPM's skew-symmetric preference can represent every cycle, and
-with the trainer's default flags it fits them.
+cyclic: GPM's headline result at small scale, over a family of generated cycle sets
+(training/cycles.py): each prompt has its own cycle of responses (b beats a, c beats b, a
+beats c), over different words for different prompts, worded differently from set to set.
+A scalar reward cannot order a cycle: BT gets at most L-1 of a cycle's L pairs right and its
+margins around a cycle sum to zero; a GPM's skew-symmetric preference can represent every
+cycle, and its default flags should fit them in every set.
 """
 from __future__ import annotations
 
 import random
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -22,56 +23,64 @@ from plaudit.rewardmodels import load_scorer
 from plaudit.rewardmodels.base import Pair
 
 from .bt import BTConfig, train_bt
+from .cycles import SETS, CycleSet
 from .data import PreferencePair, read_pairs
 from .evaluate import eval_pairs
 from .gpm import GPMConfig, train_gpm
 from .warm import MEMBERS, WarmConfig, train_warm
 
-WORDS = tuple("""river stone cloud maple fern moss pebble breeze meadow brook willow thunder frost ember dune
-    canyon glacier lichen orchid pine reef tide valley aurora cedar delta marsh summit tundra grove lantern anchor
-    compass harbor violin candle ladder mirror basket feather garden island jacket kettle lemon magnet needle
-    orange pepper quilt rocket saddle tiger umbrella wagon yogurt zebra acorn bamboo cactus dolphin eagle falcon
-    gravel honey iris jungle koala lizard mango nectar olive parrot quartz raven salmon tulip unicorn vapor walnut
-    beacon cobalt dagger emerald fossil goblet hammock igloo jasmine kayak""".split())  # 90: every prompt its own three
-
-
 def cyclic_pairs(prompts: int, seed: int = 0) -> list[PreferencePair]:
-    """Under every prompt, three words of its own (none shared with another prompt while the
-    90 words last) form a cycle: b > a, c > b, a > c. Every cycle is different, so no single
-    ordering, nor one direction in embedding space, fits them all."""
-    rng = random.Random(seed)
-    words = rng.sample(WORDS, len(WORDS))
-    pairs = []
-    for p in range(prompts):
-        a, b, c = (words[(3 * p + i) % len(words)] for i in range(3))
-        prompt = f"Question {p}: pick the best word for the topic {rng.choice(WORDS)}."
-        cycle = [(b, a), (c, b), (a, c)]
-        rng.shuffle(cycle)  # the pairs of a prompt come in a random order
-        pairs += [PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected) for chosen, rejected in cycle]
-    return pairs
+    """The family's first set ("words": bare words, one 3-cycle a prompt) at any size."""
+    return replace(SETS["words"], prompts=prompts, seed=seed).pairs()
 
 
-def cyclic(out: str | Path, base: str = "default", prompts: int = 30, seed: int = 0,
-           families: tuple[str, ...] = ("bt", "gpm"), **flags) -> dict:
-    """Train BT and GPM on the same cyclic pairs with the trainers' default flags (or `flags`,
+def fit_cycles(out: str | Path, cycles: CycleSet, base: str = "default", families: tuple[str, ...] = ("bt", "gpm"),
+               **flags) -> dict:
+    """Train BT and GPM on one set's pairs with the trainers' default flags (or `flags`,
     TrainConfig's names); accuracy on those pairs is the test of expressiveness (what each can
-    fit), not of generalisation."""
+    fit), not of generalisation: over all pairs, the cyclic prompts' and the transitive ones'."""
     unknown = set(flags) - {f.name for f in fields(GPMConfig)} - {f.name for f in fields(BTConfig)}
     if unknown:
         raise TypeError(f"not a trainer flag: {sorted(unknown)}")
-    pairs = cyclic_pairs(prompts, seed)
-    report = {"pairs": len(pairs), "prompts": prompts, "base": base, "flags": flags, "bt_ceiling": 2 / 3}
+    pairs = cycles.pairs()
+    ordered = cycles.transitive_pairs()
+    report = {"set": cycles.name, "pairs": len(pairs), "prompts": cycles.prompts, "cycle": cycles.cycle,
+              "transitive_pairs": ordered, "base": base, "flags": flags,
+              "bt_ceiling": round(((len(pairs) - ordered) * (cycles.cycle - 1) / cycles.cycle + ordered) / len(pairs),
+                                  4)}
     for family, trainer, config_class in (("bt", train_bt, BTConfig), ("gpm", train_gpm, GPMConfig)):
         if family not in families:
             continue
         names = {f.name for f in fields(config_class)}  # e.g. dims is the GPM's alone
-        config = config_class(base=base, seed=seed, **{k: v for k, v in flags.items() if k in names})
+        config = config_class(base=base, seed=cycles.seed, **{k: v for k, v in flags.items() if k in names})
         start = time.time()
         trainer(pairs, Path(out) / family, config, on_log=lambda row: None)
-        result = eval_pairs(load_scorer(Path(out) / family), pairs)
-        report[family] = {"accuracy": round(result["accuracy"], 4), "mean_margin": round(result["mean_margin"], 4),
-                          "seconds": round(time.time() - start, 1)}
+        scorer = load_scorer(Path(out) / family)
+        result = eval_pairs(scorer, pairs)
+        row = {"accuracy": round(result["accuracy"], 4), "mean_margin": round(result["mean_margin"], 4),
+               "seconds": round(time.time() - start, 1)}
+        if ordered:
+            row["cyclic_accuracy"] = round(eval_pairs(scorer, pairs[ordered:])["accuracy"], 4)
+            row["transitive_accuracy"] = round(eval_pairs(scorer, pairs[:ordered])["accuracy"], 4)
+        report[family] = row
     return report
+
+
+def cyclic(out: str | Path, base: str = "default", sets: tuple[str, ...] = (), families: tuple[str, ...] = ("bt", "gpm"),
+           prompts: int | None = None, seed: int | None = None, **flags) -> dict:
+    """`fit_cycles` over the family's sets (training/cycles.py; `sets` names some, default all),
+    each into OUT/<set>/; `prompts` and `seed` override every set's. The lowest GPM accuracy
+    is the number defaults are judged by."""
+    unknown = [name for name in sets if name not in SETS]
+    if unknown:
+        raise ValueError(f"unknown cycle sets {unknown}; the family: {', '.join(SETS)}")
+    overrides = {k: v for k, v in (("prompts", prompts), ("seed", seed)) if v is not None}
+    reports = [fit_cycles(Path(out) / name, replace(SETS[name], **overrides), base, families, **flags)
+               for name in (sets or tuple(SETS))]
+    summary = {"sets": {r["set"]: r for r in reports}, "flags": flags, "base": base}
+    for family in families:
+        summary[f"{family}_lowest"] = min(r[family]["accuracy"] for r in reports)
+    return summary
 
 
 def flip_labels(pairs: list[PreferencePair], fraction: float, seed: int) -> tuple[list[PreferencePair], int]:

@@ -76,9 +76,16 @@ def cmd_warm_merge(args) -> None:
 def cmd_experiment_cyclic(args) -> None:
     from plaudit.training.experiments import cyclic
 
-    flags = {k: getattr(args, k) for k in ("num_train_epochs", "learning_rate", "lora_layers")
-             if getattr(args, k) is not None}
-    print(json.dumps(cyclic(args.out, base=args.base, prompts=args.prompts, seed=args.seed, **flags), indent=2))
+    flags = {k: getattr(args, k) for k in ("num_train_epochs", "learning_rate", "adapter_learning_rate",
+                                           "lora_layers", "dims") if getattr(args, k) is not None}
+    report = cyclic(args.out, base=args.base, sets=tuple(args.set or ()), families=tuple(args.families),
+                    prompts=args.prompts, seed=args.seed, **flags)
+    print(json.dumps(report, indent=2))
+    print(f"{'set':14} {'pairs':>5} {'BT ceiling':>10} " + " ".join(f"{f:>8}" for f in args.families),
+          file=sys.stderr)
+    for name, row in report["sets"].items():
+        print(f"{name:14} {row['pairs']:>5} {row['bt_ceiling']:>10.3f} "
+              + " ".join(f"{row[f]['accuracy']:>8.3f}" for f in args.families), file=sys.stderr)
 
 
 def cmd_experiment_warm_noise(args) -> None:
@@ -119,14 +126,21 @@ def warm_flags(p) -> None:
 
 def experiment_flags(p) -> None:
     experiment = p.add_subparsers(dest="name", required=True)
-    p = experiment.add_parser("cyclic", help="BT vs GPM on a different 3-cycle of responses under every prompt")
-    p.add_argument("--out", default="runs/cyclic", help="where the two trained models go")
+    from plaudit.training.cycles import SETS
+
+    p = experiment.add_parser("cyclic", help="BT vs GPM on a family of generated preference cycles, a cycle of its "
+                                             "own under every prompt; what each fits, set by set")
+    p.add_argument("--out", default="runs/cyclic", help="where the trained models go (OUT/<set>/<family>)")
     p.add_argument("--base", default="default")
-    p.add_argument("--prompts", type=int, default=30, help="cycles of three responses (each its own words)")
+    p.add_argument("--set", action="append", choices=list(SETS), help="only this set (repeatable; default: all)")
+    p.add_argument("--families", nargs="+", choices=["bt", "gpm"], default=["bt", "gpm"])
+    p.add_argument("--prompts", type=int, help="instead of each set's number of prompts")
     p.add_argument("--num-train-epochs", type=int, help="instead of each trainer's default")
     p.add_argument("--learning-rate", type=float, help="instead of each trainer's default")
+    p.add_argument("--adapter-learning-rate", type=float, help="instead of the GPM's default")
     p.add_argument("--lora-layers", type=int, help="instead of each trainer's default")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dims", type=int, help="instead of the GPM's embedding dimension")
+    p.add_argument("--seed", type=int, help="instead of each set's seed")
     p.set_defaults(run=cmd_experiment_cyclic)
     p = experiment.add_parser("warm-noise", help="members vs ensemble vs WARM average with flipped training labels")
     p.add_argument("--train", required=True, help="clean JSONL pairs to train on (labels get flipped)")
