@@ -80,6 +80,9 @@ class ExecutionSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     sandbox: Literal["bwrap", "none"] = Field("bwrap", description="none: no isolation at all (trusted code only)")
+    warm: bool = Field(True, description=(
+        "start Python runs as forks of an interpreter already running in the slot's sandbox (a fork server), "
+        "each in namespaces, files and limits of its own; false: a fresh sandbox and interpreter per run"))
     slots: int = Field(4, ge=1, description="programs running at once")
     max_waiting: int = Field(256, ge=0, description="programs waiting for a slot; past it a 503")
     wall_s: float = Field(10.0, gt=0, description="the whole run of one response, its tests included")
@@ -263,7 +266,7 @@ class Execution(Scorer):
         self.settings = settings
         limits = SandboxLimits(wall_s=settings.wall_s, cpu_s=int(settings.wall_s) + 1, memory_mb=settings.memory_mb,
                                processes=settings.processes, output_bytes=settings.output_kb << 10)
-        self.sandbox = Sandbox(settings.sandbox, limits, settings.slots, settings.max_waiting)
+        self.sandbox = Sandbox(settings.sandbox, limits, settings.slots, settings.max_waiting, warm=settings.warm)
         self.programs = Programs(self.sandbox, settings.compile_s, settings.build_cache)
         self.default_language = by_name(settings.language) or LANGUAGES[DEFAULT_LANGUAGE]
         self.pool = ThreadPoolExecutor(max_workers=settings.slots + min(settings.max_waiting, 64),
@@ -275,6 +278,10 @@ class Execution(Scorer):
     @classmethod
     def load(cls, context: LoadContext) -> "Execution":
         return cls(context.name or cls.kind, cls.settings_from(context))
+
+    def close(self) -> None:
+        """End the warm sandboxes' fork servers (each also ends when this process does)."""
+        self.sandbox.close()
 
     def p_good(self, reward: float | None) -> float | None:
         """The share of tests passed is already on the scale of a probability (efficiency's
@@ -386,15 +393,14 @@ class Execution(Scorer):
                "context": tests.context, "fn_name": tests.fn_name, "calls": tests.calls, "test_s": s.test_s,
                "float_tolerance": tests.float_tolerance if tests.float_tolerance is not None else s.float_tolerance}
         python = self.sandbox.python
-        with self.sandbox.folder({"main.py": code, "exec_program.py": IN_SANDBOX["exec_program"],
-                                  "plain_data.py": IN_SANDBOX["plain_data"]}) as program, \
-                self.sandbox.folder({"exec_judge.py": IN_SANDBOX["exec_judge"],
-                                     "plain_data.py": IN_SANDBOX["plain_data"]}) as judge:
-            verdict, answers = self.sandbox.run_pair(
-                Job((python, "-I", "-B", "/code/exec_program.py", "{calls_fd}", "{answers_fd}", str(s.test_s)),
-                    program, limits=self.sandbox.limits),
-                Job((python, "-I", "-S", "-B", "/code/exec_judge.py", "{result_fd}", "{calls_fd}", "{answers_fd}"),
-                    judge, json.dumps(job).encode(), limits=self.sandbox.limits))
+        verdict, answers = self.sandbox.run_pair(
+            Job((python, "-I", "-B", "/code/exec_program.py", "{calls_fd}", "{answers_fd}", str(s.test_s)),
+                None, limits=self.sandbox.limits,
+                files={"main.py": code, "exec_program.py": IN_SANDBOX["exec_program"],
+                       "plain_data.py": IN_SANDBOX["plain_data"]}),
+            Job((python, "-I", "-S", "-B", "/code/exec_judge.py", "{result_fd}", "{calls_fd}", "{answers_fd}"),
+                None, json.dumps(job).encode(), limits=self.sandbox.limits,
+                files={"exec_judge.py": IN_SANDBOX["exec_judge"], "plain_data.py": IN_SANDBOX["plain_data"]}))
         return outcome(verdict, answers)
 
     def _cases(self, language: Language, code: str, tests: Tests) -> Outcome:

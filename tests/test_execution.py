@@ -130,11 +130,23 @@ def _leaks(config_path: str, port: int, marker: str) -> dict[str, tuple[str, str
 
 
 def _sandbox_processes() -> list[str]:
-    """Live processes of the sandbox slots' uids. (A finished run's bwrap may linger a moment as a
-    zombie, dead, until the host's init reaps it: not a process that runs.)"""
-    listing = subprocess.run(["ps", "-eo", "uid=,pid=,stat=,args="], capture_output=True, text=True).stdout
-    return [line for line in listing.splitlines()
-            if BASE_UID <= int(line.split()[0]) < BASE_UID + 2 * JUDGE_UID_OFFSET and not line.split()[2].startswith("Z")]
+    """Live processes of the sandbox slots' uids, but for the warm sandboxes while they wait:
+    each one's bwrap and its fork server's two processes (the server and its PID 1, Z). A run's
+    processes are forks of Z and carry the server's command line: a third python of one
+    sandbox, a child of Z, is a run's left behind. (A finished run's bwrap may linger a moment
+    as a zombie, dead, until the host's init reaps it: not a process that runs.)"""
+    listing = subprocess.run(["ps", "-ww", "-eo", "uid=,pid=,ppid=,stat=,args="], capture_output=True,
+                             text=True).stdout
+    live = [line for line in listing.splitlines()
+            if BASE_UID <= int(line.split()[0]) < BASE_UID + 4 * JUDGE_UID_OFFSET and not line.split()[3].startswith("Z")]
+    server = {line.split()[1]: line.split()[2] for line in live
+              if "/server/exec_forkserver.py" in line and line.split()[4] != "bwrap"}  # pid: parent
+
+    def depth(pid: str) -> int:  # the server 0, Z 1, a run's processes 2 and more
+        return 0 if server.get(pid) not in server else 1 + depth(server[pid])
+
+    return [line for line in live if "/server/exec_forkserver.py" not in line
+            or (line.split()[1] in server and depth(line.split()[1]) > 1)]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="per-slot uids and process limits need root")
