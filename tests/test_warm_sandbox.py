@@ -206,3 +206,26 @@ def test_the_server_runs_as_the_slots_uid(warm):
     listing = subprocess.run(["ps", "-ww", "-eo", "uid=,args="], capture_output=True, text=True).stdout
     assert any(line.split()[0] == str(BASE_UID + WARM_UID_OFFSET) and "exec_forkserver.py" in line
                for line in listing.splitlines())
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the syscall numbers below are x86_64's")
+def test_no_ipc_object_or_key_outlives_its_run(warm):
+    """System V shared memory and the session's and user's keyrings: each run has its own."""
+    plant = """
+import ctypes, json
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+shm = libc.shmget(0x504C4144, 4096, 0o1666)  # IPC_CREAT | 0666
+keys = [libc.syscall(248, b"user", b"plaudit-mark", b"run 1", 5, ring) for ring in (-3, -4)]  # add_key
+print(json.dumps({"shm": shm, "keys": keys}))
+"""
+    find = """
+import ctypes, json
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+print(json.dumps({"shm": libc.shmget(0x504C4144, 0, 0),
+                  "key": libc.syscall(249, b"user", b"plaudit-mark", None, 0)}))  # request_key
+"""
+    planted = report(warm, plant)
+    assert planted["shm"] >= 0 and all(k > 0 for k in planted["keys"])  # the first run could make them
+    assert report(warm, find) == {"shm": -1, "key": -1}  # the next one finds none
