@@ -51,6 +51,7 @@ from __future__ import annotations
 import array
 import base64
 import ctypes
+import itertools
 import json
 import logging
 import os
@@ -376,7 +377,7 @@ class Sandbox:
             return None
         if os.path.realpath(job.argv[0]) != os.path.realpath(self.python):
             return None
-        flags = tuple(a for a in job.argv[1:] if a.startswith("-"))
+        flags = tuple(itertools.takewhile(lambda a: a.startswith("-"), job.argv[1:]))  # before the script
         script = job.argv[1 + len(flags)] if len(job.argv) > 1 + len(flags) else ""
         if not set(flags) <= WARM_FLAGS or not script.startswith("/code/"):
             return None

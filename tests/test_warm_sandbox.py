@@ -50,6 +50,9 @@ def test_warm_is_the_default_and_the_cold_path_stays_available(warm):
     assert ExecutionSettings().warm is True
     assert run(warm, "print(6 * 7)").stdout == b"42\n"
     assert server_pids(warm)  # it ran in a fork server
+    arguments = warm.run({"main.py": "import sys\nprint(sys.argv)\n"}, ["main.py", "-5", "x"])
+    assert arguments.stdout == b"['/code/main.py', '-5', 'x']\n"
+    assert warm._warm_flags(Job((warm.python, "-I", "-B", "/code/main.py", "-5"), None)) == ("-B", "-I")
     cold = Sandbox("bwrap", slots=1, warm=False)
     assert run(cold, "print(6 * 7)").stdout == b"42\n" and not cold._servers
 
