@@ -5,10 +5,11 @@ never reads a run's code, arguments or input: those reach only the run's own pro
 
 argv: control_fd (a SOCK_SEQPACKET unix socket to plaudit)
 from plaudit: {"op": "run"} with descriptors (SCM_RIGHTS): the job (a memfd of JSON, read by
-              the run alone), then the run's stdin, stdout, stderr and its named descriptors;
-              {"op": "kill"}: end the current run now (ignored between runs)
-to plaudit:   {"ready": true} once; per run {"status": int | null, "killed": bool,
-              "cpu_s": float, "maxrss_kb": int, "error": str | null}
+              the run alone), the run's account pipe, then its stdin, stdout, stderr and its
+              named descriptors; {"op": "kill"}: end the current run now (ignored between runs)
+to plaudit:   {"ready": true} once. A run's account comes from the run's PID 1 on its account
+              pipe, one line: {"status": int | null (ended on request), "cpu_s": float,
+              "maxrss_kb": int}; none when that PID 1 had to be killed.
 
 At its start the server loads what programs commonly import and plaudit's own in-sandbox
 files (compiled once), takes a user namespace of its own (its uid mapped, nothing else) and
@@ -19,15 +20,18 @@ Per run (see sandbox.py's docstring for the whole design):
                  namespaces, mounts a fresh tmpfs at /work, /tmp, /dev/shm and /code (the
                  run's files, then read-only) and a /proc of its namespace only, then a user
                  namespace of the run's own (so no right over the server's), the run's
-                 rlimits; forks C and reaps until C ends, then kills and reaps whatever the
-                 run left, reports C's exit (code, or 128 + signal) with the CPU time and peak
-                 memory of all it reaped, and ends (with it the namespaces)
+                 rlimits; forks C and reaps until C ends (or Z asks for the end: SIGTERM), then
+                 kills and reaps whatever the run left, sends plaudit C's exit (code, or 128 +
+                 signal) with the CPU time and peak memory of all it reaped, and ends (with it
+                 the namespaces)
   B --fork--> C: a new session keyring, no capabilities, no new privileges; descriptors
                  0-2 and the named ones in place, every other closed; a clean environment;
                  then the script in this interpreter, with a fresh __main__
-Z answers plaudit with B's account, and reaps B before it takes the next run; on plaudit's
-request (the deadline) it kills B, and with it every process of the run, and answers with
-its wait4 of B.
+Z waits until B has gone before it forks the next run, and on plaudit's request (the
+deadline) asks B to end the run, killing B (and with it every process of the run) when it
+does not within END_GRACE_S. Z never reads what a run did: B is reaped by the kernel
+(SIGCHLD ignored) and its account goes to plaudit, so no later run, a fork of Z, finds an
+earlier one's exit status or times in its memory.
 """
 import array
 import base64
@@ -49,6 +53,8 @@ PR_SET_DUMPABLE, PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS, PR_SET_CHILD_SUBREAPER =
 KEYCTL_JOIN_SESSION_KEYRING = 1
 SYS_KEYCTL = {"x86_64": 250, "aarch64": 219, "riscv64": 219, "ppc64le": 280, "s390x": 280}.get(os.uname().machine)
 MAX_FDS = 16
+RUN_SIGNALS = {signal.SIGCHLD, signal.SIGTERM}  # what B waits for: C's end, or the server's request to end
+END_GRACE_S = 2.0
 SETUP_FAILED = 125  # B or C could not set the run up: the run's exit status, with a message on stderr
 
 # What programs commonly import, loaded once here so that a run does not: the standard library
@@ -100,18 +106,19 @@ def main():
         os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1)
     global own_pid_namespace
     own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # runs are reaped by the kernel: no run's status is read here
     control.send(json.dumps({"ready": True}).encode())
+    waiting = None
     while True:
-        message, fds = _receive(control)
+        message, fds = waiting or _receive(control)
+        waiting = None
         if message is None:  # plaudit has gone
             os._exit(0)
         if message.get("op") != "run":
             for fd in fds:
                 os.close(fd)
             continue  # a kill that came after its run had ended
-        answer = _serve(control, fds)
-        if answer is not None:
-            control.send(json.dumps(answer).encode())
+        waiting = _serve(control, fds)
 
 
 def _map_own_ids(flags):
@@ -166,59 +173,56 @@ def _receive(control):
 
 
 def _serve(control, fds):
-    """One run: fork B, wait for its account or kill the run when plaudit says."""
-    report_read, report_write = os.pipe()
+    """One run: fork B; wait until it has gone, or end it when plaudit says. Nothing of the
+    run comes back here: B sends its account to plaudit itself, and the kernel reaps it.
+    Returns the next run's request when it came before B had gone (it waits until then)."""
     sys.stdout.flush()
     sys.stderr.flush()
+    signal.pthread_sigmask(signal.SIG_BLOCK, RUN_SIGNALS)  # B starts with them blocked (see _run_b)
     _check(libc.unshare(CLONE_NEWPID), "unshare pid")  # the next child is PID 1 of a new namespace
     b = os.fork()
-    if b != 0:  # and the one after it is again in ours
-        _check(libc.setns(own_pid_namespace, CLONE_NEWPID), "setns")
     if b == 0:
         code = SETUP_FAILED
         try:
-            os.close(report_read)
             control.close()
             os.close(own_pid_namespace)
-            code = _run_b(fds, report_write)
-        except BaseException as e:  # noqa: BLE001
-            _say(2 if len(fds) < 4 else fds[3], f"warm sandbox: the run could not start: {e}\n")
-        os._exit(code)
-    os.close(report_write)
+            code = _run_b(fds)
+        finally:
+            os._exit(code)
+    _check(libc.setns(own_pid_namespace, CLONE_NEWPID), "setns")  # and the one after it is again in ours
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, RUN_SIGNALS)
     for fd in fds:  # the run's descriptors are the run's alone now
         os.close(fd)
-    report = os.fdopen(report_read, "rb", buffering=0)
-    account, killed = None, False
     try:
-        while True:
-            ready = select.select([report, control], [], [])[0]
-            if report in ready:  # B's account of the run (C and all it left, reaped), or B has gone
-                try:
-                    account = json.loads(report.readline())
-                except ValueError:
-                    pass
-                break
-            message, extra = _receive(control)
-            for fd in extra:
-                os.close(fd)
-            if message is None or message.get("op") == "kill":
-                killed = True
-                os.kill(b, signal.SIGKILL)  # our child, not yet reaped; PID 1 of the run: all of it goes
-                if message is None:
-                    os.wait4(b, 0)
-                    os._exit(0)
-                break
-        if account is not None:  # answered now; the namespaces' teardown overlaps plaudit's work
-            control.send(json.dumps({"status": account["status"], "killed": False, "error": None,
-                                     "cpu_s": account["cpu_s"], "maxrss_kb": account["maxrss_kb"]}).encode())
-    finally:
-        _, status, usage = os.wait4(b, 0)  # the run is wholly gone before the next one starts
-        report.close()
-    if account is not None:
+        b_fd = os.pidfd_open(b)
+    except ProcessLookupError:  # gone already
         return None
-    code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
-    return {"status": None if killed else code, "killed": killed, "error": None,
-            "cpu_s": usage.ru_utime + usage.ru_stime, "maxrss_kb": usage.ru_maxrss}
+    try:
+        while not select.select([b_fd, control], [], [])[0].count(b_fd):
+            message, extra = _receive(control)
+            if message is None or message.get("op") == "kill":
+                _end(b_fd)
+                if message is None:  # plaudit has gone
+                    os._exit(0)
+                return None
+            select.select([b_fd], [], [])  # the next run (its account read, this one's B is ending)
+            return message, extra
+        return None
+    finally:
+        os.close(b_fd)
+
+
+def _end(b_fd):
+    """End a run: B, asked, kills every process of it and sends its account; one that does not
+    within END_GRACE_S is killed, and the namespace with it. Returns when B has gone."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            signal.pidfd_send_signal(b_fd, sig)
+        except ProcessLookupError:
+            return
+        if select.select([b_fd], [], [], END_GRACE_S)[0]:
+            return
+    select.select([b_fd], [], [])
 
 
 def _say(fd, text):
@@ -228,11 +232,34 @@ def _say(fd, text):
         pass
 
 
-def _run_b(fds, report_write):
+def _run_b(fds):
     """PID 1 of the run's PID namespace: its other namespaces, its file system, its limits,
-    then the program in C."""
+    then the program in C; at C's end (or when the server asks, SIGTERM) every process of the
+    run killed and reaped, and the account of them all sent to plaudit on the account pipe."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # reaped here, with their usage (still blocked: see _serve)
     _check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl pdeathsig")  # the server gone: the run
-    job_fd, fds = fds[0], fds[1:]
+    account_fd, status = fds[1], SETUP_FAILED
+    try:
+        status = _set_up_and_wait(fds[0], fds[2:])
+    except BaseException as e:  # noqa: BLE001
+        _say(fds[4] if len(fds) > 4 else 2, f"warm sandbox: the run could not start: {e}\n")
+    for _ in range(100_000):  # the run is over: what it left is killed and reaped, so that its work counts
+        try:
+            os.kill(-1, signal.SIGKILL)  # every process of this namespace but B
+        except ProcessLookupError:
+            pass
+        try:
+            os.wait()
+        except ChildProcessError:
+            break
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    _say(account_fd, json.dumps({"status": status, "cpu_s": usage.ru_utime + usage.ru_stime,
+                                 "maxrss_kb": usage.ru_maxrss}) + "\n")
+    return 0
+
+
+def _set_up_and_wait(job_fd, fds):
+    """C's exit status (code, or 128 + signal), or None when the server asked for the end."""
     job = json.loads(os.pread(job_fd, os.fstat(job_fd).st_size, 0))
     os.close(job_fd)
     limits = job["limits"]
@@ -266,28 +293,18 @@ def _run_b(fds, report_write):
         os._exit(SETUP_FAILED)
     for fd in fds:
         os.close(fd)
-    code = SETUP_FAILED
-    while True:  # reap whatever the run orphans, until C ends
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            break
-        if pid == c:
-            code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
-            break
-    for _ in range(100_000):  # the run is over: what it left is killed and reaped, so that its work counts
-        try:
-            os.kill(-1, signal.SIGKILL)  # every process of this namespace but B
-        except ProcessLookupError:
-            pass
-        try:
-            os.wait()
-        except ChildProcessError:
-            break
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    os.write(report_write, (json.dumps({"status": code, "cpu_s": usage.ru_utime + usage.ru_stime,
-                                        "maxrss_kb": usage.ru_maxrss}) + "\n").encode())
-    return code
+    while True:  # reap whatever the run orphans, until C ends or the server asks for the end
+        if signal.sigwaitinfo(RUN_SIGNALS).si_signo == signal.SIGTERM:
+            return None
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return SETUP_FAILED
+            if pid == 0:
+                break
+            if pid == c:
+                return os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
 
 
 class _CapHeader(ctypes.Structure):
@@ -300,6 +317,8 @@ class _CapData(ctypes.Structure):
 
 def _run_c(job, fds):
     """The program's process: its descriptors, no privileges, then the program."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())  # as a fresh process has them
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     moved = [fcntl.fcntl(fd, fcntl.F_DUPFD, 64) for fd in fds]  # out of the way of 0..n-1
     for i, fd in enumerate(moved):
         os.dup2(fd, i)

@@ -31,7 +31,8 @@ no capabilities, no new privileges, descriptors 0-2 and the named ones in place 
 other one closed, a clean environment, then the script in that interpreter with a fresh
 `__main__` (plaudit's own in-sandbox scripts are compiled once, by the server). So nothing
 passes from one run to the next: every process of a run dies with its PID namespace (B
-kills and reaps what the program left, then ends; Z reaps B before the next run), every
+kills and reaps what the program left, then ends; Z waits for B's end before the next run;
+Z never reads a run's account or status, which B sends to plaudit itself), every
 file with its mount namespace (the only writable places are the run's tmpfs), every module
 and object with the forked process (a program never touches the server's own state), every
 descriptor with the processes that held it; and the server is out of reach: another PID
@@ -41,10 +42,11 @@ read-only /usr and the slot sandbox's network namespace (loopback only, no capab
 it; a socket goes with its process). The warm sandboxes run under uids of their own (slot
 uid + 128), so that their servers do not count against the cold runs' process limit. CPU
 time and peak memory stay measured from outside the program: B's account of the program and
-all it reaped, or, for a killed run, the server's wait4 of B. plaudit keeps the wall time
-and the output budget as on the cold path and asks the server to kill the run (B, and with
-it the namespace); a server that does not answer in time, or ends, is killed with its
-sandbox and the slot's next run starts a new one (cold).
+all it reaped (B is out of the program's reach as the server is). plaudit keeps the wall time
+and the output budget as on the cold path and asks the server to end the run (B kills every
+other process of it and sends its account; the server kills a B that does not within
+2 s, and the namespace with it); a run not accounted for in time, or a server that
+ends, takes its server's sandbox with it, and the slot's next run starts a new one (cold).
 """
 from __future__ import annotations
 
@@ -445,13 +447,13 @@ class Sandbox:
         handed = {fd for _, _, shared in processes for fd in shared.values()}
         begun = time.monotonic()
         deadline = begun + limits.wall_s
-        answers: list[dict | None] = []
+        accounts: list[dict | None] = []
         timed_out = exceeded = False
         try:
             for server, job, shared in processes:
                 child, fds = [], {}
                 try:
-                    for name in ("in", "out", "err", "result"):
+                    for name in ("account", "in", "out", "err", "result"):
                         read, write = os.pipe()
                         ours, theirs = (write, read) if name == "in" else (read, write)
                         fds[name] = ours
@@ -469,7 +471,7 @@ class Sandbox:
                     view = memoryview(payload)
                     while view:
                         view = view[os.write(memfd, view):]
-                    server.start([memfd, *sent, *(named[n] for n in order)])
+                    server.start([memfd, *sent, *(named[n] for n in order)])  # account, in, out, err
                 except BaseException:
                     for fd in fds.values():
                         os.close(fd)
@@ -478,7 +480,7 @@ class Sandbox:
                     for fd in child:
                         os.close(fd)
                 started.append((server, fds))
-                answers.append(None)
+                accounts.append(None)
                 streams.update({fds[n]: bytearray() for n in ("out", "err", "result")})
                 os.set_blocking(fds["in"], False)
                 pending[fds["in"]] = (_Fd(fds["in"]), memoryview(job.stdin))
@@ -489,31 +491,34 @@ class Sandbox:
             timed_out, exceeded = self._collect(streams, pending, set(started[0][1].values()), set(), limits,
                                                 deadline)
             if not (timed_out or exceeded):  # its output is closed; it may still be running
-                answers[0] = started[0][0].answer(deadline - time.monotonic())
-                timed_out = answers[0] is None
+                accounts[0] = _account(started[0][1]["account"], deadline - time.monotonic())
+                timed_out = accounts[0] is None
             seconds = time.monotonic() - begun
-            for i, (server, _) in enumerate(started):
-                if answers[i] is None:
-                    answers[i] = server.answer(0)
+            for i, (_, fds) in enumerate(started):
+                if accounts[i] is None:
+                    accounts[i] = _account(fds["account"], 0)
         finally:
             for fd in handed:
                 os.close(fd)
             for stream, _ in pending.values():
                 stream.close()
             for i, (server, fds) in enumerate(started):
-                if answers[i] is None:
-                    answers[i] = server.end_run()
+                if accounts[i] is None:  # still running: the server ends it, and its account follows
+                    server.end_run()
+                    accounts[i] = _account(fds["account"], SERVER_ANSWER_S)
+                    if accounts[i] is None:
+                        log.warning("a warm sandbox did not end a run in time: ended with it")
+                        server.close()
                 for fd in fds.values():
                     os.close(fd)
         failed = timed_out or exceeded
         runs = []
-        for i, ((_, fds), answer) in enumerate(zip(started, answers)):
-            answer = answer or {}
-            code = answer.get("status") if not answer.get("killed") else None
-            runs.append(Run(None if failed and i == 0 else code, bytes(streams[fds["out"]]),
+        for i, ((_, fds), account) in enumerate(zip(started, accounts)):
+            account = account or {}
+            runs.append(Run(None if failed and i == 0 else account.get("status"), bytes(streams[fds["out"]]),
                             bytes(streams[fds["err"]]), bytes(streams[fds["result"]]), timed_out, exceeded,
-                            seconds, answer.get("cpu_s"),
-                            answer["maxrss_kb"] / 1024.0 if answer.get("maxrss_kb") is not None else None))
+                            seconds, account.get("cpu_s"),
+                            account["maxrss_kb"] / 1024.0 if account.get("maxrss_kb") is not None else None))
         return runs
 
     @staticmethod
@@ -656,6 +661,22 @@ class _Fd:
             self.fd = None
 
 
+def _account(fd: int, timeout: float) -> dict | None:
+    """A warm run's account, from its PID 1 (the exit status, None when it was ended on
+    request; the CPU time and peak memory of all it reaped), {} when it went without one (it
+    was killed), or None while it is still running after `timeout`."""
+    if not select.select([fd], [], [], max(0.0, timeout))[0]:
+        return None
+    data = b""
+    while not data.endswith(b"\n") and (chunk := os.read(fd, 4096)):  # one short line (or the end: killed)
+        data += chunk
+    try:
+        account = json.loads(data)
+    except ValueError:
+        return {}
+    return account if isinstance(account, dict) else {}
+
+
 def _files(job: Job) -> dict[str, str]:
     """A job's /code, sent with the job to be written in the run's own /code."""
     if job.files is not None:
@@ -738,19 +759,13 @@ class _Server:
             return {"status": None, "killed": True, "error": "the warm sandbox has ended"}
         return answer
 
-    def end_run(self) -> dict:
-        """Kill the current run and take its account; a server that does not give it in time is
-        ended with its sandbox."""
+    def end_run(self) -> None:
+        """Ask for the current run's end (ignored when it has ended): its PID 1 kills the rest
+        and sends its account; the server kills a PID 1 that does not."""
         try:
             self.socket.send(b'{"op": "kill"}')
         except OSError:
             pass
-        answer = self.answer(SERVER_ANSWER_S)
-        if answer is None:
-            log.warning("a warm sandbox did not account for a killed run: ended")
-            self.close()
-            return {"status": None, "killed": True, "error": "the warm sandbox did not answer"}
-        return answer
 
     def close(self) -> None:
         """The whole sandbox, as `_kill` ends a cold one."""
