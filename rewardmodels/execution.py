@@ -438,6 +438,10 @@ def _case(run: Run, expected: str, compare: Comparison, tolerance: float | None,
         return {"passed": False, "message": "output_limit: the program wrote more than the output limit"}
     if run.timed_out:
         return {"passed": False, "message": f"timeout: over {seconds:g} s"}
+    cpu_limit = int(seconds) + 1  # as Programs.limits sets it
+    if run.returncode not in (0, None) and run.cpu_s is not None and run.cpu_s >= cpu_limit - 0.05:
+        # killed by the kernel at its CPU time limit (threads on several cores spend it faster than the wall)
+        return {"passed": False, "message": f"timeout: over {cpu_limit} s of CPU time"}
     stderr = run.stderr.decode(errors="replace")
     if run.returncode != 0:
         kind = "memory: " if "MemoryError" in stderr or "OutOfMemory" in stderr or "bad_alloc" in stderr else ""
