@@ -137,23 +137,36 @@ def run_resumable(work: Sequence[tuple[str, Task]], out: Path, *, concurrency: i
                 if len(pending) >= concurrency * 2:
                     return
 
+        def record(future: Future) -> None:
+            """Write a finished item's line (its record, or the failure it raised)."""
+            key = pending.pop(future)
+            try:
+                writer.write({"id": json.loads(key), **future.result()})
+            except failures as e:
+                errors.append(f"id {key}: {e}")
+                writer.write({"id": json.loads(key), "error": str(e)})
+            bar.advance(bar_task)
+
         try:
             refill()
             while pending:
                 finished_now, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished_now:
-                    key = pending.pop(future)
+                interrupted: BaseException | None = None
+                for future in finished_now:  # a set: every finished item is written before an interrupt is raised
                     try:
-                        writer.write({"id": json.loads(key), **future.result()})
-                    except failures as e:
-                        errors.append(f"id {key}: {e}")
-                        writer.write({"id": json.loads(key), "error": str(e)})
-                    bar.advance(bar_task)
-                    elapsed = bar.tasks[0].elapsed or 0
-                    bar.update(bar_task, rate=f"{bar.tasks[0].completed / elapsed:.2f}" if elapsed else "-")
+                        record(future)
+                    except BaseException as e:  # a task's Ctrl-C or bug: the rest still get their lines
+                        interrupted = interrupted or e
+                if interrupted is not None:
+                    raise interrupted
+                elapsed = bar.tasks[0].elapsed or 0
+                bar.update(bar_task, rate=f"{bar.tasks[0].completed / elapsed:.2f}" if elapsed else "-")
                 refill()
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
+            for future in [f for f in pending if f.done() and not f.cancelled() and f.exception() is None]:
+                record(future)  # finished while the interrupt was on its way: kept, not judged again
+            writer.close()
             raise
     pool.shutdown(cancel_futures=True)
     writer.close()

@@ -195,3 +195,30 @@ def test_batch_cli_against_a_running_service(judge_service, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert ids_in(out) == Counter({f"item-{i}": 1 for i in range(6)})
     assert json.loads(done.stdout)["reward"]["max"] == 6
+
+
+def test_an_interrupt_keeps_the_items_that_finished_beside_it(tmp_path, monkeypatch):
+    """Two items finish together, one of them with Ctrl-C: the other's line is written,
+    whichever of the two the runner looks at first, and the re-run does only the interrupted one."""
+    import concurrent.futures
+
+    from plaudit import jobs
+
+    def both_finished_interrupt_first(futures, return_when):  # what a loaded machine can hand the runner
+        concurrent.futures.wait(futures, return_when=concurrent.futures.ALL_COMPLETED)
+        return sorted(futures, key=lambda f: f.exception() is None), set()
+
+    def interrupted() -> dict:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(jobs, "wait", both_finished_interrupt_first)
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        jobs.run_resumable([('"done"', lambda: {"reward": 1.0}), ('"stopped"', interrupted)], out,
+                           concurrency=2, progress=False)
+    assert [json.loads(line) for line in out.read_text().splitlines()] == [{"id": "done", "reward": 1.0}]
+    ran = []
+    skipped, errors = jobs.run_resumable([('"done"', lambda: ran.append("done") or {"reward": 1.0}),
+                                          ('"stopped"', lambda: ran.append("stopped") or {"reward": 0.0})],
+                                         out, concurrency=2, progress=False)
+    assert (skipped, errors, ran) == (1, [], ["stopped"])
