@@ -261,6 +261,45 @@ def test_a_judge_writes_tests_once_per_prompt_and_a_failed_one_leaves_the_neutra
             pool.close()
 
 
+
+@needs_bwrap
+@pytest.mark.slow
+def test_the_packaged_model_writes_tests_through_the_local_judge(tmp_path):
+    """The judge-written path end to end on llama.cpp's server with SmolLM2: what it writes is
+    read (asserts) or reported (none), run against every response alike, and kept for the next call."""
+    from plaudit.service.api import ModelPool
+    from plaudit.service.config import ModelConfig, ServiceConfig
+
+    pool = ModelPool(ServiceConfig(
+        models={"tests": ModelConfig(kind="execution", settings=EXECUTION_SETTINGS),
+                "agree": ModelConfig(kind="consensus", settings={"execution": "tests", "judge": "writer",
+                                                                 "tests_dir": str(tmp_path)})},
+        default_model="agree", judges={"writer": {"method": "direct"}}))
+    try:
+        agree = pool.get("agree")
+        task = "Write a Python function add(a, b) that returns the sum of a and b."
+        first = agree.score([Item(prompt=task, response=r) for r in (RIGHT[0], PRODUCT, RIGHT[1])])
+        shown = first.details[0]
+        assert shown["judge"] == "generated", shown
+        if shown["reason"] == "no_tests":  # nothing assert-shaped in the answer: the neutral reward
+            assert first.rewards == [0.5] * 3
+        else:
+            written = shown["judge_tests"]
+            assert shown["tests_from"] == "judge" and 1 <= len(written) <= 8
+            assert all(line.startswith("assert ") for line in written)
+            assert len(first.details[0]["matrix"][0]) == len(written)  # every response ran every written test
+            assert all(0.0 <= r <= 1.0 for r in first.rewards)
+            assert first.rewards[0] == first.rewards[2]  # a + b and b + a pass the same tests
+        again = agree.score([Item(prompt=task, response=RIGHT[0])])
+        if shown["reason"] == "no_tests":  # nothing kept: the next call asks again
+            assert again.details[0]["judge"] == "generated"
+        else:
+            assert again.details[0]["judge"] == "cache" and again.details[0]["judge_tests"] == written
+            assert len(list(tmp_path.glob("*.json"))) == 1
+    finally:
+        pool.close()
+
+
 # ---- through the service ----
 
 @needs_bwrap
