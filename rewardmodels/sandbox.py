@@ -6,7 +6,8 @@ namespaces (no network: even 127.0.0.1 is another, empty loopback), a file syste
 (the only writable place, gone with the run), a clean environment, and limits set by
 `prlimit` before bwrap starts: CPU seconds, address space, file size and, when plaudit
 runs as root, processes (each pool slot runs as its own unprivileged uid, so a fork bomb
-exhausts only its slot). The parent keeps the wall time and the output size, and kills
+exhausts only its slot; each process on the host takes a block of uids of its own, so
+another process's fork bomb does not exhaust this one's slots either: `uid_base`). The parent keeps the wall time and the output size, and kills
 the run's whole session at the end: with the PID namespace gone, every process the
 program started is gone too.
 
@@ -53,6 +54,7 @@ from __future__ import annotations
 import array
 import base64
 import ctypes
+import fcntl
 import itertools
 import json
 import logging
@@ -76,10 +78,13 @@ from .base import ModelLoadError, Unavailable
 
 log = logging.getLogger("plaudit")
 
-BASE_UID = 61000  # pool slot i runs its program as uid/gid BASE_UID + i (no account needed)
-JUDGE_UID_OFFSET = 64  # and the program's judge, when it has one, as BASE_UID + 64 + i
+BASE_UID = 61000  # pool slot i runs its program as uid/gid base + i (no account needed)
+JUDGE_UID_OFFSET = 64  # and the program's judge, when it has one, as base + 64 + i
 MAX_SLOTS = JUDGE_UID_OFFSET
 WARM_UID_OFFSET = 2 * JUDGE_UID_OFFSET  # a warm sandbox's server and runs: uid + 128 (not counted with the cold runs')
+UID_BLOCK = 4 * JUDGE_UID_OFFSET  # one process's uids: base = BASE_UID + block * 256
+UID_BLOCKS = 16  # processes with sandboxes on one host (uids up to 65095, below nobody's 65534)
+UID_LOCKS = Path(tempfile.gettempdir()) / "plaudit-sandbox-uids"
 INTERPRETERS = ("/usr/bin/python3", "/usr/local/bin/python3")
 FORKSERVER = Path(__file__).parent / "exec_forkserver.py"
 TRUSTED_FILES = ("exec_program.py", "exec_judge.py", "plain_data.py")  # compiled once by each fork server
@@ -87,6 +92,33 @@ WARM_FLAGS = frozenset({"-I", "-B", "-S"})  # a Python job with these flags alon
 SERVER_START_S = 20.0  # a fork server's start (bwrap and the interpreter's imports)
 SERVER_ANSWER_S = 5.0  # a killed run's account, once asked for
 SERVER_PROCESSES = 4096  # the fork server's own process limit; each run sets its own below it
+
+
+_claimed: tuple[int, int, int] | None = None  # (pid, base uid, the lock's descriptor) of this process
+_claim_lock = threading.Lock()
+
+
+def uid_base() -> int:
+    """This process's first sandbox uid: a block of 256 that no other live process on the host
+    holds (an flock on UID_LOCKS/<block>, released by the kernel when the process ends). A
+    process limit counts every process of a uid, so two processes' slots on one uid (a
+    service's workers, a batch job beside it) would let one's fork bomb fail the other's runs."""
+    global _claimed
+    with _claim_lock:
+        if _claimed is not None and _claimed[0] == os.getpid():
+            return _claimed[1]
+        UID_LOCKS.mkdir(mode=0o700, exist_ok=True)
+        for block in range(UID_BLOCKS):  # a forked child holds its parent's lock too: it takes its own
+            fd = os.open(UID_LOCKS / str(block), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            _claimed = (os.getpid(), BASE_UID + block * UID_BLOCK, fd)
+            return _claimed[1]
+    raise ModelLoadError(f"sandbox: {UID_BLOCKS} processes on this host already run sandboxes "
+                         f"(the uid blocks under {UID_LOCKS} are all held)")
 
 
 class Busy(Unavailable):
@@ -169,6 +201,7 @@ class Sandbox:
         self._server_dir: Path | None = None
         self.python = _interpreter()
         self.as_root = os.geteuid() == 0
+        self.uid_base = uid_base() if self.as_root and kind == "bwrap" else BASE_UID  # uids are set as root only
         self._slots: list[int] = list(range(slots))
         self._free = threading.Condition()
         self._waiting = 0
@@ -252,11 +285,11 @@ class Sandbox:
     def run_job(self, job: Job) -> Run:
         """One job in a free slot."""
         with self._slot() as slot:
-            server = self._server(job, BASE_UID + slot)
+            server = self._server(job, self.uid_base + slot)
             if server is not None:
                 return self._execute_warm([(server, job, {})], job.limits)[0]
             with self._written(job) as job:
-                return self._execute([(self._command(job, BASE_UID + slot), job)], job.limits)[0]
+                return self._execute([(self._command(job, self.uid_base + slot), job)], job.limits)[0]
 
     @contextmanager
     def _written(self, job: Job) -> Iterator[Job]:
@@ -273,8 +306,8 @@ class Sandbox:
         `{calls_fd}` and reads answers on `{answers_fd}`; in the program's argv the same names
         are its ends. The run ends when the judge has reported; the program goes with it."""
         with self._slot() as slot:
-            servers = (self._server(judge, BASE_UID + JUDGE_UID_OFFSET + slot),
-                       self._server(program, BASE_UID + slot))
+            servers = (self._server(judge, self.uid_base + JUDGE_UID_OFFSET + slot),
+                       self._server(program, self.uid_base + slot))
             if None not in servers:
                 calls_read, calls_write = os.pipe()  # _execute_warm closes them, whatever happens
                 answers_read, answers_write = os.pipe()
@@ -286,9 +319,9 @@ class Sandbox:
                 calls_read, calls_write = os.pipe()  # _execute closes them, whatever happens
                 answers_read, answers_write = os.pipe()
                 runs = self._execute(
-                    [(self._command(judge, BASE_UID + JUDGE_UID_OFFSET + slot), judge,
+                    [(self._command(judge, self.uid_base + JUDGE_UID_OFFSET + slot), judge,
                       {"calls_fd": calls_write, "answers_fd": answers_read}),
-                     (self._command(program, BASE_UID + slot), program,
+                     (self._command(program, self.uid_base + slot), program,
                       {"calls_fd": calls_read, "answers_fd": answers_write})], judge.limits)
         return runs[0], runs[1]
 

@@ -15,7 +15,7 @@ import yaml
 
 from plaudit.rewardmodels import InputError, Item, load_scorer
 from plaudit.rewardmodels.languages import find_source
-from plaudit.rewardmodels.sandbox import BASE_UID, JUDGE_UID_OFFSET
+from plaudit.rewardmodels.sandbox import BASE_UID, UID_BLOCK, UID_BLOCKS
 from conftest import EXECUTION_SETTINGS
 from servers import running_service
 
@@ -130,7 +130,7 @@ def _leaks(config_path: str, port: int, marker: str) -> dict[str, tuple[str, str
 
 
 def _sandbox_processes() -> list[str]:
-    """Live processes of the sandbox slots' uids, but for the warm sandboxes while they wait:
+    """Live processes of the sandbox uids (any process's block), but for the warm sandboxes while they wait:
     each one's bwrap and its fork server's two processes (the server and its PID 1, Z). A run's
     processes are forks of Z and carry the server's command line: a third python of one
     sandbox, a child of Z, is a run's left behind. (A finished run's bwrap may linger a moment
@@ -138,7 +138,7 @@ def _sandbox_processes() -> list[str]:
     listing = subprocess.run(["ps", "-ww", "-eo", "uid=,pid=,ppid=,stat=,args="], capture_output=True,
                              text=True).stdout
     live = [line for line in listing.splitlines()
-            if BASE_UID <= int(line.split()[0]) < BASE_UID + 4 * JUDGE_UID_OFFSET and not line.split()[3].startswith("Z")]
+            if BASE_UID <= int(line.split()[0]) < BASE_UID + UID_BLOCKS * UID_BLOCK and not line.split()[3].startswith("Z")]
     server = {line.split()[1]: line.split()[2] for line in live
               if "/server/exec_forkserver.py" in line and line.split()[4] != "bwrap"}  # pid: parent
 

@@ -9,12 +9,13 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
 
 from plaudit.rewardmodels.execution import ExecutionSettings
-from plaudit.rewardmodels.sandbox import (BASE_UID, WARM_UID_OFFSET, Job, Sandbox, SandboxLimits,
+from plaudit.rewardmodels.sandbox import (WARM_UID_OFFSET, Job, Sandbox, SandboxLimits,
                                           sandbox_unavailable)
 
 pytestmark = pytest.mark.skipif(sandbox_unavailable() is not None, reason="no bubblewrap sandbox here")
@@ -207,7 +208,7 @@ def test_a_server_that_goes_is_replaced(warm):
 def test_the_server_runs_as_the_slots_uid(warm):
     run(warm, "print(6 * 7)")
     listing = subprocess.run(["ps", "-ww", "-eo", "uid=,args="], capture_output=True, text=True).stdout
-    assert any(line.split()[0] == str(BASE_UID + WARM_UID_OFFSET) and "exec_forkserver.py" in line
+    assert any(line.split()[0] == str(warm.uid_base + WARM_UID_OFFSET) and "exec_forkserver.py" in line
                for line in listing.splitlines())
 
 
@@ -232,3 +233,40 @@ print(json.dumps({"shm": libc.shmget(0x504C4144, 0, 0),
     planted = report(warm, plant)
     assert planted["shm"] >= 0 and all(k > 0 for k in planted["keys"])  # the first run could make them
     assert report(warm, find) == {"shm": -1, "key": -1}  # the next one finds none
+
+
+HOLD_EVERY_PROCESS = ("import os, time\nwhile True:\n    try:\n        if os.fork() == 0:\n            time.sleep(8)\n"
+                      "            os._exit(0)\n    except OSError:\n        break\ntime.sleep(8)\n")
+FORK_THREE = ("import os\nfor _ in range(3):\n    pid = os.fork()\n    if pid == 0:\n        os._exit(0)\n"
+              "    os.waitpid(pid, 0)\nprint('forked')\n")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="per-slot uids and process limits need root")
+def test_another_process_fork_bomb_does_not_fail_this_ones_runs():
+    """Two processes on one host (a service's two workers, a batch job beside a service) hold
+    uid blocks of their own. On the cold path a run's process limit counts every process of its
+    uid on the host: with one uid for both, a program holding every process its slot may have,
+    in the other process, failed this process's honest run ("Creating new namespace failed:
+    Resource temporarily unavailable"). (A warm run counts in a user namespace of its own.)"""
+    other = subprocess.Popen([sys.executable, "-c", (
+        "from plaudit.rewardmodels.sandbox import Sandbox\n"
+        "sandbox = Sandbox('bwrap', slots=1, warm=False)\nprint(sandbox.uid_base, flush=True)\n"
+        f"sandbox.run({{'main.py': {HOLD_EVERY_PROCESS!r}}}, ['main.py'])\n")], stdout=subprocess.PIPE, text=True)
+    cold = Sandbox("bwrap", slots=1, warm=False)
+    try:
+        other_base = int(other.stdout.readline())
+        assert other_base != cold.uid_base
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # until its run holds its slot's whole process limit
+            uids = subprocess.run(["ps", "-eo", "uid="], capture_output=True, text=True).stdout.split()
+            if uids.count(str(other_base)) >= SandboxLimits().processes:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the other process's program never held its process limit")
+        done = run(cold, FORK_THREE)
+        assert (done.returncode, done.stdout) == (0, b"forked\n"), done.stderr[-500:]
+    finally:
+        other.kill()
+        other.wait()
+        cold.close()
