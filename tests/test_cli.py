@@ -144,3 +144,21 @@ def test_data_humaneval_steps_writes_trl_prm_records(tmp_path):
     assert stats["written"] == len(records) > 0 and all(r["split"] == "train" for r in records)
     assert all(len(r["completions"]) == len(r["labels"]) and r["prompt"] for r in records)
     assert any(r["labels"][-1] is False for r in records) and any(all(r["labels"]) for r in records)
+
+
+def test_experiment_cyclic_reports_each_set_as_it_ends(tiny_base, tmp_path, capsys):
+    """Two sets of the family on the tiny model: a line per set on stderr, the report on stdout."""
+    from plaudit.service.cli import main
+
+    main(["experiment", "cyclic", "--base", str(tiny_base), "--out", str(tmp_path), "--set", "words",
+          "--set", "four-cycles", "--prompts", "2", "--families", "bt", "gpm", "--num-train-epochs", "1",
+          "--lora-layers", "1"])
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert list(report["sets"]) == ["words", "four-cycles"]
+    assert report["sets"]["four-cycles"]["pairs"] == 8 and report["sets"]["words"]["pairs"] == 6  # L pairs a cycle
+    lines = [line.split() for line in captured.err.splitlines() if line.split()[:1] in (["words"], ["four-cycles"])]
+    assert [(line[0], float(line[3]), float(line[4])) for line in lines] == [
+        (name, round(report["sets"][name]["bt"]["accuracy"], 3), round(report["sets"][name]["gpm"]["accuracy"], 3))
+        for name in ("words", "four-cycles")]
+    assert report["gpm_lowest"] == min(row["gpm"]["accuracy"] for row in report["sets"].values())

@@ -67,16 +67,19 @@ def fit_cycles(out: str | Path, cycles: CycleSet, base: str = "default", familie
 
 
 def cyclic(out: str | Path, base: str = "default", sets: tuple[str, ...] = (), families: tuple[str, ...] = ("bt", "gpm"),
-           prompts: int | None = None, seed: int | None = None, **flags) -> dict:
+           prompts: int | None = None, seed: int | None = None, on_set: Callable[[dict], None] = lambda report: None,
+           **flags) -> dict:
     """`fit_cycles` over the family's sets (training/cycles.py; `sets` names some, default all),
-    each into OUT/<set>/; `prompts` and `seed` override every set's. The lowest GPM accuracy
-    is the number defaults are judged by."""
+    each into OUT/<set>/ and handed to `on_set` as it ends; `prompts` and `seed` override every
+    set's. The lowest GPM accuracy is the number defaults are judged by."""
     unknown = [name for name in sets if name not in SETS]
     if unknown:
         raise ValueError(f"unknown cycle sets {unknown}; the family: {', '.join(SETS)}")
     overrides = {k: v for k, v in (("prompts", prompts), ("seed", seed)) if v is not None}
-    reports = [fit_cycles(Path(out) / name, replace(SETS[name], **overrides), base, families, **flags)
-               for name in (sets or tuple(SETS))]
+    reports = []
+    for name in sets or tuple(SETS):
+        reports.append(fit_cycles(Path(out) / name, replace(SETS[name], **overrides), base, families, **flags))
+        on_set(reports[-1])
     summary = {"sets": {r["set"]: r for r in reports}, "flags": flags, "base": base}
     for family in families:
         summary[f"{family}_lowest"] = min(r[family]["accuracy"] for r in reports)

@@ -78,14 +78,16 @@ def cmd_experiment_cyclic(args) -> None:
 
     flags = {k: getattr(args, k) for k in ("num_train_epochs", "learning_rate", "adapter_learning_rate",
                                            "lora_layers", "dims") if getattr(args, k) is not None}
-    report = cyclic(args.out, base=args.base, sets=tuple(args.set or ()), families=tuple(args.families),
-                    prompts=args.prompts, seed=args.seed, **flags)
-    print(json.dumps(report, indent=2))
     print(f"{'set':14} {'pairs':>5} {'BT ceiling':>10} " + " ".join(f"{f:>8}" for f in args.families),
-          file=sys.stderr)
-    for name, row in report["sets"].items():
-        print(f"{name:14} {row['pairs']:>5} {row['bt_ceiling']:>10.3f} "
-              + " ".join(f"{row[f]['accuracy']:>8.3f}" for f in args.families), file=sys.stderr)
+          file=sys.stderr, flush=True)
+
+    def show(row: dict) -> None:  # each set's line as it ends: the whole family takes a while
+        print(f"{row['set']:14} {row['pairs']:>5} {row['bt_ceiling']:>10.3f} "
+              + " ".join(f"{row[f]['accuracy']:>8.3f}" for f in args.families), file=sys.stderr, flush=True)
+
+    report = cyclic(args.out, base=args.base, sets=tuple(args.set or ()), families=tuple(args.families),
+                    prompts=args.prompts, seed=args.seed, on_set=show, **flags)
+    print(json.dumps(report, indent=2))
 
 
 def cmd_experiment_warm_noise(args) -> None:
