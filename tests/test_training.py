@@ -133,6 +133,25 @@ def test_adapters_train_at_their_own_rate(tiny_base, tmp_path):
     assert not torch.allclose(trained_head, initial)
 
 
+
+def test_adapters_join_after_the_heads_own_steps(tiny_base, tmp_path):
+    """--adapter-start 0.5: the first half of the steps train the head alone (every LoRA B
+    still zero at the checkpoint after them), then the adapters train too."""
+    from safetensors.torch import load_file
+
+    from plaudit.training.loop import TRAINABLE
+
+    train_bt(marker_pairs(8, seed=1), tmp_path, config(tiny_base, num_train_epochs=2, adapter_start=0.5,
+                                                       save_steps=2), on_log=lambda row: None)
+
+    def lora_b(weights: dict) -> list[torch.Tensor]:
+        return [w for k, w in weights.items() if ".lora_B." in k]
+
+    halfway = load_file(str(tmp_path / "checkpoints" / "checkpoint-2" / TRAINABLE))
+    assert lora_b(halfway) and all(torch.count_nonzero(w) == 0 for w in lora_b(halfway))
+    final = load_file(str(tmp_path / ADAPTER_WEIGHTS))
+    assert all(torch.count_nonzero(w) > 0 for w in lora_b(final))
+
 def test_a_pairs_responses_read_their_prompt_once_through_the_trainer(tiny_base, tmp_path, monkeypatch):
     """The Trainer and accelerate rebuild lists on their way to the device; the step must still
     see each sequence's prompt length, so that both responses of a pair read their prompt

@@ -39,6 +39,8 @@ class TrainConfig:
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "batches per optimizer step"})
     adapter_learning_rate: float | None = field(default=None, metadata={
         "help": "the LoRA adapters' rate, when it differs from the heads' (learning_rate)"})
+    adapter_start: float = field(default=0.0, metadata={
+        "help": "steps (below 1: a share of all steps) in which the heads train alone before the adapters join"})
     lr_scheduler_type: str = field(default="constant", metadata={"help": "constant, linear, cosine, ... "
                                                                          "(transformers' schedules)"})
     warmup_steps: float = field(default=0.0, metadata={"help": "steps warming the rate up (below 1: a share of "
@@ -184,6 +186,15 @@ def fit(examples: Sequence[Any], step: Step, model: nn.Module, config: TrainConf
             loss, margin, outputs = model(inputs["examples"].items)
             tally.add(loss.detach(), margin.detach(), len(inputs["examples"].items))
             return (loss, outputs) if return_outputs else loss
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            start = config.adapter_start if config.adapter_start >= 1 else config.adapter_start * self.state.max_steps
+            if self.state.global_step < start:  # no gradient, no step: AdamW leaves the adapters as they are
+                for name, parameter in model.named_parameters():
+                    if "lora_" in name:
+                        parameter.grad = None
+            return loss
 
         def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
             with torch.no_grad():
