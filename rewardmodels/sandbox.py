@@ -6,10 +6,10 @@ namespaces (no network: even 127.0.0.1 is another, empty loopback), a file syste
 (the only writable place, gone with the run), a clean environment, and limits set by
 `prlimit` before bwrap starts: CPU seconds, address space, file size and, when plaudit
 runs as root, processes (each pool slot runs as its own unprivileged uid, so a fork bomb
-exhausts only its slot; each process on the host takes a block of uids of its own, so
-another process's fork bomb does not exhaust this one's slots either: `uid_base`). The parent keeps the wall time and the output size, and kills
-the run's whole session at the end: with the PID namespace gone, every process the
-program started is gone too.
+exhausts only its slot; each process on the host takes a block of uids of its own,
+`uid_base`, so another process's fork bomb does not exhaust this one's slots either). The
+parent keeps the wall time and the output size, and kills the run's whole session at the
+end: with the PID namespace gone, every process the program started is gone too.
 
 Without a working bwrap the execution kinds refuse to load, unless the config says
 `sandbox: none` (no isolation at all: only for trusted code, and said so in the log).
