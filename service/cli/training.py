@@ -77,7 +77,7 @@ def cmd_experiment_cyclic(args) -> None:
     from plaudit.training.experiments import cyclic
 
     flags = {k: getattr(args, k) for k in ("num_train_epochs", "learning_rate", "adapter_learning_rate",
-                                           "lora_layers", "dims", "adapter_start") if getattr(args, k) is not None}
+                                           "lora_layers", "dims", "adapter_start", "tau") if getattr(args, k) is not None}
     print(f"{'set':14} {'pairs':>5} {'BT ceiling':>10} " + " ".join(f"{f:>8}" for f in args.families),
           file=sys.stderr, flush=True)
 
@@ -143,6 +143,7 @@ def experiment_flags(p) -> None:
     p.add_argument("--lora-layers", type=int, help="instead of each trainer's default")
     p.add_argument("--dims", type=int, help="instead of the GPM's embedding dimension")
     p.add_argument("--adapter-start", type=float, help="instead of each trainer's default")
+    p.add_argument("--tau", type=float, help="instead of the GPM's temperature")
     p.add_argument("--seed", type=int, help="instead of each set's seed")
     p.set_defaults(run=cmd_experiment_cyclic)
     p = experiment.add_parser("warm-noise", help="members vs ensemble vs WARM average with flipped training labels")
