@@ -19,12 +19,15 @@ class JudgeConfig(BaseModel):
     """A judge: a method on a backend."""
 
     model_config = ConfigDict(extra="forbid")
-    method: str
-    backend: str | None = None  # a name under `backends`; the default backend when absent
-    logprobs: bool = True  # ask for the first token's logprobs (P(YES) vs P(NO)) where the server gives them
-    parse_retries: int = Field(2, ge=0)  # re-asks (at temperature 1.0) of an answer that cannot be read
-    checklist_dir: str | None = None  # tick: where checklists are kept (default: the plaudit cache)
-    checklist_memory: int | None = Field(None, gt=0)  # tick: checklists kept in memory, least recently used out
+    method: str = Field(description=f"how the judge asks: {', '.join(METHODS)}")
+    backend: str | None = Field(None, description="a name under `backends`; the default backend when absent")
+    logprobs: bool = Field(True, description=(
+        "ask for the first token's logprobs (P(YES) vs P(NO)) where the server gives them"))
+    parse_retries: int = Field(2, ge=0, description="re-asks (at temperature 1.0) of an answer that cannot be read")
+    checklist_dir: str | None = Field(None, description=(
+        "tick: where checklists are kept (default: the plaudit cache)"))
+    checklist_memory: int | None = Field(None, gt=0, description=(
+        "tick: checklists kept in memory, least recently used out"))
 
     @field_validator("method")
     @classmethod

@@ -37,14 +37,18 @@ DEFAULT_MODELS = {"default": DEFAULT_MODEL_DIR, "default-gpm": MODELS_DIR / "def
 
 class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    path: str | None = None  # a model folder; none for kinds without weights (execution), which need `kind`
-    kind: str | None = None  # checked against the model's metadata when both are given
+    path: str | None = Field(None, description=(
+        "a model folder, or `packaged:NAME` for a packaged default; none for kinds without weights "
+        "(execution, rules, math, composite), which need `kind`"))
+    kind: str | None = Field(None, description="checked against the model's metadata when both are given")
     settings: dict[str, Any] = Field(default={}, description="the kind's own settings (execution: sandbox, slots, ...)")
-    device: str = "auto"
-    dtype: str = "auto"
-    max_length: int | None = Field(default=None, gt=0)
-    max_batch_size: int = Field(default=32, gt=0)
-    max_batch_tokens: int = Field(default=16384, gt=0)
+    device: str = Field("auto", description="a torch device (cpu, cuda, cuda:1); auto: CUDA when present, else CPU")
+    dtype: str = Field("auto", description="float32, bfloat16 or float16; auto: bfloat16 on a GPU, float32 on CPU")
+    max_length: int | None = Field(default=None, gt=0, description=(
+        "tokens a sequence is cut to (the prompt first, from its left); default: the model's own"))
+    max_batch_size: int = Field(default=32, gt=0, description="sequences per forward batch, at most")
+    max_batch_tokens: int = Field(default=16384, gt=0, description=(
+        "padded tokens per forward batch, at most (a longer single sequence still runs alone)"))
     call_overhead_tokens: int | None = Field(default=None, ge=0, description=(
         "a forward call's cost in padded tokens, weighed against padding when batches are cut; "
         "default by device: 32 on CPU, 16384 on GPU"))
