@@ -135,8 +135,8 @@ class MonitoringConfig(BaseModel):
     feedback_key: str | None = Field(None, description=(
         "the key that signs feedback ids (else $PLAUDIT_FEEDBACK_KEY); give every worker and replica the "
         "same one, so any of them accepts a label for an id another served. Without one `plaudit serve` "
-        "makes one when it starts and gives it to its workers: ids are then refused after a restart and "
-        "by other replicas"))
+        "makes one when it starts and gives it to its workers (`bentoml serve`'s workers share one the "
+        "same way): ids are then refused after a restart and by other replicas"))
     update_interval_s: float = Field(1.0, ge=0, description="how often the reward window's gauges are recomputed")
 
 

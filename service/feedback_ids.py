@@ -11,8 +11,9 @@ another key, or forged or altered.
 The key, in order: `monitoring.feedback_key` or $PLAUDIT_FEEDBACK_KEY (configured: every
 worker, replica and restart that has it accepts the id); else the key `plaudit serve` made
 when it started and gave its workers ($PLAUDIT_SERVER_FEEDBACK_KEY: ids are accepted by any
-worker of that server until it stops); else (the service started by other means) one of
-this process's own.
+worker of that server until it stops); else (`bentoml serve` run directly, as in a
+container) the key of the processes one parent started: BentoML's arbiter starts the
+workers, so they share it until the arbiter stops (`sibling_key`).
 """
 from __future__ import annotations
 
@@ -22,8 +23,10 @@ import hmac
 import json
 import os
 import secrets
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 ENV_KEY = "PLAUDIT_FEEDBACK_KEY"
 SERVER_ENV_KEY = "PLAUDIT_SERVER_FEEDBACK_KEY"  # made by `plaudit serve` for its workers; never configured
@@ -72,6 +75,47 @@ def share_with_workers(key: str | None) -> bool:
     return False
 
 
+def _started(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot, /proc/PID/stat's 22nd field): a pid
+    and its start time name one process, even after the pid is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()[19]  # fields after the name, which may hold spaces
+
+
+def sibling_key() -> bytes:
+    """The key of every process the same parent started: made by the first of them, kept in a
+    file of this user's alone, named by the parent's pid and start time (a reused pid gets a
+    new key); files of parents that have ended are removed. Where /proc is missing, a key of
+    this process's own."""
+    parent = os.getppid()
+    started = _started(parent)
+    if started is None:
+        return secrets.token_bytes(32)
+    folder = Path(tempfile.gettempdir()) / f"plaudit-feedback-keys-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    if folder.stat().st_uid != os.getuid() or folder.stat().st_mode & 0o077:
+        return secrets.token_bytes(32)  # not ours alone: another user could read the key
+    path = folder / f"{parent}-{started}"
+    fd, draft = tempfile.mkstemp(dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(32))
+        try:
+            os.link(draft, path)  # atomic: the first sibling's key wins, whole
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(draft)
+    for old in folder.iterdir():
+        pid, _, when = old.name.partition("-")
+        if pid.isdigit() and when and _started(int(pid)) != when:
+            old.unlink(missing_ok=True)
+    return path.read_bytes()
+
+
 class FeedbackIds:
     """`mint` an id for a served probability; `read` one back (None: refused, `refusal` says why)."""
 
@@ -79,7 +123,7 @@ class FeedbackIds:
         key = configured_key(key)
         self.shared = bool(key)  # configured: False for a server's or a process's own key
         key = key or os.environ.get(SERVER_ENV_KEY)
-        self._key = key.encode() if key else secrets.token_bytes(32)
+        self._key = key.encode() if key else sibling_key()
         self.fingerprint = _b64(hmac.new(self._key, b"plaudit feedback key fingerprint",
                                          hashlib.sha256).digest()[:FINGERPRINT_BYTES])
 

@@ -10,8 +10,11 @@ import json
 import os
 import random
 import re
+import shlex
 import shutil
 import subprocess
+import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -23,10 +26,10 @@ from prometheus_client import CollectorRegistry
 
 from plaudit.service.config import MonitoringConfig
 from plaudit.service.feedback_ids import (ALREADY_LABELLED, ENV_KEY, EXPIRED, FORGED, OTHER_KEY, REASONS,
-                                          SERVER_ENV_KEY, share_with_workers)
+                                          SERVER_ENV_KEY, _started, share_with_workers)
 from plaudit.service.monitoring import Metrics, Monitor, calibration, ks_distance
 from plaudit.schemas import FeedbackRequest
-from servers import REPO, FakeLLM, free_port, running_service
+from servers import REPO, FakeLLM, free_port, launched, running_service
 
 DEPLOY = REPO / "deploy"
 needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None,
@@ -294,6 +297,33 @@ def server_keys(process) -> set[str]:
 WARNING = "feedback ids are signed with a key made for this start"
 
 
+def without_keys() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in (ENV_KEY, SERVER_ENV_KEY)}
+
+
+def serve_then_label(url: str) -> tuple[list[tuple[str, float]], list[int], list[dict]]:
+    """160 predictions served over 40 fresh connections (so every worker serves some), then
+    labelled in 40 requests on fresh connections: (ids and probabilities, labels, answers)."""
+    rng = random.Random(7)
+
+    def compare(i: int) -> list[tuple[str, float]]:
+        pairs = [{"prompt": f"Say hi {i}.", "a": "hi" * (1 + (i + j) % 5), "b": "yo" * (1 + j)} for j in range(4)]
+        with httpx2.Client(base_url=url, timeout=60) as fresh:  # a new connection: either worker may answer
+            body = fresh.post("/compare", json={"pairs": pairs}).json()
+        return list(zip(body["ids"], body["probabilities"]))
+
+    def label(items: list[dict]) -> dict:
+        with httpx2.Client(base_url=url, timeout=60) as fresh:
+            return fresh.post("/feedback", json={"items": items}).json()
+
+    with ThreadPoolExecutor(8) as pool:
+        served = [s for answer in pool.map(compare, range(40)) for s in answer]
+        labels = [int(rng.random() < p) for _, p in served]
+        chunks = [[{"id": i, "label": y} for (i, _), y in zip(served[k:k + 4], labels[k:k + 4])]
+                  for k in range(0, len(served), 4)]
+        return served, labels, list(pool.map(label, chunks))
+
+
 def test_two_workers_without_a_key_accept_every_label_and_agree_on_calibration(tiny_bt, tmp_path):
     """`workers: 2` and no feedback key: two BentoML worker processes, each with its own model,
     and the one key `plaudit serve` made for them. Every label is accepted whichever worker
@@ -305,26 +335,8 @@ def test_two_workers_without_a_key_accept_every_label_and_agree_on_calibration(t
     config = tmp_path / "plaudit.yaml"
     config.write_text(yaml.safe_dump({"models": {"tiny": {"path": str(tiny_bt)}}, "default_model": "tiny",
                                       "workers": 2}))
-    environment = {k: v for k, v in os.environ.items() if k not in (ENV_KEY, SERVER_ENV_KEY)}
-    with running_service(config, tmp_path, env=environment) as (url, process):
-        rng = random.Random(7)
-
-        def compare(i: int) -> list[tuple[str, float]]:
-            pairs = [{"prompt": f"Say hi {i}.", "a": "hi" * (1 + (i + j) % 5), "b": "yo" * (1 + j)} for j in range(4)]
-            with httpx2.Client(base_url=url, timeout=60) as fresh:  # a new connection: either worker may answer
-                body = fresh.post("/compare", json={"pairs": pairs}).json()
-            return list(zip(body["ids"], body["probabilities"]))
-
-        with ThreadPoolExecutor(8) as pool:
-            served = [s for answer in pool.map(compare, range(40)) for s in answer]
-            labels = [int(rng.random() < p) for _, p in served]
-            chunks = [[{"id": i, "label": y} for (i, _), y in zip(served[k:k + 4], labels[k:k + 4])]
-                      for k in range(0, len(served), 4)]
-
-            def label(items: list[dict]) -> dict:
-                with httpx2.Client(base_url=url, timeout=60) as fresh:
-                    return fresh.post("/feedback", json={"items": items}).json()
-            answers = list(pool.map(label, chunks))
+    with running_service(config, tmp_path, env=without_keys()) as (url, process):
+        served, labels, answers = serve_then_label(url)
         assert sum(a["accepted"] for a in answers) == len(served) == 160
         assert all(a["unknown"] == [] for a in answers)
         text = httpx2.get(f"{url}/metrics", timeout=30).text
@@ -343,12 +355,53 @@ def test_two_workers_without_a_key_accept_every_label_and_agree_on_calibration(t
     assert n == 160 and gaps / n == pytest.approx(expected, abs=1e-5)
 
 
+def fingerprint_in_a_child(*wrapper: str) -> str:
+    code = "from plaudit.service.feedback_ids import FeedbackIds; print(FeedbackIds().fingerprint)"
+    python = shlex.join([sys.executable, "-c", code])
+    command = [*wrapper, f"{python} && true"] if wrapper else [sys.executable, "-c", code]  # && : no exec
+    return subprocess.run(command, env=without_keys(), capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_without_a_key_the_children_of_one_parent_share_one():
+    """What lets `bentoml serve`'s workers (children of its arbiter) accept each other's ids:
+    two children of this process get one key, a child of another parent (a shell) another;
+    the key is in a file only this user can read, and a parent's file goes once it has ended."""
+    folder = Path(tempfile.gettempdir()) / f"plaudit-feedback-keys-{os.getuid()}"
+    first, second = fingerprint_in_a_child(), fingerprint_in_a_child()
+    assert first == second
+    mine = folder / f"{os.getpid()}-{_started(os.getpid())}"
+    assert mine.stat().st_mode & 0o777 == 0o600 and folder.stat().st_mode & 0o777 == 0o700
+    before = {p.name for p in folder.iterdir()}
+    assert fingerprint_in_a_child("sh", "-c") != first
+    [shell] = {p.name for p in folder.iterdir()} - before  # that shell's key, the shell now ended
+    fingerprint_in_a_child("sh", "-c")  # the next key made sweeps it
+    assert shell not in {p.name for p in folder.iterdir()}
+
+
+def test_bentoml_serve_run_directly_shares_one_key_among_its_workers(tiny_bt, tmp_path):
+    """`bentoml serve` without `plaudit serve` (a container's entry point), `workers: 2`, no
+    key: every label is accepted whichever worker served its id and whichever takes it."""
+    config = tmp_path / "plaudit.yaml"
+    config.write_text(yaml.safe_dump({"models": {"tiny": {"path": str(tiny_bt)}}, "default_model": "tiny",
+                                      "workers": 2}))
+    port = free_port()
+    env = {**without_keys(), "PLAUDIT_CONFIG": str(config), "BENTOML_HOME": str(tmp_path / "bentoml"),
+           "BENTOML_DO_NOT_TRACK": "True"}
+    args = [str(Path(sys.executable).with_name("bentoml")), "serve", "plaudit.service.app:Plaudit",
+            "--host", "127.0.0.1", "--port", str(port)]
+    with launched(args, port, tmp_path / "serve.log", env, 240, cwd=tmp_path) as service:
+        served, _, answers = serve_then_label(service.url)
+        text = httpx2.get(f"{service.url}/metrics", timeout=30).text
+    assert sum(a["accepted"] for a in answers) == len(served) == 160, answers
+    assert 'plaudit_feedback_unmatched_total{reason="other_key"} 0.0' in text
+
+
 def test_after_a_restart_without_a_key_old_ids_are_another_keys_not_an_error(tiny_bt, tmp_path):
     """No feedback key: the ids one start served are refused by the next, as signed by another
     key, in the answer and in /metrics; a configured key would have kept them."""
     config = tmp_path / "plaudit.yaml"
     config.write_text(yaml.safe_dump({"models": {"tiny": {"path": str(tiny_bt)}}, "default_model": "tiny"}))
-    environment = {k: v for k, v in os.environ.items() if k not in (ENV_KEY, SERVER_ENV_KEY)}
+    environment = without_keys()
     pairs = [{"prompt": "Say hi.", "a": "hi" * (1 + j), "b": "yo"} for j in range(4)]
     with running_service(config, tmp_path, env=environment) as (url, _):
         before = httpx2.post(f"{url}/compare", json={"pairs": pairs}, timeout=60).json()["ids"]
