@@ -134,15 +134,28 @@ def test_adapters_train_at_their_own_rate(tiny_base, tmp_path):
 
 
 
-def test_adapters_join_after_the_heads_own_steps(tiny_base, tmp_path):
+def test_adapters_join_after_the_heads_own_steps(tiny_base, tmp_path, monkeypatch):
     """--adapter-start 0.5: the first half of the steps train the head alone (every LoRA B
-    still zero at the checkpoint after them), then the adapters train too."""
+    still zero at the checkpoint after them), with the backbone run forward only (no graph
+    through it), then the adapters train too."""
     from safetensors.torch import load_file
 
+    import plaudit.training.bt as bt
     from plaudit.training.loop import TRAINABLE
 
+    graphs = []  # per training step: did the backbone's states carry a graph back to the adapters?
+
+    def watched(backbone, seqs, pad_id, device):
+        states, mask = shared(backbone, seqs, pad_id, device)
+        if torch.is_grad_enabled():  # training, not the final pass
+            graphs.append(states.requires_grad)
+        return states, mask
+
+    shared = bt.shared_prompt_states
+    monkeypatch.setattr(bt, "shared_prompt_states", watched)
     train_bt(marker_pairs(8, seed=1), tmp_path, config(tiny_base, num_train_epochs=2, adapter_start=0.5,
                                                        save_steps=2), on_log=lambda row: None)
+    assert graphs == [False, False, True, True]  # 8 pairs in batches of 4, 2 epochs
 
     def lora_b(weights: dict) -> list[torch.Tensor]:
         return [w for k, w in weights.items() if ".lora_B." in k]

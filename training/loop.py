@@ -40,7 +40,8 @@ class TrainConfig:
     adapter_learning_rate: float | None = field(default=None, metadata={
         "help": "the LoRA adapters' rate, when it differs from the heads' (learning_rate)"})
     adapter_start: float = field(default=0.0, metadata={
-        "help": "steps (below 1: a share of all steps) in which the heads train alone before the adapters join"})
+        "help": "steps (below 1: a share of all steps) in which the heads train alone, the backbone run forward "
+                "only, before the adapters join"})
     lr_scheduler_type: str = field(default="constant", metadata={"help": "constant, linear, cosine, ... "
                                                                          "(transformers' schedules)"})
     warmup_steps: float = field(default=0.0, metadata={"help": "steps warming the rate up (below 1: a share of "
@@ -188,12 +189,24 @@ def fit(examples: Sequence[Any], step: Step, model: nn.Module, config: TrainConf
             return (loss, outputs) if return_outputs else loss
 
         def training_step(self, model, inputs, num_items_in_batch=None):
-            loss = super().training_step(model, inputs, num_items_in_batch)
+            """Before `adapter_start` the heads train alone: the adapters get no gradient, so
+            AdamW leaves them as they are. In one process they are also frozen for the step, so
+            the backbone builds no graph and runs forward only (about a third of a full step's
+            work); DDP's reducer waits for every parameter's gradient, so there they are dropped
+            after the backward instead."""
             start = config.adapter_start if config.adapter_start >= 1 else config.adapter_start * self.state.max_steps
-            if self.state.global_step < start:  # no gradient, no step: AdamW leaves the adapters as they are
-                for name, parameter in model.named_parameters():
-                    if "lora_" in name:
-                        parameter.grad = None
+            adapters = [p for n, p in model.named_parameters() if "lora_" in n] \
+                if self.state.global_step < start else []
+            frozen = adapters if self.args.world_size == 1 else []
+            for parameter in frozen:
+                parameter.requires_grad_(False)
+            try:
+                loss = super().training_step(model, inputs, num_items_in_batch)
+            finally:
+                for parameter in frozen:
+                    parameter.requires_grad_(True)
+            for parameter in adapters:
+                parameter.grad = None
             return loss
 
         def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
