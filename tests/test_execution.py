@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 from plaudit.rewardmodels import InputError, Item, load_scorer
+from plaudit.rewardmodels.execution import _case
 from plaudit.rewardmodels.languages import find_source
-from plaudit.rewardmodels.sandbox import BASE_UID, UID_BLOCK, UID_BLOCKS
+from plaudit.rewardmodels.sandbox import BASE_UID, UID_BLOCK, UID_BLOCKS, Run
 from conftest import EXECUTION_SETTINGS
 from servers import running_service
 
@@ -147,6 +148,18 @@ def _sandbox_processes() -> list[str]:
 
     return [line for line in live if "/server/exec_forkserver.py" not in line
             or (line.split()[1] in server and depth(line.split()[1]) > 1)]
+
+
+@pytest.mark.parametrize("returncode, cpu_s, message", [
+    (137, 3.92, "timeout: over 4 s of CPU time"),  # the account may fall short of the limit the kernel saw
+    (-9, 4.01, "timeout: over 4 s of CPU time"),
+    (152, 3.97, "timeout: over 4 s of CPU time"),  # SIGXCPU, through bwrap
+    (137, 1.20, "exit 137: "),  # killed long before its CPU limit: not a timeout
+    (1, 3.99, "exit 1: boom"),  # ran long, then failed on its own: its own error
+])
+def test_a_run_killed_at_its_cpu_limit_is_a_timeout(returncode, cpu_s, message):
+    run = Run(returncode, b"", b"boom" if returncode == 1 else b"", b"", cpu_s=cpu_s)
+    assert _case(run, "done", "exact", None, 3.0)["message"] == message
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="per-slot uids and process limits need root")
