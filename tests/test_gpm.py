@@ -14,6 +14,7 @@ from plaudit.rewardmodels.queries import score_queries
 from plaudit.rewardmodels import InputError, Item, ModelLoadError, Pair, load_scorer
 from plaudit.rewardmodels.gpm import preference
 from servers import running_service
+from conftest import tiny_training
 from plaudit.training.cycles import FAMILY, SETS
 from plaudit.training.experiments import cyclic, cyclic_pairs, fit_cycles
 from plaudit.training.gpm import GPMConfig, train_gpm
@@ -89,6 +90,38 @@ def test_gpm_fits_cycles_that_bt_cannot_on_the_real_backbone(tmp_path):
     model above)."""
     report = cyclic(tmp_path, sets=("words",), families=("gpm",))
     assert report["sets"]["words"]["gpm"]["accuracy"] >= 0.95, report
+
+
+def test_the_heads_own_steps_read_the_backbone_once(tiny_base, tmp_path, monkeypatch):
+    """--adapter-start: the centring pass keeps each pair's states, the heads' own steps read
+    them instead of running the backbone, and training ends where a run that recomputes them
+    every step does (to float rounding: rows computed in other batches)."""
+    import plaudit.training.gpm as gpm_training
+    from safetensors.torch import load_file
+    from plaudit.training.loop import UntrainedStates
+
+    passes = []  # per backbone pass: did it build a graph back to the adapters?
+
+    def watched(backbone, seqs, pad_id, device):
+        states, mask = shared(backbone, seqs, pad_id, device)
+        passes.append(states.requires_grad)
+        return states, mask
+
+    shared = gpm_training.shared_prompt_states
+    monkeypatch.setattr(gpm_training, "shared_prompt_states", watched)
+    pairs = cyclic_pairs(4)  # 12 pairs: 3 steps an epoch
+    settings = tiny_training(GPMConfig, tiny_base, num_train_epochs=4, adapter_start=0.5, dims=8)
+    train_gpm(pairs, tmp_path / "kept", settings, on_log=lambda r: None)
+    assert passes == [False] * 3 + [True] * 6  # centring (3 batches), then only the adapters' 6 steps
+
+    monkeypatch.setattr(UntrainedStates, "__call__", lambda self, net, batch, device: self.compute(net, batch, device))
+    passes.clear()
+    train_gpm(pairs, tmp_path / "recomputed", settings, on_log=lambda r: None)
+    assert passes == [False] * 9 + [True] * 6  # centring, the heads' 6 steps forward only, then the adapters'
+    kept, recomputed = (load_file(str(tmp_path / run / "adapter_model.safetensors")) for run in ("kept", "recomputed"))
+    assert kept.keys() == recomputed.keys() and kept
+    for name in kept:
+        torch.testing.assert_close(kept[name], recomputed[name], rtol=1e-4, atol=1e-5)
 
 
 def test_loaded_metadata_is_read_from_the_weights(gpm, tiny_base, tmp_path):

@@ -18,7 +18,7 @@ from plaudit.rewardmodels.prefix import shared_prompt_states
 from plaudit.rewardmodels.gpm import HEAD_PREFIXES, GPMNet, preference
 
 from .data import PreferencePair
-from .loop import TrainConfig, family_default, fit, prepare, save_adapter
+from .loop import TrainConfig, UntrainedStates, family_default, fit, prepare, save_adapter
 
 log = logging.getLogger(__name__)
 CENTRING_SAMPLE = 512  # pairs whose mean response-minus-prompt state centres the value head
@@ -51,21 +51,22 @@ def train_gpm(pairs: list[PreferencePair], out: str | Path, config: GPMConfig,
                 for r in (p.chosen, p.rejected)]
         return seqs + [encode_text(tokenizer, prompt_text(tokenizer, p.prompt), config.max_length)[0]]
 
-    def differences(net, batch, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Chosen then rejected response-minus-prompt states, and the prompts' states; a pair's
-        prompt runs once for its three sequences (prefix.py)."""
+    def differences(net, batch, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each pair's chosen and rejected response-minus-prompt states, and its prompt's state;
+        a pair's prompt runs once for its three sequences (prefix.py)."""
         n = len(batch)
         columns = list(zip(*batch))  # chosen seqs, rejected seqs, prompt seqs
         states = last_token(*shared_prompt_states(net.backbone, [s for col in columns for s in col], pad_id,
                                                   device)).float()
         prompts = states[2 * n:]
-        return states[:2 * n] - torch.cat([prompts, prompts]), prompts
+        return states[:n] - prompts, states[n:2 * n] - prompts, prompts
+
+    states = UntrainedStates(differences)  # the heads' own steps (adapter_start) read the backbone once
 
     def step(net, batch, device):
-        n = len(batch)
-        x, prompts = differences(net, batch, device)
-        v = net.embed_difference(x)
-        logits = preference(v[:n], v[n:], net.gates(prompts)) / config.tau
+        chosen, rejected, prompts = states(net, batch, device)
+        v = net.embed_difference(torch.cat([chosen, rejected]))
+        logits = preference(v[:len(batch)], v[len(batch):], net.gates(prompts)) / config.tau
         return -F.logsigmoid(logits).mean(), logits, logits
 
     examples = [encode(p) for p in pairs]
@@ -73,7 +74,8 @@ def train_gpm(pairs: list[PreferencePair], out: str | Path, config: GPMConfig,
     with torch.no_grad():  # the same first examples in every process, so DDP's copies agree
         sample = examples[:CENTRING_SAMPLE]
         size = config.per_device_train_batch_size
-        net.centre(torch.cat([differences(net, sample[i:i + size], device)[0]
+        measure = states.before_training if config.adapter_start > 0 else differences
+        net.centre(torch.cat([torch.cat(measure(net, sample[i:i + size], device)[:2])
                               for i in range(0, len(sample), size)]).mean(dim=0))
     summary = fit(examples, step, net, config, out, on_log, data, [encode(p) for p in heldout])
     save_adapter(adapter, out, config, {"kind": "gpm", "tau": config.tau, "training": summary})

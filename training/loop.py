@@ -137,6 +137,41 @@ class Examples:
         self.items = list(items)
 
 
+class UntrainedStates:
+    """What the backbone computes for each example while the adapters are as initialised (every
+    LoRA B zero): through the heads' own steps (before `adapter_start`, where `fit` freezes the
+    adapters) those states do not change, so each example's are computed once and later epochs
+    of that phase skip the backbone. `compute(net, batch, device)` gives tensors whose rows are
+    the batch's examples; they are kept on the CPU up to `budget` bytes (past it, computed each
+    time). Steps with trainable adapters, and several processes (DDP needs every adapter's
+    gradient), always compute. A base with dropout sees one draw per example in that phase."""
+
+    def __init__(self, compute: Callable[..., tuple[torch.Tensor, ...]], budget: int = 1 << 30):
+        self.compute, self.budget, self.rows, self.size = compute, budget, {}, 0
+
+    def __call__(self, net: nn.Module, batch: Sequence[Any], device: torch.device) -> tuple[torch.Tensor, ...]:
+        if any(p.requires_grad for n, p in net.named_parameters() if "lora_" in n):
+            return self.compute(net, batch, device)
+        return self.before_training(net, batch, device)
+
+    def before_training(self, net: nn.Module, batch: Sequence[Any], device: torch.device) -> tuple[torch.Tensor, ...]:
+        """The rows, computed for the examples not yet kept: also what a pass before the first
+        step (GPM's centring) calls, to fill the store while the adapters are still untouched."""
+        keys = [tuple(map(tuple, example)) for example in batch]
+        missing = {k: e for k, e in zip(keys, batch) if k not in self.rows}
+        fresh = {}
+        if missing:
+            with torch.no_grad():
+                computed = self.compute(net, list(missing.values()), device)
+            for i, key in enumerate(missing):
+                fresh[key] = row = tuple(t[i].detach().cpu() for t in computed)
+                size = sum(t.numel() * t.element_size() for t in row)
+                if self.size + size <= self.budget:
+                    self.rows[key], self.size = row, self.size + size
+        rows = [self.rows[k] if k in self.rows else fresh[k] for k in keys]
+        return tuple(torch.stack(column).to(device) for column in zip(*rows))
+
+
 class Tally:
     """Loss, accuracy and margin over the examples of the current epoch, as the rows log them."""
 
