@@ -79,10 +79,13 @@ def write_items(path: Path, n: int, bad: bool = False) -> Path:
 
 
 def config_yaml(tmp_path: Path, tiny_bt: Path, url: str) -> Path:
+    """The tiny model and a judge `rater` on the scripted LLM at `url`. Its failures are scripted
+    answers, never waits, so the backend's timeout is generous: on a loaded machine (Ray's
+    actors beside a training run) a 5 s one let every item of a run fail."""
     path = tmp_path / "plaudit.yaml"
     path.write_text(yaml.safe_dump({
         "models": {"tiny": {"path": str(tiny_bt)}}, "default_model": "tiny",
-        "backends": {"fake": {"url": url, "timeout_s": 5, "max_retries": 1, "backoff_s": 0.01}},
+        "backends": {"fake": {"url": url, "timeout_s": 60, "max_retries": 1, "backoff_s": 0.01}},
         "default_backend": "fake", "judges": {"rater": {"method": "direct"}}}))
     return path
 

@@ -241,7 +241,7 @@ def test_a_judge_writes_tests_once_per_prompt_and_a_failed_one_leaves_the_neutra
                     "agree": ModelConfig(kind="consensus", settings={"execution": "tests", "judge": "writer",
                                                                      "tests_dir": str(tmp_path)})},
             default_model="agree", judges={"writer": {"method": "direct"}}, default_backend="fake",
-            backends={"fake": {"url": url, "timeout_s": 5, "max_retries": 1, "backoff_s": 0.01}}))
+            backends={"fake": {"url": url, "timeout_s": 60, "max_retries": 1, "backoff_s": 0.01}}))
         try:
             agree = pool.get("agree")
             task = "Write add(a, b), which returns the sum of a and b."

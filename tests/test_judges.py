@@ -56,7 +56,7 @@ def p(yes: float, no: float) -> float:
 def make_pool(url: str, tmp_path, tiny_bt, **judges) -> api.ModelPool:
     return api.ModelPool(ServiceConfig(
         models={"tiny": ModelConfig(path=str(tiny_bt))}, default_model="tiny",
-        backends={"fake": {"url": url, "timeout_s": 5, "max_retries": 1, "backoff_s": 0.01}}, default_backend="fake",
+        backends={"fake": {"url": url, "timeout_s": 60, "max_retries": 1, "backoff_s": 0.01}}, default_backend="fake",
         judges={"tick-fake": {"method": "tick", "checklist_dir": str(tmp_path / "checklists")}, **judges}))
 
 

@@ -111,7 +111,7 @@ def pool(tiny_bt, tmp_path_factory):
                     "fmt": ModelConfig(kind="format", settings={"require": ["code_block"]}),
                     "combo": ModelConfig(kind="composite", settings=COMPOSITE)},
             default_model="tiny", judges={"rate": {"method": "direct"}},
-            backends={"fake": {"url": url, "timeout_s": 5, "max_retries": 0}}, default_backend="fake")
+            backends={"fake": {"url": url, "timeout_s": 60, "max_retries": 0}}, default_backend="fake")
         pool = api.ModelPool(config)
         pool.load_all()
         yield pool
