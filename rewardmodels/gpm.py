@@ -90,6 +90,9 @@ class GPMNet(nn.Module):
     def embed_difference(self, difference: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.value_head(difference), dim=-1)
 
+    def centre_now(self) -> torch.Tensor:
+        return next(m.centre for m in self.value_head.modules() if isinstance(m, ValueHead))
+
     @torch.no_grad()
     def centre(self, mean_difference: torch.Tensor) -> None:
         """Set the head's centre (in every copy of it: PEFT keeps the original beside the trained one)."""

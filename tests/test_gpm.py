@@ -17,7 +17,7 @@ from servers import running_service
 from conftest import tiny_training
 from plaudit.training.cycles import FAMILY, SETS
 from plaudit.training.experiments import cyclic, cyclic_pairs, fit_cycles
-from plaudit.training.gpm import GPMConfig, train_gpm
+from plaudit.training.gpm import GPMConfig, gpm_loss, train_gpm
 
 PROMPT = "Question 0: pick the best word for the topic meadow."
 
@@ -122,6 +122,46 @@ def test_the_heads_own_steps_read_the_backbone_once(tiny_base, tmp_path, monkeyp
     assert kept.keys() == recomputed.keys() and kept
     for name in kept:
         torch.testing.assert_close(kept[name], recomputed[name], rtol=1e-4, atol=1e-5)
+
+
+def test_the_orthogonality_penalty_moves_no_pairs_optimum():
+    """cos^2 is 0 where a pair is best placed (v_r along R v_c) and 1 where both embed alike."""
+    gates = torch.ones(1, 1)
+    chosen = torch.tensor([[1.0, 0.0]])
+    best, alike = torch.tensor([[0.0, 1.0]]), chosen.clone()
+    for rejected, penalty in ((best, 0.0), (alike, 1.0)):
+        plain, margins, _ = gpm_loss(chosen, rejected, gates, tau=0.1)
+        penalised, _, _ = gpm_loss(chosen, rejected, gates, tau=0.1, orthogonality=0.5)
+        assert penalised.item() == pytest.approx(plain.item() + 0.5 * penalty, abs=1e-6)
+    assert gpm_loss(chosen, best, gates, tau=0.1)[1].item() == pytest.approx(10.0)  # s = 1: the largest
+
+
+def test_batch_centring_keeps_the_centre_of_the_trained_adapters(tiny_base, tmp_path):
+    """With --batch-centring the head reads each batch's own mean while training, so the centre
+    measured before training goes stale; the saved one is measured again with the trained
+    adapters, on the same pairs, and is what the loaded model's states average to."""
+    from safetensors.torch import load_file
+    from plaudit.rewardmodels.base import Item as Pairing
+    from plaudit.rewardmodels.encoding import encode_item, encode_text, last_token, prompt_text
+    from plaudit.rewardmodels.prefix import shared_prompt_states
+
+    pairs = cyclic_pairs(4)
+    settings = tiny_training(GPMConfig, tiny_base, num_train_epochs=3, dims=8, learning_rate=2e-2)
+    for run, centring in (("fixed", False), ("batch", True)):
+        train_gpm(pairs, tmp_path / run, replace(settings, batch_centring=centring), on_log=lambda r: None)
+    fixed, batch = (load_file(str(tmp_path / run / "adapter_model.safetensors")) for run in ("fixed", "batch"))
+    key = next(k for k in batch if k.endswith("value_head.centre"))
+    loaded = load_scorer(tmp_path / "batch")
+    tokenizer, seqs = loaded.tokenizer, []
+    for p in pairs:
+        seqs += [encode_item(tokenizer, Pairing(prompt=p.prompt, response=r), 256)[0] for r in (p.chosen, p.rejected)]
+        seqs.append(encode_text(tokenizer, prompt_text(tokenizer, p.prompt), 256)[0])
+    with torch.no_grad():
+        states = last_token(*shared_prompt_states(loaded.net.backbone, seqs, tokenizer.pad_token_id or 0,
+                                                  torch.device("cpu"))).float().view(len(pairs), 3, -1)
+    measured = torch.cat([states[:, 0] - states[:, 2], states[:, 1] - states[:, 2]]).mean(dim=0)
+    torch.testing.assert_close(batch[key], measured, rtol=1e-3, atol=1e-4)
+    assert not torch.allclose(fixed[key], measured, atol=1e-3)  # the untrained backbone's centre is stale
 
 
 def test_loaded_metadata_is_read_from_the_weights(gpm, tiny_base, tmp_path):

@@ -21,6 +21,7 @@ from .data import PreferencePair
 from .loop import TrainConfig, UntrainedStates, family_default, fit, prepare, save_adapter
 
 log = logging.getLogger(__name__)
+CENTRE_MOMENTUM = 0.1  # batch_centring: how fast the kept centre follows the batches' means
 CENTRING_SAMPLE = 512  # pairs whose mean response-minus-prompt state centres the value head
 
 
@@ -35,6 +36,11 @@ class GPMConfig(TrainConfig):
     dims: int = field(default=16, metadata={"help": "embedding dimension 2k (even)"})
     prompt_head: bool = field(default=False, metadata={"help": "gate the blocks with a prompt head"})
     tau: float = field(default=0.1, metadata={"help": "P(i beats j) = sigmoid(s / tau)"})
+    batch_centring: bool = field(default=False, metadata={
+        "help": "while training, centre the head's input on each batch's own mean (the kept centre follows "
+                "them, and is measured again with the trained adapters at the end)"})
+    orthogonality: float = field(default=0.0, metadata={
+        "help": "weight of a penalty on cos^2 between each pair's chosen and rejected embeddings"})
 
 
 def train_gpm(pairs: list[PreferencePair], out: str | Path, config: GPMConfig,
@@ -65,18 +71,42 @@ def train_gpm(pairs: list[PreferencePair], out: str | Path, config: GPMConfig,
 
     def step(net, batch, device):
         chosen, rejected, prompts = states(net, batch, device)
-        v = net.embed_difference(torch.cat([chosen, rejected]))
-        logits = preference(v[:len(batch)], v[len(batch):], net.gates(prompts)) / config.tau
-        return -F.logsigmoid(logits).mean(), logits, logits
+        x = torch.cat([chosen, rejected])
+        if config.batch_centring and net.training:
+            mean = x.mean(dim=0)
+            net.centre(net.centre_now() + CENTRE_MOMENTUM * (mean.detach() - net.centre_now()))
+            x = x - mean + net.centre_now()  # the head subtracts its centre: it reads x - mean
+        v = net.embed_difference(x)
+        return gpm_loss(v[:len(batch)], v[len(batch):], net.gates(prompts), config.tau, config.orthogonality)
 
     examples = [encode(p) for p in pairs]
     device = next(net.parameters()).device
-    with torch.no_grad():  # the same first examples in every process, so DDP's copies agree
-        sample = examples[:CENTRING_SAMPLE]
+    sample = examples[:CENTRING_SAMPLE]  # the same first examples in every process, so DDP's copies agree
+
+    @torch.no_grad()
+    def centre(measure) -> None:
         size = config.per_device_train_batch_size
-        measure = states.before_training if config.adapter_start > 0 else differences
         net.centre(torch.cat([torch.cat(measure(net, sample[i:i + size], device)[:2])
                               for i in range(0, len(sample), size)]).mean(dim=0))
+
+    centre(states.before_training if config.adapter_start > 0 else differences)
     summary = fit(examples, step, net, config, out, on_log, data, [encode(p) for p in heldout])
+    if config.batch_centring:
+        net.eval()
+        centre(differences)
     save_adapter(adapter, out, config, {"kind": "gpm", "tau": config.tau, "training": summary})
     return summary
+
+
+def gpm_loss(chosen: torch.Tensor, rejected: torch.Tensor, gates: torch.Tensor, tau: float,
+             orthogonality: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-logsigmoid(s(chosen, rejected) / tau), plus `orthogonality` times cos^2 between the two
+    unit embeddings. A pair's best embeddings are orthogonal (s = <R v_c, v_r> is largest for
+    v_r along R v_c, which is orthogonal to v_c), so the penalty moves no pair's optimum; it
+    pulls away from the collapse where a prompt's responses all embed alike, a stationary
+    point on cyclic data (docs/model-families.md). (loss, margins, logits): `fit`'s Step."""
+    logits = preference(chosen, rejected, gates) / tau
+    loss = -F.logsigmoid(logits).mean()
+    if orthogonality:
+        loss = loss + orthogonality * (chosen * rejected).sum(-1).pow(2).mean()
+    return loss, logits, logits
