@@ -155,8 +155,8 @@ def test_experiment_cyclic_reports_each_set_as_it_ends(tiny_base, tmp_path, caps
           "--lora-layers", "1", "--batch-centring", "--orthogonality", "0.5"])
     captured = capsys.readouterr()
     report = json.loads(captured.out)
-    assert report["sets"]["words"]["flags"] == {"num_train_epochs": 1, "lora_layers": 1, "batch_centring": True,
-                                                "orthogonality": 0.5}
+    trained = json.loads((tmp_path / "words" / "gpm" / "plaudit.json").read_text())["training"]["config"]
+    assert (trained["batch_centring"], trained["orthogonality"]) == (True, 0.5)
     assert list(report["sets"]) == ["words", "four-cycles"]
     assert report["sets"]["four-cycles"]["pairs"] == 8 and report["sets"]["words"]["pairs"] == 6  # L pairs a cycle
     lines = [line.split() for line in captured.err.splitlines() if line.split()[:1] in (["words"], ["four-cycles"])]
