@@ -9,8 +9,9 @@ model is an ordinary transformers model.
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -48,6 +49,25 @@ def add_lora(model: nn.Module, last_layers: int, rank: int, alpha: float, heads:
 
 
 SHAPE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
+
+
+@contextmanager
+def adapters_off(model: nn.Module) -> Iterator[None]:
+    """Run `model` as its base, its LoRA layers bypassed, and leave each adapter weight's
+    requires_grad as it was (PEFT's own toggle sets them all trainable again)."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    trainable = {p: p.requires_grad for m in layers for p in m.parameters()}
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
+        for p, flag in trainable.items():
+            p.requires_grad_(flag)
 
 
 def config_shape(config: Any) -> dict[str, Any]:

@@ -152,11 +152,11 @@ def test_experiment_cyclic_reports_each_set_as_it_ends(tiny_base, tmp_path, caps
 
     main(["experiment", "cyclic", "--base", str(tiny_base), "--out", str(tmp_path), "--set", "words",
           "--set", "four-cycles", "--prompts", "2", "--families", "bt", "gpm", "--num-train-epochs", "1",
-          "--lora-layers", "1", "--batch-centring", "--orthogonality", "0.5"])
+          "--lora-layers", "1", "--centring", "shift", "--orthogonality", "0.5"])
     captured = capsys.readouterr()
     report = json.loads(captured.out)
     trained = json.loads((tmp_path / "words" / "gpm" / "plaudit.json").read_text())["training"]["config"]
-    assert (trained["batch_centring"], trained["orthogonality"]) == (True, 0.5)
+    assert (trained["centring"], trained["orthogonality"]) == ("shift", 0.5)
     assert list(report["sets"]) == ["words", "four-cycles"]
     assert report["sets"]["four-cycles"]["pairs"] == 8 and report["sets"]["words"]["pairs"] == 6  # L pairs a cycle
     lines = [line.split() for line in captured.err.splitlines() if line.split()[:1] in (["words"], ["four-cycles"])]

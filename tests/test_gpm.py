@@ -136,32 +136,64 @@ def test_the_orthogonality_penalty_moves_no_pairs_optimum():
     assert gpm_loss(chosen, best, gates, tau=0.1)[1].item() == pytest.approx(10.0)  # s = 1: the largest
 
 
-def test_batch_centring_keeps_the_centre_of_the_trained_adapters(tiny_base, tmp_path):
-    """With --batch-centring the head reads each batch's own mean while training, so the centre
-    measured before training goes stale; the saved one is measured again with the trained
-    adapters, on the same pairs, and is what the loaded model's states average to."""
+@pytest.mark.parametrize("centring", ["batch", "shift"])
+def test_centring_while_training_keeps_the_centre_of_the_trained_adapters(tiny_base, tmp_path, centring):
+    """With --centring batch or shift the head reads each batch less a centre of its own while
+    training, so the centre measured before training goes stale; the saved one is measured
+    again with the trained adapters, on the same pairs, and is what the loaded model's states
+    average to."""
     from safetensors.torch import load_file
-    from plaudit.rewardmodels.base import Item as Pairing
     from plaudit.rewardmodels.encoding import encode_item, encode_text, last_token, prompt_text
     from plaudit.rewardmodels.prefix import shared_prompt_states
 
     pairs = cyclic_pairs(4)
     settings = tiny_training(GPMConfig, tiny_base, num_train_epochs=3, dims=8, learning_rate=2e-2)
-    for run, centring in (("fixed", False), ("batch", True)):
-        train_gpm(pairs, tmp_path / run, replace(settings, batch_centring=centring), on_log=lambda r: None)
-    fixed, batch = (load_file(str(tmp_path / run / "adapter_model.safetensors")) for run in ("fixed", "batch"))
-    key = next(k for k in batch if k.endswith("value_head.centre"))
-    loaded = load_scorer(tmp_path / "batch")
+    for run in ("fixed", centring):
+        train_gpm(pairs, tmp_path / run, replace(settings, centring=run), on_log=lambda r: None)
+    fixed, trained = (load_file(str(tmp_path / run / "adapter_model.safetensors")) for run in ("fixed", centring))
+    key = next(k for k in trained if k.endswith("value_head.centre"))
+    loaded = load_scorer(tmp_path / centring)
     tokenizer, seqs = loaded.tokenizer, []
     for p in pairs:
-        seqs += [encode_item(tokenizer, Pairing(prompt=p.prompt, response=r), 256)[0] for r in (p.chosen, p.rejected)]
+        seqs += [encode_item(tokenizer, Item(prompt=p.prompt, response=r), 256)[0] for r in (p.chosen, p.rejected)]
         seqs.append(encode_text(tokenizer, prompt_text(tokenizer, p.prompt), 256)[0])
     with torch.no_grad():
         states = last_token(*shared_prompt_states(loaded.net.backbone, seqs, tokenizer.pad_token_id or 0,
                                                   torch.device("cpu"))).float().view(len(pairs), 3, -1)
     measured = torch.cat([states[:, 0] - states[:, 2], states[:, 1] - states[:, 2]]).mean(dim=0)
-    torch.testing.assert_close(batch[key], measured, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(trained[key], measured, rtol=1e-3, atol=1e-4)
     assert not torch.allclose(fixed[key], measured, atol=1e-3)  # the untrained backbone's centre is stale
+    with pytest.raises(InputError) as err:
+        train_gpm(pairs, tmp_path / "bad", replace(settings, centring="mean"), on_log=lambda r: None)
+    assert err.value.field == "centring"
+
+
+def test_untrained_states_bypass_the_trained_adapters(tiny_base):
+    """--centring shift compares each batch with the untrained backbone's states: kept from the
+    centring pass, or, where none can be kept (budget 0 here), computed with the adapters
+    bypassed, which leaves them trainable."""
+    from transformers import AutoModel
+    from plaudit.rewardmodels.gpm import HEAD_PREFIXES, GPMNet
+    from plaudit.training.loop import UntrainedStates, prepare
+
+    settings = tiny_training(GPMConfig, tiny_base, dims=8)
+    net, *_ = prepare(lambda base: GPMNet(AutoModel.from_pretrained(base, dtype=torch.float32), 8, False),
+                      settings, HEAD_PREFIXES)
+    batch = [[[1, 5, 7, 9, 11]], [[1, 6, 8, 10, 12]]]
+
+    def last_states(net, batch, device):
+        return (net.backbone(input_ids=torch.tensor([example[0] for example in batch])).last_hidden_state[:, -1],)
+
+    store = UntrainedStates(last_states, budget=0)
+    untrained = store.before_training(net, batch, torch.device("cpu"))[0]
+    with torch.no_grad():
+        for name, parameter in net.named_parameters():
+            if "lora_B" in name:
+                parameter.add_(torch.randn_like(parameter) * 0.1)
+        trained = last_states(net, batch, None)[0]
+    assert (trained - untrained).abs().max() > 0.1  # the adapters moved the states
+    torch.testing.assert_close(store.before_training(net, batch, torch.device("cpu"))[0], untrained)
+    assert all(p.requires_grad for name, p in net.named_parameters() if "lora_" in name)
 
 
 def test_loaded_metadata_is_read_from_the_weights(gpm, tiny_base, tmp_path):

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from plaudit.rewardmodels.base import Item
+from plaudit.rewardmodels.base import InputError, Item
 from plaudit.rewardmodels.encoding import encode_item, encode_text, last_token, prompt_text
 from plaudit.rewardmodels.prefix import shared_prompt_states
 from plaudit.rewardmodels.gpm import HEAD_PREFIXES, GPMNet, preference
@@ -21,7 +21,8 @@ from .data import PreferencePair
 from .loop import TrainConfig, UntrainedStates, family_default, fit, prepare, save_adapter
 
 log = logging.getLogger(__name__)
-CENTRE_MOMENTUM = 0.1  # batch_centring: how fast the kept centre follows the batches' means
+CENTRINGS = ("fixed", "batch", "shift")  # GPMConfig.centring
+CENTRE_MOMENTUM = 0.1  # how fast the kept centre follows the batches while training (centring batch, shift)
 CENTRING_SAMPLE = 512  # pairs whose mean response-minus-prompt state centres the value head
 
 
@@ -36,9 +37,10 @@ class GPMConfig(TrainConfig):
     dims: int = field(default=16, metadata={"help": "embedding dimension 2k (even)"})
     prompt_head: bool = field(default=False, metadata={"help": "gate the blocks with a prompt head"})
     tau: float = field(default=0.1, metadata={"help": "P(i beats j) = sigmoid(s / tau)"})
-    batch_centring: bool = field(default=False, metadata={
-        "help": "while training, centre the head's input on each batch's own mean (the kept centre follows "
-                "them, and is measured again with the trained adapters at the end)"})
+    centring: str = field(default="fixed", metadata={
+        "help": "what the head's input is centred on while training: fixed (the mean measured before "
+                "training), batch (each batch's own mean), shift (the batch less the mean change the adapters "
+                "made to its states); batch and shift measure the kept centre again after training"})
     orthogonality: float = field(default=0.0, metadata={
         "help": "weight of a penalty on cos^2 between each pair's chosen and rejected embeddings"})
 
@@ -72,10 +74,15 @@ def train_gpm(pairs: list[PreferencePair], out: str | Path, config: GPMConfig,
     def step(net, batch, device):
         chosen, rejected, prompts = states(net, batch, device)
         x = torch.cat([chosen, rejected])
-        if config.batch_centring and net.training:
-            mean = x.mean(dim=0)
-            net.centre(net.centre_now() + CENTRE_MOMENTUM * (mean.detach() - net.centre_now()))
-            x = x - mean + net.centre_now()  # the head subtracts its centre: it reads x - mean
+        if config.centring != "fixed" and net.training:
+            if config.centring == "batch":
+                shift = x.mean(dim=0) - start
+            else:
+                shift = (x - torch.cat(states.before_training(net, batch, device)[:2])).mean(dim=0)
+            # the kept centre follows (held-out evaluation reads it); the head, which subtracts it,
+            # reads x - shift - start: a shift common to the batch moves nothing the loss sees
+            net.centre(net.centre_now() + CENTRE_MOMENTUM * (start + shift.detach() - net.centre_now()))
+            x = x - shift - start + net.centre_now()
         v = net.embed_difference(x)
         return gpm_loss(v[:len(batch)], v[len(batch):], net.gates(prompts), config.tau, config.orthogonality)
 
@@ -89,9 +96,12 @@ def train_gpm(pairs: list[PreferencePair], out: str | Path, config: GPMConfig,
         net.centre(torch.cat([torch.cat(measure(net, sample[i:i + size], device)[:2])
                               for i in range(0, len(sample), size)]).mean(dim=0))
 
-    centre(states.before_training if config.adapter_start > 0 else differences)
+    if config.centring not in CENTRINGS:
+        raise InputError("centring", f"one of {', '.join(CENTRINGS)}, not {config.centring!r}")
+    centre(states.before_training if config.adapter_start > 0 or config.centring == "shift" else differences)
+    start = net.centre_now().clone()  # the untrained backbone's centre
     summary = fit(examples, step, net, config, out, on_log, data, [encode(p) for p in heldout])
-    if config.batch_centring:
+    if config.centring != "fixed":
         net.eval()
         centre(differences)
     save_adapter(adapter, out, config, {"kind": "gpm", "tau": config.tau, "training": summary})

@@ -18,7 +18,7 @@ from torch import nn
 
 from plaudit.rewardmodels.base import InputError
 from plaudit.rewardmodels.loading import choose_device, resolve_path, write_metadata
-from plaudit.rewardmodels.lora import add_lora, base_shape, heads_of
+from plaudit.rewardmodels.lora import adapters_off, add_lora, base_shape, heads_of
 
 
 @dataclass
@@ -138,10 +138,11 @@ class Examples:
 
 
 class UntrainedStates:
-    """What the backbone computes for each example while the adapters are as initialised (every
-    LoRA B zero): through the heads' own steps (before `adapter_start`, where `fit` freezes the
-    adapters) those states do not change, so each example's are computed once and later epochs
-    of that phase skip the backbone. `compute(net, batch, device)` gives tensors whose rows are
+    """What the untrained backbone computes for each example (its adapters bypassed, which while
+    every LoRA B is zero changes nothing): through the heads' own steps (before
+    `adapter_start`, where `fit` freezes the adapters) those states do not change, so each
+    example's are computed once and later epochs of that phase skip the backbone; GPM's
+    `--centring shift` reads them at every step. `compute(net, batch, device)` gives tensors whose rows are
     the batch's examples; they are kept on the CPU up to `budget` bytes (past it, computed each
     time). Steps with trainable adapters, and several processes (DDP needs every adapter's
     gradient), always compute. A base with dropout sees one draw per example in that phase."""
@@ -161,7 +162,7 @@ class UntrainedStates:
         missing = {k: e for k, e in zip(keys, batch) if k not in self.rows}
         fresh = {}
         if missing:
-            with torch.no_grad():
+            with torch.no_grad(), adapters_off(net):
                 computed = self.compute(net, list(missing.values()), device)
             for i, key in enumerate(missing):
                 fresh[key] = row = tuple(t[i].detach().cpu() for t in computed)

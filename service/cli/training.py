@@ -77,7 +77,7 @@ def cmd_experiment_cyclic(args) -> None:
     from plaudit.training.experiments import cyclic
 
     flags = {k: getattr(args, k) for k in ("num_train_epochs", "learning_rate", "adapter_learning_rate",
-                                           "lora_layers", "dims", "adapter_start", "tau", "batch_centring",
+                                           "lora_layers", "dims", "adapter_start", "tau", "centring",
                                            "orthogonality") if getattr(args, k) is not None}
     print(f"{'set':14} {'pairs':>5} {'BT ceiling':>10} " + " ".join(f"{f:>8}" for f in args.families),
           file=sys.stderr, flush=True)
@@ -145,8 +145,8 @@ def experiment_flags(p) -> None:
     p.add_argument("--dims", type=int, help="instead of the GPM's embedding dimension")
     p.add_argument("--adapter-start", type=float, help="instead of each trainer's default")
     p.add_argument("--tau", type=float, help="instead of the GPM's temperature")
-    p.add_argument("--batch-centring", action="store_const", const=True,
-                   help="the GPM's head reads each training batch's own centre (see plaudit train gpm --help)")
+    p.add_argument("--centring", choices=["fixed", "batch", "shift"],
+                   help="instead of the GPM's centring while training (see plaudit train gpm --help)")
     p.add_argument("--orthogonality", type=float, help="instead of the GPM's cos^2 penalty weight")
     p.add_argument("--seed", type=int, help="instead of each set's seed")
     p.set_defaults(run=cmd_experiment_cyclic)
