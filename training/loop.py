@@ -142,9 +142,9 @@ class UntrainedStates:
     every LoRA B is zero changes nothing): through the heads' own steps (before
     `adapter_start`, where `fit` freezes the adapters) those states do not change, so each
     example's are computed once and later epochs of that phase skip the backbone; GPM's
-    `--centring shift` reads them at every step. `compute(net, batch, device)` gives tensors whose rows are
-    the batch's examples; they are kept on the CPU up to `budget` bytes (past it, computed each
-    time). Steps with trainable adapters, and several processes (DDP needs every adapter's
+    `--centring shift` reads them at every step. `compute(net, batch, device)` gives tensors
+    whose rows are the batch's examples; they are kept on the CPU up to `budget` bytes (past
+    it, computed each time). Steps with trainable adapters, and several processes (DDP needs every adapter's
     gradient), always compute. A base with dropout sees one draw per example in that phase."""
 
     def __init__(self, compute: Callable[..., tuple[torch.Tensor, ...]], budget: int = 1 << 30):
