@@ -11,7 +11,8 @@ from plaudit.rewardmodels.sandbox import sandbox_unavailable
 
 pytestmark = pytest.mark.skipif(sandbox_unavailable() is not None, reason="no bubblewrap sandbox here")
 
-BURN = "    x = 0\n    for i in range(6_000_000):\n        x += i\n"
+# 0.4 s of the process's own CPU whatever the machine's speed (a fixed loop was 0.1 s on a fast one)
+BURN = "    import time\n    end = time.process_time() + 0.4\n    while time.process_time() < end:\n        pass\n"
 FIB_FAST = "def fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n"
 FIB_SLOW = "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n"
 FIB_TESTS = "assert fib(29) == 514229\nassert fib(1) == 1"
@@ -34,7 +35,7 @@ def test_cpu_time_is_the_processes_cpu_not_the_wall_clock(plain):
     busy = run(plain, python(f"def f():\n{BURN}    return 1\n"), "assert f() == 1")
     asleep = run(plain, python("import time\ndef f():\n    time.sleep(0.6)\n    return 1\n"), "assert f() == 1")
     assert busy["all_passed"] and asleep["all_passed"]
-    assert busy["cpu_s"] > asleep["cpu_s"] + 0.1  # the loop is some 0.3 s of CPU; sleeping is none
+    assert busy["cpu_s"] > asleep["cpu_s"] + 0.1  # the loop is 0.4 s of CPU; sleeping is none
     assert asleep["cpu_s"] < 0.5  # 0.6 s asleep, not counted
     cases = run(plain, python("x = int(input())\nprint(x * 2)\n"), [{"input": "3", "output": "6"},
                                                                      {"input": "4", "output": "8"}])
